@@ -1,0 +1,3 @@
+"""hushdns: a blocking, caching DNS forwarder for vendor-telemetry blocklists."""
+
+__version__ = "0.1.0"
