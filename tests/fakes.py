@@ -65,17 +65,21 @@ class FakeUpstream:
 
     ``answer(q) -> DNSRecord | bytes | None`` builds the reply (None: stay silent).
     ``delay`` seconds before replying; ``before`` bytes (or callables of the query
-    bytes) sent first, e.g. garbage or a wrong-ID reply; ``truncate_udp`` sets TC
-    on UDP replies and drops their records.
+    bytes returning bytes, or None to send nothing) sent first over UDP, e.g.
+    garbage or a wrong-ID reply; ``truncate_udp`` (a bool, or a callable of the
+    parsed query) sets TC on UDP replies and drops their records.  ``on_query``
+    is called with each UDP ``Seen`` before the reply, e.g. to race the genuine
+    answer with a spoofed one from another socket.
     """
 
     answer: Callable[[dnslib.DNSRecord], dnslib.DNSRecord | bytes | None] = default_answer
     delay: float = 0.0
     before: list = field(default_factory=list)
-    truncate_udp: bool = False
+    truncate_udp: bool | Callable[[dnslib.DNSRecord], bool] = False
     silent: bool = False
     host: str = "127.0.0.1"
     seen: list[Seen] = field(default_factory=list)
+    on_query: Callable[[Seen], None] | None = None
 
     def __post_init__(self) -> None:
         fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -107,11 +111,13 @@ class FakeUpstream:
         if self.silent:
             return []
         out = [b(data) if callable(b) else b for b in self.before] if proto == "udp" else []
+        out = [b for b in out if b is not None]
         r = self.answer(q)
         if r is None:
             return out
         wire = r if isinstance(r, bytes) else r.pack()
-        if proto == "udp" and self.truncate_udp:
+        tc = self.truncate_udp(q) if callable(self.truncate_udp) else self.truncate_udp
+        if proto == "udp" and tc:
             rec = dnslib.DNSRecord.parse(wire)
             rec.rr, rec.auth, rec.ar = [], [], []
             rec.header.tc = 1
@@ -124,7 +130,10 @@ class FakeUpstream:
                 data, addr = self.udp.recvfrom(65535)
             except OSError:
                 return
-            self.seen.append(Seen(data, addr, "udp", time.monotonic()))
+            seen = Seen(data, addr, "udp", time.monotonic())
+            self.seen.append(seen)
+            if self.on_query is not None:
+                self.on_query(seen)
             replies = self._reply(data, "udp")
             threading.Thread(target=self._send_later, args=(replies, addr), daemon=True).start()
 
