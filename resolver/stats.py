@@ -63,6 +63,8 @@ class Stats:
         self.upstream_requests: dict[tuple[str, str], int] = {}
         # upstream -> Histogram
         self.upstream_duration: dict[str, Histogram] = {}
+        # upstream -> 1 (up) or 0 (down: backed off, only probed); set by the forward stage
+        self.upstream_up: dict[str, int] = {}
         self.cache_hits = 0
         self.cache_misses = 0
         self.cache_evictions = 0
@@ -75,6 +77,8 @@ class Stats:
         self.config_reload_success = 1
         # Requests turned away by bounds (in-flight cap, rate limit, ...): (client, reason) -> count
         self.limited: dict[tuple[str, str], int] = {}
+        # A/AAAA records with private/loopback addresses removed from public answers
+        self.rebind_removed = 0
 
     def query(self, client: str, qtype: str, result: str, duration: float) -> None:
         """Count one answered (or dropped) query; called once per query at the edge."""
