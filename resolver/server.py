@@ -125,7 +125,9 @@ class TcpConnection(asyncio.Protocol):
         """Hand complete frames to the server, at most ``tcp_max_pipelined`` in flight.
 
         Frames beyond the cap wait in the buffer (and reading pauses) until
-        answers go out, even when many arrived in one segment.
+        answers go out, even when many arrived in one segment; so do all
+        frames while the client is not reading its answers (write buffer
+        full), or one 256 KB read of questions could queue megabytes of answers.
         """
         if self.dispatching:   # re-entered through a synchronous answer
             return
@@ -133,7 +135,7 @@ class TcpConnection(asyncio.Protocol):
         try:
             buf = self.buf
             limit = self.server.config.server.tcp_max_pipelined
-            while len(buf) >= 2 and self.pending < limit:
+            while len(buf) >= 2 and self.pending < limit and not self.write_paused:
                 n = buf[0] << 8 | buf[1]
                 if n < 12:   # cannot even hold a header: the stream is garbage
                     self.transport.abort()  # type: ignore[union-attr]
@@ -174,7 +176,10 @@ class TcpConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self._flow()
+        if self.buf and not self.dispatching:
+            self._dispatch()
+        else:
+            self._flow()
 
     def _flow(self) -> None:
         t = self.transport
