@@ -88,7 +88,6 @@ class _UdpAttempt:
         self.qid = secrets.randbits(16)
         self.fut: asyncio.Future[bytes] = loop.create_future()
         self.t0 = time.perf_counter()
-        self.probe = False
         sock = socket.socket(up.family, socket.SOCK_DGRAM)
         self.sock = sock
         try:
@@ -162,10 +161,11 @@ class Upstreams:
     without giving up on the earlier ones, until ``upstream_total_timeout``.
 
     Health: after DOWN_AFTER consecutive failures an upstream is down.  While
-    any other upstream is up, a down one gets no queries except one probe at
-    a time, sent alongside a real query, at most once per back-off interval
-    (1 s, doubling to MAX_PROBE_INTERVAL); one answer brings it back.  When
-    every upstream is down they are all still asked: failing every query
+    any other upstream is up, a down one gets no queries, only a probe (a copy
+    of a real question, its answer used for nothing but the verdict) at most
+    once per back-off interval (1 s, doubling per failed probe up to
+    MAX_PROBE_INTERVAL) and never two at a time; one answer brings it back.
+    When every upstream is down they are all still asked: failing every query
     fast because of old failures would turn a blip into an outage.
     """
 
@@ -174,7 +174,7 @@ class Upstreams:
         self.stats = stats
 
     def plan(self, ups: list[Upstream]) -> tuple[list[Upstream], list[Upstream]]:
-        """(upstreams to ask one after another, down upstreams to probe right away)."""
+        """(upstreams to ask one after another, down upstreams due for a probe)."""
         healthy = [u for u in ups if not u.down]
         if not healthy:
             return sorted(ups, key=lambda u: u.failures), []
@@ -183,22 +183,46 @@ class Upstreams:
         return healthy, probes
 
     def order(self, ups: list[Upstream]) -> list[Upstream]:
-        """Every upstream a query may reach, in the order they are tried."""
-        healthy, probes = self.plan(ups)
-        return healthy + probes
+        """The upstreams a query is sent to, in order (down ones only when all are)."""
+        return self.plan(ups)[0]
 
     def _send(self, loop: asyncio.AbstractEventLoop, up: Upstream, req: Request, edns: bool,
-              probe: bool = False, check: Check | None = None) -> _UdpAttempt | None:
+              check: Check | None = None) -> _UdpAttempt | None:
         try:
-            a = _UdpAttempt(loop, up, req, edns, self.stats, check)
+            return _UdpAttempt(loop, up, req, edns, self.stats, check)
         except OSError:
             self.stats.upstream(up.label, "error")
-            self._failed(up, probe)
+            self._failed(up)
             return None
-        a.probe = probe
-        if probe:
-            up.probing = True
-        return a
+
+    def probe(self, loop: asyncio.AbstractEventLoop, up: Upstream, req: Request) -> None:
+        """Ask a down upstream ``req`` on the side: callbacks and a timer, no Task to track."""
+        a = self._send(loop, up, req, True)
+        if a is None:
+            return
+        up.probing = True
+
+        def verdict(alive: bool) -> None:
+            if not up.probing:
+                return
+            up.probing = False
+            a.close()
+            timer.cancel()
+            if alive:
+                self.stats.upstream(up.label, "ok", time.perf_counter() - a.t0)
+                self._healthy(up)
+            else:
+                self.stats.upstream(up.label, "timeout")
+                self._failed(up, probe=True)
+
+        def done(fut: asyncio.Future[bytes]) -> None:
+            # Any validated answer but SERVFAIL/REFUSED shows the upstream works again.
+            ok = not fut.cancelled() and fut.exception() is None and \
+                fut.result()[3] & 0xF not in (SERVFAIL, REFUSED)
+            verdict(ok)
+
+        timer = loop.call_later(self.opts.upstream_total_timeout, verdict, False)
+        a.fut.add_done_callback(done)
 
     async def query(self, req: Request, ups: list[Upstream]) -> tuple[bytes, Upstream]:
         data, up, _ = await self.query_checked(req, ups)
@@ -212,14 +236,12 @@ class Upstreams:
         loop = asyncio.get_running_loop()
         opts, stats = self.opts, self.stats
         order, probes = self.plan(ups)
+        for up in probes:
+            self.probe(loop, up, req)
         start = loop.time()
         deadline = start + opts.upstream_total_timeout
         max_sends = max(3, len(order))
         attempts: list[_UdpAttempt] = []
-        for up in probes:
-            a = self._send(loop, up, req, True, True, check)
-            if a is not None:
-                attempts.append(a)
         sends = 0
         next_send = start
         last_bad: tuple[bytes, Upstream, Any] | None = None
@@ -233,7 +255,7 @@ class Upstreams:
                     up = order[sends % len(order)]
                     sends += 1
                     next_send = now + opts.upstream_timeout
-                    a = self._send(loop, up, req, up.label not in no_edns, False, check)
+                    a = self._send(loop, up, req, up.label not in no_edns, check)
                     if a is None:
                         next_send = now
                         continue
@@ -252,7 +274,7 @@ class Upstreams:
                     outcome = await self._handle(a, deadline - loop.time())
                     if outcome == "retry-no-edns":
                         no_edns.add(a.up.label)
-                        b = self._send(loop, a.up, req, False, a.probe, check)
+                        b = self._send(loop, a.up, req, False, check)
                         if b is None:
                             next_send = loop.time()
                         else:
@@ -261,7 +283,6 @@ class Upstreams:
                         rcode = outcome[3] & 0xF
                         if rcode in (SERVFAIL, REFUSED, FORMERR, NOTIMP):
                             last_bad = (outcome, a.up, a.parsed)
-                            self._done_probe(a)
                             next_send = loop.time()   # ask the next upstream now
                         else:
                             self._healthy(a.up)
@@ -271,12 +292,10 @@ class Upstreams:
         finally:
             for a in attempts:
                 a.close()
+                # One asked moments ago and overtaken by another's answer did not fail.
                 if time.perf_counter() - a.t0 >= opts.upstream_timeout:
                     stats.upstream(a.up.label, "timeout")
-                    self._failed(a.up, a.probe)
-                else:
-                    # Asked moments ago and overtaken by another answer: not its failure.
-                    self._done_probe(a)
+                    self._failed(a.up)
         if last_bad is not None:
             return last_bad
         raise UpstreamFailure("no upstream answered")
@@ -286,7 +305,7 @@ class Upstreams:
         exc = a.fut.exception()
         if exc is not None:
             stats.upstream(a.up.label, "error")
-            self._failed(a.up, a.probe)
+            self._failed(a.up)
             return None
         data = a.fut.result()
         if data[2] & 0x02:   # TC: the full answer only fits over TCP
@@ -297,7 +316,7 @@ class Upstreams:
                     a.parsed = a.check(data)
             except (OSError, TimeoutError, asyncio.IncompleteReadError, WireError):
                 stats.upstream(a.up.label, "error")
-                self._failed(a.up, a.probe)
+                self._failed(a.up)
                 return None
         rcode = data[3] & 0xF
         if a.edns and rcode in (FORMERR, NOTIMP):
@@ -318,17 +337,8 @@ class Upstreams:
             up.failures += 1
             up.down_until = time.monotonic() + min(
                 MAX_PROBE_INTERVAL, 2.0 ** (up.failures - DOWN_AFTER))
-        if probe:
-            up.probing = False
-
-    def _done_probe(self, a: _UdpAttempt) -> None:
-        """A probe that ended without a verdict: free the slot, keep the schedule."""
-        if a.probe:
-            a.up.probing = False
-            a.up.down_until = max(a.up.down_until, time.monotonic() + 1.0)
 
     def _healthy(self, up: Upstream) -> None:
         up.failures = 0
         up.down_until = 0.0
-        up.probing = False
         self.stats.upstream_up[up.label] = 1

@@ -230,13 +230,20 @@ def write_config(tmp: Path, text: str, name: str = "config.yaml") -> Path:
 
 def start_server(tmp: Path, upstream: FakeUpstream, extra: str = "",
                  lists: dict[str, str] | None = None, listen: str = "127.0.0.1:0") -> ServerThread:
-    """Write lists and a config into ``tmp`` and start a server using ``upstream``."""
+    """Write lists and a config into ``tmp`` and start a server using ``upstream``.
+
+    A top-level ``upstreams:`` or ``metrics:`` key in ``extra`` replaces the default one.
+    """
     lines = ""
     for name, body in (lists or {}).items():
         (tmp / f"{name}.txt").write_text(body)
         lines += f"    {name}: {name}.txt\n"
-    text = (f'listen: ["{listen}"]\nupstreams: ["{upstream.address}"]\n'
-            f"metrics: {{listen: null}}\n")
+    given = {line.split(":", 1)[0] for line in extra.splitlines() if line[:1].isalpha()}
+    text = f'listen: ["{listen}"]\n'
+    if "upstreams" not in given:
+        text += f'upstreams: ["{upstream.address}"]\n'
+    if "metrics" not in given:
+        text += "metrics: {listen: null}\n"
     if lines:
         text += "blocking:\n  lists:\n" + lines
     text += extra
