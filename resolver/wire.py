@@ -143,6 +143,57 @@ def skip_name(data: bytes, pos: int, n: int) -> int:
         pos += 1 + ln
 
 
+def check_name(data: bytes, pos: int, n: int) -> int:
+    """Like ``read_name`` without building the name: validate pointers and lengths, return the end.
+
+    Why: a record the answer walk only skipped could carry a pointer past the
+    end or a loop; cached and replayed, such a message breaks every client.
+    """
+    end = -1
+    jumps = 0
+    total = 1
+    while True:
+        if pos >= n:
+            raise WireError("name runs past the end")
+        ln = data[pos]
+        if ln == 0:
+            return pos + 1 if end < 0 else end
+        if ln & 0xC0 == 0xC0:
+            if pos + 2 > n:
+                raise WireError("truncated pointer")
+            target = ((ln & 0x3F) << 8) | data[pos + 1]
+            if end < 0:
+                end = pos + 2
+            jumps += 1
+            if jumps > 64 or target >= pos:
+                raise WireError("compression loop or forward pointer")
+            pos = target
+            continue
+        if ln > 63:
+            raise WireError("extended label type")
+        total += ln + 1
+        if total > 255 or pos + 1 + ln > n:
+            raise WireError("bad label")
+        pos += 1 + ln
+
+
+# Types whose rdata holds a (possibly compressed) name, and where it starts (RFC 3597 s4).
+_RDATA_NAME_AT = {T_NS: 0, T_CNAME: 0, T_PTR: 0, T_MX: 2, T_SRV: 6}
+
+
+def _check_rdata(data: bytes, rtype: int, rdata: int, end: int) -> None:
+    """The names inside NS/CNAME/PTR/MX/SRV/SOA rdata are valid and fill it exactly."""
+    if rtype == T_SOA:
+        p = check_name(data, check_name(data, rdata, end), end) + 20
+    else:
+        off = _RDATA_NAME_AT.get(rtype)
+        if off is None:
+            return
+        p = check_name(data, rdata + off, end)
+    if p != end:
+        raise WireError("rdata length does not match its contents")
+
+
 def read_name(data: bytes, pos: int) -> tuple[str, int]:
     """Decompress the name at ``pos`` -> (lower-case dotted name, offset after it in place)."""
     n = len(data)
@@ -432,7 +483,7 @@ def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
         if section == 0:
             owner, pos = read_name(data, pos)
         else:
-            pos = skip_name(data, pos, n)
+            pos = check_name(data, pos, n)
         if pos + 10 > n:
             raise WireError("truncated record")
         rtype, rclass, ttl, rdlen = _RR.unpack_from(data, pos)
@@ -441,6 +492,8 @@ def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
         pos = rdata + rdlen
         if pos > n:
             raise WireError("truncated rdata")
+        if rtype in _RDATA_NAME_AT or rtype == T_SOA:
+            _check_rdata(data, rtype, rdata, pos)
         if rtype == T_OPT:
             records.append((start, pos, 3, rtype, -1))
             continue
