@@ -91,7 +91,10 @@ def parse_text(text: str, keep_rules: bool = False) -> Parsed:
     out = Parsed(rules=[] if keep_rules else None)
     if text.startswith("\ufeff"):
         text = text[1:]
-    for lineno, raw in enumerate(text.splitlines(), 1):
+    # Split on "\n" only (CR is stripped with the line): str.splitlines() also
+    # breaks on \x0b, \x0c, \x1c-\x1e, \x85 and \u2028, and the line numbers in
+    # messages would no longer match the editor's or grep -n's.
+    for lineno, raw in enumerate(text.split("\n"), 1):
         line = raw.strip()
         if not line or line[0] in "#!" or line.startswith("[") and line.endswith("]"):
             continue
