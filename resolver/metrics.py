@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 
 # The classic text format; Prometheus 2.x and every scraper understand it.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-OTHER_CLIENT = "other"
-DEFAULT_MAX_CLIENTS = 512
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -244,57 +242,6 @@ def make_registry(stats: Stats) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatsCollector(stats))
     return registry
-
-
-class ClientLabels:
-    """Maps a client address to its ``client`` label value, with a hard bound.
-
-    The value is the name from the config's ``clients:`` map, else the
-    address.  At most ``max_clients`` distinct values are ever handed out;
-    later newcomers all get ``"other"``.  Why a bound: every value multiplies
-    the series of ``hushdns_queries_total`` and ``hushdns_blocked_total``, and
-    a LAN with churning IPv6 privacy addresses would otherwise grow them
-    without end.  Values once handed out stay counted (the Stats dicts keep
-    them), so the bound holds across ``rebind()`` on config reload too.
-    """
-
-    def __init__(self, name_of: Callable[[str], str | None],
-                 max_clients: int = DEFAULT_MAX_CLIENTS, cache_limit: int | None = None) -> None:
-        if max_clients < 0:
-            raise ValueError("max_clients must be >= 0")
-        self._name_of = name_of
-        self.max_clients = max_clients
-        self._used: set[str] = set()
-        self._cache: dict[str, str] = {}
-        # The address cache is bounded too; past it we just look up each time.
-        self._cache_limit = cache_limit if cache_limit is not None else max(4 * max_clients, 4096)
-
-    @property
-    def used(self) -> frozenset[str]:
-        """The distinct label values handed out so far (without "other")."""
-        return frozenset(self._used)
-
-    def label(self, ip: str) -> str:
-        """The label for ``ip``: one dict lookup on the hot path once seen."""
-        cached = self._cache.get(ip)
-        if cached is not None:
-            return cached
-        value = self._name_of(ip) or ip
-        if value not in self._used:
-            if len(self._used) < self.max_clients:
-                self._used.add(value)
-            else:
-                value = OTHER_CLIENT
-        if len(self._cache) < self._cache_limit:
-            self._cache[ip] = value
-        return value
-
-    def rebind(self, name_of: Callable[[str], str | None], max_clients: int | None = None) -> None:
-        """Adopt a reloaded ``clients:`` map; already-used values keep their slots."""
-        self._name_of = name_of
-        if max_clients is not None:
-            self.max_clients = max_clients
-        self._cache.clear()
 
 
 # --------------------------------------------------------------------------

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dashboard_queries import DASHBOARDS, load_dashboard, panels, substitute, targets
+
+from tests.dashboard_queries import DASHBOARDS, load_dashboard, panels, substitute, targets
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(

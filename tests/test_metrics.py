@@ -9,17 +9,19 @@ import random
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from resolver import __version__
+from resolver.clients import ClientTable, LabelBound
+from resolver.config import load_config
+from resolver.lists.loader import Blocklists
 from resolver.metrics import (
     CONTENT_TYPE,
     MAX_REQUEST_HEAD,
-    OTHER_CLIENT,
-    ClientLabels,
     make_registry,
     render,
     snapshot,
@@ -168,18 +170,32 @@ def test_snapshot_is_detached_from_later_increments() -> None:
 
 
 # ---------------------------------------------------------------- client labels
+# The bound lives in the core (resolver.clients.LabelBound, applied by
+# ClientTable); these tests pin down what the metrics promise about it.
+
+OTHER = "other"
 
 
-def test_client_labels_use_config_names_else_address() -> None:
-    names = {"192.168.1.20": "redmi-phone"}
-    labels = ClientLabels(names.get, max_clients=10)
-    assert labels.label("192.168.1.20") == "redmi-phone"
-    assert labels.label("192.168.1.21") == "192.168.1.21"
-    assert labels.label("192.168.1.20") == "redmi-phone"
+def client_table(tmp_path: Path, yaml_text: str) -> ClientTable:
+    path = tmp_path / "config.yaml"
+    path.write_text('listen: ["127.0.0.1:0"]\nupstreams: ["127.0.0.1:53"]\n' + yaml_text)
+    config = load_config(path)
+    return ClientTable(config, Blocklists(), LabelBound(config.metrics.max_clients))
 
 
-def test_client_labels_are_bounded_and_exact() -> None:
-    labels = ClientLabels(lambda ip: None, max_clients=3)
+def test_client_label_is_the_configured_name_else_the_address(tmp_path: Path) -> None:
+    table = client_table(tmp_path, "clients:\n  redmi-phone: [192.168.1.20]\n"
+                                   "  laptop: [192.168.1.30, 'fd00::30']\n")
+    assert table.lookup("192.168.1.20").label == "redmi-phone"
+    assert table.lookup("192.168.1.21").label == "192.168.1.21"
+    # Several addresses with one name take one label (and one slot).
+    assert table.lookup("192.168.1.30").label == "laptop"
+    assert table.lookup("fd00::30").label == "laptop"
+    assert table.labels.seen == {"redmi-phone", "192.168.1.21", "laptop"}
+
+
+def test_client_labels_are_bounded_and_counts_stay_exact(tmp_path: Path) -> None:
+    table = client_table(tmp_path, "metrics: {listen: null, max_clients: 3}\n")
     stats = Stats()
     ips = [f"10.0.0.{i}" for i in range(1, 11)]
     sent = {ip: (i + 1) * 3 for i, ip in enumerate(ips)}
@@ -189,49 +205,33 @@ def test_client_labels_are_bounded_and_exact() -> None:
     for ip in order:
         if ip not in first_seen:
             first_seen.append(ip)
-        stats.block(labels.label(ip), "l", None)
+        stats.block(table.lookup(ip).label, "l", None)
     kept = first_seen[:3]
     got = parse(scrape_text(stats))
     clients = {dict(lbl)["client"] for (name, lbl) in got if name == "hushdns_blocked_total"}
-    assert clients == {*kept, OTHER_CLIENT}
+    assert clients == {*kept, OTHER}
     for ip in kept:
         assert value(got, "hushdns_blocked_total", client=ip, list="l") == sent[ip]
-    assert value(got, "hushdns_blocked_total", client=OTHER_CLIENT, list="l") == sum(
+    assert value(got, "hushdns_blocked_total", client=OTHER, list="l") == sum(
         n for ip, n in sent.items() if ip not in kept)
-    assert labels.used == frozenset(kept)
+    assert sum(v for (n, _), v in got.items() if n == "hushdns_blocked_total") == len(order)
 
 
-def test_several_addresses_with_one_name_take_one_slot() -> None:
-    names = {"10.0.0.1": "laptop", "fd00::1": "laptop"}
-    labels = ClientLabels(names.get, max_clients=2)
-    assert labels.label("10.0.0.1") == "laptop"
-    assert labels.label("fd00::1") == "laptop"
-    assert labels.label("10.0.0.9") == "10.0.0.9"
-    assert labels.label("10.0.0.10") == OTHER_CLIENT
-    assert labels.label("fd00::1") == "laptop"
+def test_client_label_bound_survives_a_reload(tmp_path: Path) -> None:
+    """Labels handed out keep their series in Stats, so they keep their slots."""
+    bound = LabelBound(2)
+    assert bound("10.0.0.1") == "10.0.0.1"
+    assert bound("tv") == "tv"
+    bound.limit = 2            # what Server._install does on reload
+    assert bound("10.0.0.3") == OTHER
+    assert bound("10.0.0.1") == "10.0.0.1"
+    assert bound("tv") == "tv"
 
 
-def test_client_label_bound_survives_reload() -> None:
-    labels = ClientLabels(lambda ip: None, max_clients=2)
-    assert labels.label("10.0.0.1") == "10.0.0.1"
-    labels.rebind({"10.0.0.2": "tv"}.get)
-    assert labels.label("10.0.0.2") == "tv"
-    # Both slots are taken (10.0.0.1's series still exists in Stats).
-    assert labels.label("10.0.0.3") == OTHER_CLIENT
-    assert labels.label("10.0.0.1") == "10.0.0.1"
-
-
-def test_client_label_cache_is_bounded() -> None:
-    labels = ClientLabels(lambda ip: None, max_clients=1, cache_limit=100)
-    for i in range(10_000):
-        labels.label(f"fd00::{i:x}")
-    assert len(labels._cache) == 100
-    assert labels.label("fd00::ffff") == OTHER_CLIENT
-
-
-def test_zero_max_clients_puts_everyone_in_other() -> None:
-    labels = ClientLabels({"10.0.0.1": "tv"}.get, max_clients=0)
-    assert labels.label("10.0.0.1") == OTHER_CLIENT
+def test_many_distinct_addresses_never_exceed_the_bound(tmp_path: Path) -> None:
+    table = client_table(tmp_path, "metrics: {listen: null, max_clients: 5}\n")
+    labels = {table.lookup(f"fd00::{i:x}").label for i in range(20_000)}
+    assert len(labels) == 6 and OTHER in labels
 
 
 # ---------------------------------------------------------------- HTTP server
