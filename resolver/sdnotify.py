@@ -20,7 +20,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,41 @@ class Notifier:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+class _Lifecycle(Protocol):
+    """The part of ``resolver.server.Server`` that reports its lifecycle."""
+
+    on_ready: Callable[[], None]
+    on_reload_start: Callable[[], None]
+    on_reload_done: Callable[[], None]
+    on_stopping: Callable[[], None]
+
+
+def attach(server: _Lifecycle, notifier: Notifier | None = None,
+           describe: Callable[[], str] | None = None) -> Notifier:
+    """Report ``server``'s lifecycle to systemd through its hooks; returns the notifier.
+
+    READY=1 after the sockets are bound, RELOADING=1 ... READY=1 around every
+    reload (also a failed one: the old config is still serving, and systemd
+    must not wait forever), STOPPING=1 when shutdown begins.  ``describe``
+    supplies the STATUS= text that ``systemctl status`` shows.  The caller
+    runs ``notifier.watchdog_loop()`` as a task.
+    """
+    n = notifier if notifier is not None else Notifier()
+
+    def ready() -> None:
+        n.ready(status=describe() if describe else None)
+
+    server.on_ready = ready
+    server.on_reload_start = lambda: _ignore(n.reloading())
+    server.on_reload_done = ready
+    server.on_stopping = lambda: _ignore(n.stopping())
+    return n
+
+
+def _ignore(_: Any) -> None:
+    return None
 
 
 def _status_field(text: str) -> str:
