@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,24 @@ def test_bad_config_is_refused(repo: tuple[Path, dict[str, str], Path]) -> None:
     result = commit(work, env, ".")
     assert result.returncode != 0
     assert "config.yaml is bad" in result.stderr
+
+
+def test_hook_with_the_real_check(repo: tuple[Path, dict[str, str], Path]) -> None:
+    """The hook's command line is one hushdns really accepts, and its verdict stops commits."""
+    work, env, _log = repo
+    env = {**env, "HUSHDNS": f"{sys.executable} -m resolver", "PYTHONPATH": str(ROOT),
+           "HUSHDNS_LINT_PATHS": ""}
+    (work / "config.yaml").write_text(
+        'listen: ["127.0.0.1:5353"]\nupstreams: ["192.0.2.53:53"]\n'
+        "blocking: {lists: {household: lists/household.txt}}\n"
+    )
+    (work / "lists" / "household.txt").write_text("tracker.example\n")
+    result = commit(work, env, ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (work / "config.yaml").write_text(
+        'listen: ["127.0.0.1:5353"]\nupstreams: ["192.0.2.53:53"]\n'
+        "blocking: {lists: {household: lists/missing.txt}}\n"
+    )
+    result = commit(work, env, ".")
+    assert result.returncode != 0
+    assert "missing.txt" in result.stdout + result.stderr
