@@ -192,6 +192,8 @@ def parse_query(data: bytes) -> Request:
     Raises ``Drop`` (no answer at all) or ``Reject`` (carrying the error reply).
     This is the single place where client input is validated.
     """
+    if type(data) is not bytes:
+        data = bytes(data)
     n = len(data)
     if n < 12:
         raise Drop("shorter than a header")
