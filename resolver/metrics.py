@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -237,10 +237,17 @@ def _copy_hist(h: Histogram) -> Histogram:
     return Histogram(bounds=h.bounds, counts=list(h.counts), total=h.total, n=h.n)
 
 
-def make_registry(stats: Stats) -> CollectorRegistry:
-    """A private registry holding only hushdns's collector (no global state, testable)."""
+def make_registry(stats: Stats, process: bool = True) -> CollectorRegistry:
+    """A private registry: hushdns's collector plus the standard ``process_*`` series.
+
+    Private so nothing else in the process (or a test) leaks series into it.
+    ``process_*`` (memory, CPU, open fds, start time) is what tells a slow or
+    leaking resolver apart from a busy LAN; it reads /proc, never Stats.
+    """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatsCollector(stats))
+    if process:
+        ProcessCollector(registry=registry)
     return registry
 
 

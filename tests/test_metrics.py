@@ -126,6 +126,14 @@ def test_histogram_buckets_are_cumulative_and_end_in_inf() -> None:
         sum(values))
 
 
+def test_process_series_are_exported_next_to_ours() -> None:
+    got = parse(scrape_text(Stats()))
+    names = {n for n, _ in got}
+    assert {"process_resident_memory_bytes", "process_cpu_seconds_total",
+            "process_start_time_seconds", "process_open_fds"} <= names
+    assert value(got, "process_resident_memory_bytes") > 0
+
+
 def test_empty_stats_still_scrape_cleanly() -> None:
     got = parse(scrape_text(Stats()))
     assert value(got, "hushdns_build_info", version=__version__) == 1
@@ -375,7 +383,7 @@ def assert_histograms_consistent(cur: dict[Sample, float]) -> None:
 
 
 def hammer(stats: Stats, stop: threading.Event | None, n: int, rng: random.Random) -> None:
-    clients = [f"10.0.0.{i}" for i in range(100)]
+    clients = [f"10.0.0.{i}" for i in range(40)]
     for _ in range(n):
         if stop is not None and stop.is_set():
             return
