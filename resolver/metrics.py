@@ -145,14 +145,13 @@ class StatsCollector:
             h.add_metric((upstream,), buckets, total)
         yield h
 
-        state: dict[str, int] | None = getattr(s, "upstream_state", None)
-        if state is not None:
-            g = GaugeMetricFamily(
-                "hushdns_upstream_up", "1 if the upstream is considered healthy, else 0.",
-                labels=("upstream",))
-            for upstream, up in _items(state):
-                g.add_metric((upstream,), up)
-            yield g
+        g = GaugeMetricFamily(
+            "hushdns_upstream_up",
+            "1 if the upstream answered last time, 0 while it is in back-off after repeated failures.",
+            labels=("upstream",))
+        for upstream, up in _items(s.upstream_state):
+            g.add_metric((upstream,), up)
+        yield g
 
         yield GaugeMetricFamily(
             "hushdns_cache_entries", "Answers currently held in the cache.",

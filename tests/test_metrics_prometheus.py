@@ -248,5 +248,7 @@ def test_prometheus_sees_exact_per_client_counts_and_every_dashboard_query_works
     assert share_by["other"] > 0.5
     ages = vector(base, f"time() - hushdns_list_last_success_timestamp_seconds{{{sel}}}")
     assert len(ages) == 2 and all(0 <= v < 600 for v in ages.values())
+    up = vector(base, f"hushdns_upstream_up{{{sel}}}")
+    assert len(up) == 1 and list(up.values()) == [1.0]
     entries = vector(base, f"hushdns_list_entries{{{sel}}}")
     assert {dict(k)["list"]: v for k, v in entries.items()} == {"xiaomi": 2.0, "ads": 1.0}
