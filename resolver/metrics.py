@@ -19,7 +19,7 @@ import copy
 import gzip
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -403,8 +403,3 @@ async def start_metrics_server(stats: Stats, host: str, port: int) -> MetricsSer
     await server._start(host, port)
     log.info("metrics on http://%s:%d/metrics", *server.address[:2])
     return server
-
-
-def families(stats: Stats) -> Iterable[Metric]:
-    """The families a scrape would return right now (for tests and `hushdns` CLI)."""
-    return StatsCollector(stats).collect()
