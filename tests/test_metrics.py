@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+import dns.message
+import dns.query
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,6 +30,7 @@ from resolver.metrics import (
     start_metrics_server,
 )
 from resolver.stats import DURATION_BUCKETS, RESULTS, Stats
+from tests.fakes import FakeUpstream, ServerThread
 
 Sample = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -495,3 +498,39 @@ def test_a_large_scrape_does_not_stall_the_event_loop() -> None:
     inline = time.perf_counter() - t0
     worst = run(main())
     assert worst < max(0.1, inline / 2), (worst, inline)
+
+
+# ---------------------------------------------------------------- wired into the Server
+
+
+def test_server_serves_metrics_and_rebinds_them_on_reload(tmp_path: Path) -> None:
+    up = FakeUpstream()
+    cfg = tmp_path / "config.yaml"
+    base = f'listen: ["127.0.0.1:0"]\nupstreams: ["{up.address}"]\n'
+    cfg.write_text(base + 'metrics: {listen: "127.0.0.1:0"}\n')
+    srv = ServerThread(load_config(cfg), reload_config=lambda: load_config(cfg))
+    try:
+        addr = srv.server.metrics_server.address
+        assert http_get(addr, "/healthz")[0] == 200
+        dns.query.udp(dns.message.make_query("www.example.org", "A"), srv.host, port=srv.port,
+                      timeout=5, source="127.0.0.7")
+        got = parse(http_get(addr, "/metrics")[2].decode())
+        assert value(got, "hushdns_queries_total", client="127.0.0.7", qtype="A",
+                     result="forwarded") == 1
+
+        cfg.write_text(base + "metrics: {listen: null}\n")
+        assert srv.reload()
+        assert srv.server.metrics_server is None
+        with pytest.raises(OSError):
+            socket.create_connection(addr, timeout=2).close()
+
+        cfg.write_text(base + 'metrics: {listen: "127.0.0.1:0"}\n')
+        assert srv.reload()
+        got = parse(http_get(srv.server.metrics_server.address, "/metrics")[2].decode())
+        # Same Stats: the counters survived both reloads.
+        assert value(got, "hushdns_queries_total", client="127.0.0.7", qtype="A",
+                     result="forwarded") == 1
+        assert value(got, "hushdns_config_reload_success") == 1
+    finally:
+        srv.stop()
+        up.close()
