@@ -62,6 +62,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError:
         runner = asyncio.run
     try:
+        if args.worker_fd is not None:
+            from .workers import run_worker
+
+            return runner(run_worker(config, lambda: _load(args), args.worker_fd))
+        if config.workers > 1:
+            from .workers import Supervisor, worker_argv
+
+            return runner(Supervisor(config, lambda: _load(args), worker_argv(args.argv)).run())
         return runner(_serve(config, args))
     except KeyboardInterrupt:
         return 0
@@ -224,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--upstream", action="append", help="override upstreams (repeatable)")
     s.add_argument("--metrics", help="override metrics.listen, or 'off'")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)   # internal: workers: N
     s.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("check", help="validate a config and every list it uses")
@@ -242,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     return int(args.func(args) or 0)
 
 

@@ -19,7 +19,7 @@ import copy
 import gzip
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -266,12 +266,19 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
 class MetricsServer:
     """The running /metrics endpoint; ``address`` is the bound (host, port)."""
 
-    def __init__(self, stats: Stats) -> None:
+    def __init__(self, stats: Stats,
+                 source: Callable[[], Awaitable[Stats]] | None = None) -> None:
         self.stats = stats
+        # Where a scrape's numbers come from: this process's Stats, or (workers)
+        # the merged snapshots of every worker process.
+        self.source = source or self._local
         self.serving = False
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.Task[Any]] = set()
         self.address: tuple[str, int] = ("", 0)
+
+    async def _local(self) -> Stats:
+        return snapshot(self.stats)
 
     async def _start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(
@@ -359,7 +366,7 @@ class MetricsServer:
             gz = "gzip" in headers.get("accept-encoding", "")
             try:
                 # Copy on the loop (consistent, cheap); format in a thread (slow).
-                body = await asyncio.to_thread(render, snapshot(self.stats), gz)
+                body = await asyncio.to_thread(render, await self.source(), gz)
             except Exception:  # noqa: BLE001 - report, keep serving
                 log.exception("metrics collection failed")
                 await self._send(writer, 500, b"collection failed\n", close=close)
@@ -397,9 +404,11 @@ def render(stats: Stats, gzipped: bool = False) -> bytes:
     return gzip.compress(body, compresslevel=1) if gzipped else body
 
 
-async def start_metrics_server(stats: Stats, host: str, port: int) -> MetricsServer:
-    """Serve /metrics for ``stats`` on (host, port); port 0 picks a free one."""
-    server = MetricsServer(stats)
+async def start_metrics_server(stats: Stats, host: str, port: int,
+                               source: Callable[[], Awaitable[Stats]] | None = None
+                               ) -> MetricsServer:
+    """Serve /metrics for ``stats`` (or what ``source`` returns) on (host, port); port 0 picks one."""
+    server = MetricsServer(stats, source)
     await server._start(host, port)
     log.info("metrics on http://%s:%d/metrics", *server.address[:2])
     return server

@@ -179,8 +179,10 @@ class Server:
     """Owns the sockets, the chain, the lists and the stats for one configuration at a time."""
 
     def __init__(self, config: Config, stats: Stats | None = None,
-                 reload_config: Callable[[], Config] | None = None) -> None:
+                 reload_config: Callable[[], Config] | None = None,
+                 reuse_port: bool = False) -> None:
         self.config = config
+        self.reuse_port = reuse_port   # several worker processes share the listen ports
         self.stats = stats or Stats()
         self.reload_config = reload_config
         self.labels = LabelBound(config.metrics.max_clients)
@@ -298,6 +300,8 @@ class Server:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         for _ in range(20):
             udp = socket.socket(family, socket.SOCK_DGRAM)
+            if self.reuse_port:
+                udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             with contextlib.suppress(OSError):
@@ -306,6 +310,8 @@ class Server:
             bound = udp.getsockname()[1]
             tcp = socket.socket(family, socket.SOCK_STREAM)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.reuse_port:
+                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 tcp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
