@@ -221,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tcp", action="store_true", help="as if asked over TCP")
     q.add_argument("-c", "--config", help="YAML config file (embedded default without -c)")
     q.set_defaults(func=cmd_query)
+
+    from .lists.commands import add_parser as add_lists_parser
+
+    add_lists_parser(sub)   # hushdns lists lint | show | stats
     return p
 
 
