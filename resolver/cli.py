@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, sdnotify
 from .config import Config, ConfigError, ListSpec, load_config
 from .lists import loader
 from .lists.parse import Parsed
@@ -71,11 +71,15 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
     from .server import Server
 
     server = Server(config, reload_config=lambda: _load(args))
-    # TODO(sdnotify): connect the Notifier to server.on_* hooks.
+    notifier = sdnotify.attach(server, describe=lambda: _status(server))
+    # Pings from the event loop itself: if the loop hangs, systemd restarts us.
+    watchdog = asyncio.create_task(notifier.watchdog_loop())
     try:
         await server.start()
     except OSError as exc:
         log.error("cannot listen: %s", exc)
+        notifier.status(f"cannot listen: {exc}")
+        watchdog.cancel()
         return 1
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -85,7 +89,19 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
     await stop.wait()
     log.info("stopping")
     await server.stop()
+    watchdog.cancel()
     return 0
+
+
+def _status(server: Any) -> str:
+    """One line for ``systemctl status``: what is served, and whether the last reload worked."""
+    from .config import format_endpoint
+
+    addrs = ", ".join(map(format_endpoint, server.udp_addresses))
+    text = f"serving {len(server.lists.index)} domains from {len(server.lists.lists)} lists on {addrs}"
+    if not server.stats.config_reload_success:
+        text += "; last reload FAILED, running the previous config"
+    return text
 
 
 # --- check ---------------------------------------------------------------------------------

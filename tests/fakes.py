@@ -197,6 +197,8 @@ class ServerThread:
         return self.call(self.server.reload())
 
     def stop(self) -> None:
+        if self.loop.is_closed():
+            return
         try:
             self.call(self.server.stop())
         finally:
