@@ -424,3 +424,38 @@ def test_reload_picks_up_a_new_url_list(tmp_path: Path, upstream, web: ListServe
         wait_for(lambda: blocked(srv, "x.blocked.example"), what="download after reload")
     finally:
         srv.stop()
+
+
+# --- subscribed formats and the documented config -------------------------------------------------
+
+WILDCARD = ("# Title: Example vendor tracker list\n# Syntax: Domains Wildcard\n#\n"
+            "*.tracking.vendor.example\n*.stat.vendor.example\n")
+ADBLOCK = ("[Adblock Plus]\n! Title: Example vendor tracker list\n! Syntax: AdBlock\n!\n"
+           "||tracking.vendor.example^\n||stat.vendor.example^\n")
+ONLY_DOMAINS = "# Title: Example\n# Syntax: Domains\n#\ntracking.vendor.example\nstat.vendor.example\n"
+
+
+@pytest.mark.parametrize("body", [WILDCARD, ADBLOCK, ONLY_DOMAINS], ids=["wildcard", "adblock", "domains"])
+def test_public_list_formats_download_as_subtrees(web: ListServer, tmp_path: Path, body: str) -> None:
+    web.behaviour = serve(body, etag='"fmt"')
+    spec = spec_for(web.url)
+    remote.fetch(spec, str(tmp_path))
+    (tmp_path / "c.yaml").write_text(f"upstreams: [\"127.0.0.1:1\"]\nstate_dir: {tmp_path}\n"
+                                     f"blocking:\n  lists:\n    remote: \"{web.url}\"\n")
+    snap = loader.load_all(load_config(tmp_path / "c.yaml"))
+    assert snap.lists["remote"].entries == 2 and snap.lists["remote"].rejected == 0
+    mask = snap.mask(("remote",))
+    for name in ("tracking.vendor.example", "a.b.tracking.vendor.example", "x.stat.vendor.example"):
+        assert snap.index.match(name, mask, 0) is not None, name
+    assert snap.index.match("vendor.example", mask, 0) is None
+
+
+def test_the_documented_subscription_config_is_valid() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "lists.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in doc.split("```yaml\n")[1:]]
+    snippet = next(b for b in blocks if "hagezi" in b and "groups:" in b)
+    cfg = load_config(None, text=snippet + "upstreams: [\"127.0.0.1:1\"]\n")
+    spec = cfg.blocking.lists["hagezi-xiaomi"]
+    assert spec.kind == "url" and spec.refresh == 86400
+    assert spec.source.startswith("https://raw.githubusercontent.com/hagezi/dns-blocklists/main/")
+    assert cfg.groups["default"].allow == ("essential",)
