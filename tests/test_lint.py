@@ -163,10 +163,22 @@ def test_default_tier_must_not_cover_essential_hosts(tmp_path: Path) -> None:
     assert "essential.txt:7" in found
     parent = write(tmp_path, "example.txt", "rom.example.com  # oops\n")
     only([parent], "covers the essential host connect.rom.example.com")
-    # A child of an essential host is fine, and so is the strict tier.
+    # A child of an essential host is fine.
     assert messages(write(tmp_path, "example.txt", "x.connect.rom.example.com  # ok\n")) == []
-    assert messages(write(tmp_path, "example-strict.txt", "rom.example.com  # strict\n",
-                          tier="strict")) == []
+
+
+def test_strict_tier_may_cover_essential_hosts_when_its_header_says_so(tmp_path: Path) -> None:
+    write(tmp_path, "essential.txt", ESSENTIAL, tier="essential")
+    silent = write(tmp_path, "example-strict.txt", "rom.example.com  # strict\n", tier="strict")
+    only([silent], "a strict list may, but its header must name the host")
+    header = HEADER.format(tier="strict") + \
+        "# STOPS WORKING: the captive-portal probe connect.rom.example.com.\n\n"
+    said = write(tmp_path, "example-strict.txt", "rom.example.com  # strict\n", header=header)
+    assert messages(said) == []
+    # Naming it below the first rule does not count.
+    late = write(tmp_path, "example-strict.txt",
+                 "rom.example.com  # strict\n# connect.rom.example.com\n", tier="strict")
+    only([late], "its header must name the host")
 
 
 def test_essential_file_given_explicitly(tmp_path: Path) -> None:

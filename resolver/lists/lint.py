@@ -102,6 +102,7 @@ class ListFile:
     headers: dict[str, tuple[str, int]]
     entries: list[Entry]
     findings: list[Finding]
+    preamble: str = ""          # every comment above the first rule
 
     @property
     def tier(self) -> str | None:
@@ -168,6 +169,7 @@ def read_list(path: Path) -> ListFile:
         return ListFile(path, {}, [], [Finding(p, 1, f"cannot read: {exc}")])
     in_header = True
     section = 0
+    preamble, preamble_done = text, False
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if in_header:
@@ -185,11 +187,14 @@ def read_list(path: Path) -> ListFile:
             if line.startswith("# =="):
                 section += 1
             continue
+        if not entries and not preamble_done:
+            preamble_done = True
+            preamble = "\n".join(text.splitlines()[:lineno - 1])
         entry = _rule(p, lineno, raw, findings)
         if entry is not None:
             entry.section = section
             entries.append(entry)
-    return ListFile(path, headers, entries, findings)
+    return ListFile(path, headers, entries, findings, preamble)
 
 
 def _rule(p: str, lineno: int, raw: str, findings: list[Finding]) -> Entry | None:
@@ -250,14 +255,21 @@ def check_file(lf: ListFile, essential: dict[str, tuple[str, int, str]] | None) 
             problem = _too_wide(e.name)
             if problem:
                 out.append(Finding(p, e.line, problem))
-    if lf.tier == "default" and essential:
+    if lf.tier in ("default", "strict") and essential:
         for host, (efile, eline, _) in sorted(essential.items(), key=lambda h: h[1][1]):
             for rule in (host, *parents(host)):
-                if rule in seen:
-                    how = "is" if rule == host else "covers"
+                if rule not in seen:
+                    continue
+                how = "is" if rule == host else "covers"
+                if lf.tier == "default":
                     out.append(Finding(p, seen[rule], f"{rule}: {how} the essential host {host} "
                                                       f"({efile}:{eline}); a default-tier list "
                                                       "must not block it"))
+                elif host not in lf.preamble:
+                    out.append(Finding(p, seen[rule], f"{rule}: {how} the essential host {host} "
+                                                      f"({efile}:{eline}); a strict list may, but "
+                                                      "its header must name the host and say "
+                                                      "what stops working"))
     return sorted(out, key=lambda f: f.line)
 
 
