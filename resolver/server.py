@@ -23,6 +23,7 @@ from .clients import ClientTable, LabelBound
 from .config import Config, ConfigError, Endpoint, format_endpoint
 from .lists import loader, remote
 from .lists.loader import Blocklists
+from .metrics import start_metrics_server
 from .response import Response
 from .stages import Stage
 from .stats import Stats
@@ -106,7 +107,7 @@ class TcpConnection(asyncio.Protocol):
         self.peer = transport.get_extra_info("peername") or ("", 0)
         srv = self.server
         if len(srv.tcp_connections) >= srv.config.server.tcp_max_connections:
-            key = (self.peer[0], "tcp_connections")
+            key = (srv.clients.lookup(self.peer[0]).label, "tcp_connections")  # type: ignore[union-attr]
             srv.stats.limited[key] = srv.stats.limited.get(key, 0) + 1
             transport.abort()  # type: ignore[attr-defined]
             return
@@ -213,7 +214,7 @@ class Server:
         self._install(self.config, self.lists)
         for ep in self.config.listen:
             await self._bind(ep)
-        # TODO(metrics): start the /metrics endpoint when config.metrics.listen is set.
+        await self._start_metrics()
         self._background.append(asyncio.create_task(self._sweep_tcp()))
         self._background.append(asyncio.create_task(self._watch_lists()))
         self._background.append(asyncio.create_task(self._refresh_url_lists()))
@@ -257,11 +258,30 @@ class Server:
                 return False
             if new.listen != self.config.listen:
                 log.warning("listen addresses changed: restart hushdns to rebind them")
+            metrics_moved = new.metrics.listen != self.config.metrics.listen
             self._install(new, lists)
+            if metrics_moved:
+                await self._start_metrics(reloading=True)
             self.stats.config_reload_success = 1
             log.info("reloaded: %d lists, %d domains", len(lists.lists), len(lists.index))
             self.on_reload_done()
             return True
+
+    async def _start_metrics(self, reloading: bool = False) -> None:
+        """(Re)bind /metrics to ``config.metrics.listen``; off when it is null."""
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
+            self.metrics_server = None
+        ep = self.config.metrics.listen
+        if ep is None:
+            return
+        try:
+            self.metrics_server = await start_metrics_server(self.stats, ep[0], ep[1])
+        except OSError as exc:
+            if not reloading:
+                raise
+            # On reload, a busy port must not take DNS down with it.
+            log.error("metrics: cannot listen on %s: %s", format_endpoint(ep), exc)
 
     def _install(self, config: Config, lists: Blocklists) -> None:
         """Swap in a new chain; the cache table carries over when its settings did not change."""

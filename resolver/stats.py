@@ -63,6 +63,8 @@ class Stats:
         self.upstream_requests: dict[tuple[str, str], int] = {}
         # upstream -> Histogram
         self.upstream_duration: dict[str, Histogram] = {}
+        # upstream -> 1 (answering) / 0 (in back-off after repeated failures)
+        self.upstream_state: dict[str, int] = {}
         self.cache_hits = 0
         self.cache_misses = 0
         self.cache_evictions = 0
