@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import hashlib
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from resolver.cli import main
 from resolver.config import ListSpec, load_config
 from resolver.lists import loader, remote
 from resolver.lists.loader import LoadError
+from resolver.metrics import render
 from tests.conftest import ask
 from tests.fakes import ServerThread
 
@@ -400,6 +402,9 @@ def test_a_list_that_never_loaded_is_loud(tmp_path: Path, upstream, web: ListSer
         assert not blocked(srv, "x.blocked.example")
         assert "never loaded" in srv.server.lists.lists["remote"].error
         assert "remote" not in srv.stats.list_last_success
+        exposed = render(srv.stats).decode()
+        assert re.search(r'^hushdns_list_load_failures_total\{list="remote"\} [1-9]', exposed, re.M)
+        assert 'hushdns_list_last_success_timestamp_seconds{list="remote"} 0.0' in exposed
         assert any("never loaded" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
     finally:
         srv.stop()
