@@ -21,7 +21,7 @@ from typing import Any
 from .chain import build_chain
 from .clients import ClientTable, LabelBound
 from .config import Config, ConfigError, Endpoint, format_endpoint
-from .lists import loader
+from .lists import loader, remote
 from .lists.loader import Blocklists
 from .metrics import start_metrics_server
 from .response import Response
@@ -42,6 +42,7 @@ log = logging.getLogger("hushdns")
 qlog = logging.getLogger("hushdns.query")
 
 LIST_POLL_SECONDS = 2.0
+URL_REFRESH_TICK = 1.0      # how often the URL refresher looks for lists that are due
 UDP_RCVBUF = 4 * 1024 * 1024
 
 
@@ -218,6 +219,7 @@ class Server:
         await self._start_metrics()
         self._background.append(asyncio.create_task(self._sweep_tcp()))
         self._background.append(asyncio.create_task(self._watch_lists()))
+        self._background.append(asyncio.create_task(self._refresh_url_lists()))
         log.info("serving on %s (udp) and %s (tcp); upstreams %s",
                  ", ".join(map(format_endpoint, self.udp_addresses)),
                  ", ".join(map(format_endpoint, self.tcp_addresses)),
@@ -428,3 +430,42 @@ class Server:
                         self._install(self.config, lists)
             except Exception:
                 log.exception("list watcher")
+
+    async def _refresh_url_lists(self) -> None:
+        """URL lists are downloaded in the background: right after start-up when their disk
+        copy is missing or older than ``refresh``, then every ``refresh`` (sooner after a
+        failure).  A failed or refused download keeps the current version serving."""
+        schedule = remote.RefreshSchedule()
+        while True:
+            for spec in schedule.due(self.config.all_lists(), self.config.state_dir):
+                ok = False
+                try:
+                    ok = await self._refresh_url(spec)
+                except Exception:
+                    log.exception("refreshing list %s", spec.name)
+                schedule.done(spec, ok)
+            await asyncio.sleep(URL_REFRESH_TICK)
+
+    async def _refresh_url(self, spec: Any) -> bool:
+        try:
+            got = await asyncio.to_thread(remote.fetch, spec, self.config.state_dir)
+            error = got.error
+        except loader.LoadError as exc:
+            got, error = None, str(exc)
+            log.error("list %s: %s", spec.name, error)
+        info = self.lists.lists.get(spec.name)
+        if got is None or error is not None:
+            failures = self.stats.list_load_failures
+            failures[spec.name] = failures.get(spec.name, 0) + 1
+            if info is not None:
+                info.error = error
+            return False
+        if got.changed or info is None or not info.loaded_at or info.spec != spec:
+            async with self._reload_lock:
+                lists = await asyncio.to_thread(loader.load_all, self.config, self.lists,
+                                                self.stats, {spec.name: got.text})
+                self._install(self.config, lists)
+        else:   # 304 or the same bytes: the list in service is current
+            info.loaded_at, info.error = time.time(), None
+            loader.publish(self.lists, self.stats)
+        return True
