@@ -14,7 +14,6 @@ from .stages.access import Access
 from .stages.blocking import Blocking
 from .stages.cache import Cache
 from .stages.forward import Forward
-from .stages.minimal_any import MinimalAny
 from .stages.ratelimit import RateLimit
 from .stages.rebind import Rebind
 from .stats import Stats
@@ -23,7 +22,7 @@ from .wire import Answer
 
 def build_chain(config: Config, lists: Blocklists, stats: Stats,
                 cache_entries: OrderedDict[bytes, Answer] | None = None) -> tuple[Stage, Cache]:
-    """access -> rate limit -> minimal ANY -> blocking -> cache -> rebind -> forward.
+    """access (+ minimal ANY) -> rate limit -> blocking -> cache -> rebind -> forward.
 
     Returns the head and the cache.
     """
@@ -40,12 +39,11 @@ def build_chain(config: Config, lists: Blocklists, stats: Stats,
     head: Stage = cache
     if lists.lists:
         head = Blocking(head, lists, config.blocking, stats, udp)
-    # 3. ANY over UDP gets a minimal answer (RFC 8482) before any list or upstream work.
-    head = MinimalAny(head)
     # 2. rate limit (optional): a token bucket per client, right after access so
     #    refused outsiders do not use up buckets and a flood costs no other work.
     if config.rate_limit.qps > 0:
         head = RateLimit(head, config.rate_limit, stats)
-    # 1. access: REFUSED for clients outside access.allow, before anything else.
+    # 1. access: REFUSED for clients outside access.allow, and the minimal answer to
+    #    ANY over UDP (RFC 8482), before any list or upstream work.
     head = Access(head, udp)
     return head, cache

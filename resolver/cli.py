@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, sdnotify
 from .config import Config, ConfigError, ListSpec, load_config
 from .lists import loader
 from .lists.parse import Parsed
@@ -62,6 +62,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError:
         runner = asyncio.run
     try:
+        if args.worker_fd is not None:
+            from .workers import run_worker
+
+            return runner(run_worker(config, lambda: _load(args), args.worker_fd))
+        if config.workers > 1:
+            from .workers import Supervisor, worker_argv
+
+            return runner(Supervisor(config, lambda: _load(args), worker_argv(args.argv)).run())
         return runner(_serve(config, args))
     except KeyboardInterrupt:
         return 0
@@ -71,11 +79,15 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
     from .server import Server
 
     server = Server(config, reload_config=lambda: _load(args))
-    # TODO(sdnotify): connect the Notifier to server.on_* hooks.
+    notifier = sdnotify.attach(server, describe=lambda: _status(server))
+    # Pings from the event loop itself: if the loop hangs, systemd restarts us.
+    watchdog = asyncio.create_task(notifier.watchdog_loop())
     try:
         await server.start()
     except OSError as exc:
         log.error("cannot listen: %s", exc)
+        notifier.status(f"cannot listen: {exc}")
+        watchdog.cancel()
         return 1
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -85,20 +97,32 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
     await stop.wait()
     log.info("stopping")
     await server.stop()
+    watchdog.cancel()
     return 0
+
+
+def _status(server: Any) -> str:
+    """One line for ``systemctl status``: what is served, and whether the last reload worked."""
+    from .config import format_endpoint
+
+    addrs = ", ".join(map(format_endpoint, server.udp_addresses))
+    text = f"serving {len(server.lists.index)} domains from {len(server.lists.lists)} lists on {addrs}"
+    if not server.stats.config_reload_success:
+        text += "; last reload FAILED, running the previous config"
+    return text
 
 
 # --- check ---------------------------------------------------------------------------------
 
 
-def _parse_spec(spec: ListSpec, state_dir: str) -> list[tuple[str, Parsed]]:
+def _parse_spec(spec: ListSpec, state_dir: str, fetch: bool = False) -> list[tuple[str, Parsed]]:
     """(file label, parsed) per file of a list, with line numbers kept."""
     if spec.kind == "dir":
         files = sorted(p for p in Path(spec.source).iterdir()
                        if p.is_file() and not p.name.startswith("."))
         return [(str(p), loader.parse_text(p.read_text(encoding="utf-8", errors="replace"),
                                            keep_rules=True)) for p in files]
-    text = loader.read_source(spec, state_dir)
+    text = loader.read_source(spec, state_dir, fetch=fetch)
     return [(spec.source, loader.parse_checked(spec, text, keep_rules=True))]
 
 
@@ -113,7 +137,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     for spec in config.all_lists():
         kind = "allow" if spec.allow else "block"
         try:
-            parts = _parse_spec(spec, config.state_dir)
+            parts = _parse_spec(spec, config.state_dir, fetch=True)   # URL lists: download now
         except loader.LoadError as exc:
             print(f"{kind} list {spec.name}: FAILED: {exc}")
             errors += 1
@@ -208,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--upstream", action="append", help="override upstreams (repeatable)")
     s.add_argument("--metrics", help="override metrics.listen, or 'off'")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)   # internal: workers: N
     s.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("check", help="validate a config and every list it uses")
@@ -221,11 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tcp", action="store_true", help="as if asked over TCP")
     q.add_argument("-c", "--config", help="YAML config file (embedded default without -c)")
     q.set_defaults(func=cmd_query)
+
+    from .lists.commands import add_parser as add_lists_parser
+
+    add_lists_parser(sub)   # hushdns lists lint | show | stats
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     return int(args.func(args) or 0)
 
 

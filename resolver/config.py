@@ -137,6 +137,7 @@ class Config:
     state_dir: str
     log_level: str = "info"
     log_queries: bool = False
+    workers: int = 1
     rebind_protection: RebindProtection = field(default_factory=RebindProtection)
 
     def all_lists(self) -> list[ListSpec]:
@@ -199,6 +200,7 @@ class _Reader:
     def __init__(self, doc: _Doc, base: Path) -> None:
         self.doc = doc
         self.base = base
+        self.declared: set[str] = set()
 
     def section(self, data: Any, path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
         if data is None:
@@ -362,7 +364,8 @@ def _duration(v: Any) -> float | None:
 
 
 TOP_KEYS = ("listen", "upstreams", "forward_zones", "access", "blocking", "clients", "groups",
-            "cache", "metrics", "server", "rate_limit", "rebind_protection", "state_dir", "log")
+            "cache", "metrics", "server", "rate_limit", "rebind_protection", "state_dir", "log",
+            "workers")
 
 
 def load_config(path: str | os.PathLike[str] | None = None, text: str | None = None,
@@ -404,11 +407,11 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
     top = r.section(data, "", TOP_KEYS)
 
     listen = r.endpoints(top.get("listen", ["0.0.0.0:53", "[::]:53"]), "listen", 53)
-    if not listen and "listen" in top:
+    if top.get("listen", None) == []:
         doc.err("listen", "needs at least one address")
     ups_raw = top.get("upstreams", "auto")
     upstreams = system_upstreams() if ups_raw in ("auto", None) else r.endpoints(ups_raw, "upstreams", 53)
-    if not upstreams:
+    if ups_raw == []:
         doc.err("upstreams", "needs at least one upstream (or 'auto')")
 
     zones: dict[str, tuple[Endpoint, ...]] = {}
@@ -490,6 +493,10 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
     if "state_dir" in top and isinstance(top["state_dir"], str):
         state_dir = str((base / top["state_dir"]).resolve())
 
+    workers = r.typed(top, "workers", "", int, 1, _between(1, 64))
+    if workers > 1 and any(port == 0 for _, port in listen):
+        doc.err("workers", "several workers share fixed ports (SO_REUSEPORT); listen on port 0 needs workers: 1")
+
     lg = r.section(top.get("log"), "log", ("level", "queries"))
     return Config(
         path=filename,
@@ -508,6 +515,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         log_level=r.typed(lg, "level", "log", str, "info",
                           _one_of("debug", "info", "warning", "error")),
         log_queries=r.typed(lg, "queries", "log", bool, False),
+        workers=workers,
         rebind_protection=rebind,
     )
 
@@ -534,7 +542,8 @@ def _rebind(r: _Reader, data: Any) -> RebindProtection:
 
 def _blocking(r: _Reader, data: Any, base: Path) -> Blocking:
     b = r.section(data, "blocking", ("mode", "ttl", "lists", "allow"))
-    mode_raw = b.get("mode", "nxdomain")
+    # `mode: null` is YAML's null: read it as the "null" mode it was meant to be.
+    mode_raw = "null" if "mode" in b and b["mode"] is None else b.get("mode", "nxdomain")
     mode, sinkhole = "nxdomain", ()
     if isinstance(mode_raw, list):
         ips = []
@@ -567,6 +576,7 @@ def _lists(r: _Reader, data: Any, path: str, base: Path, allow: bool) -> dict[st
     out = {}
     for name, value in data.items():
         sub = f"{path}.{name}"
+        r.declared.add(name)   # known to groups even if broken: report one problem, not three
         line = r.doc.lines.get(sub, 0)
         track, refresh = False, 86400.0
         if isinstance(value, dict):
@@ -633,11 +643,11 @@ def _groups(r: _Reader, data: Any, blocking: Blocking,
             r.doc.err(f"{sub}.clients", "a group needs clients")
         lists = r.str_list(gd.get("lists"), f"{sub}.lists") if "lists" in gd else list(all_lists)
         for i, ln in enumerate(lists):
-            if ln not in blocking.lists:
+            if ln not in blocking.lists and (ln not in r.declared or ln in blocking.allow):
                 r.doc.err(f"{sub}.lists[{i}]", f"no list named {ln!r} in blocking.lists")
         allow = r.str_list(gd.get("allow"), f"{sub}.allow") if "allow" in gd else list(all_allow)
         for i, ln in enumerate(allow):
-            if ln not in blocking.allow:
+            if ln not in blocking.allow and (ln not in r.declared or ln in blocking.lists):
                 r.doc.err(f"{sub}.allow[{i}]", f"no list named {ln!r} in blocking.allow")
         out[name] = Group(name, tuple(nets), tuple(lists), tuple(allow))
     if "default" not in out:

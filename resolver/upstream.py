@@ -330,7 +330,7 @@ class Upstreams:
             up.failures += 1
             if up.down:
                 up.down_until = time.monotonic() + 1.0   # first probe in a second
-                self.stats.upstream_up[up.label] = 0
+                self.stats.upstream_state[up.label] = 0
         elif probe:
             # Only failed probes lengthen the back-off: a burst of queries that
             # were in flight when it went down must not push the next probe away.
@@ -341,4 +341,4 @@ class Upstreams:
     def _healthy(self, up: Upstream) -> None:
         up.failures = 0
         up.down_until = 0.0
-        self.stats.upstream_up[up.label] = 1
+        self.stats.upstream_state[up.label] = 1

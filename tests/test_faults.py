@@ -141,7 +141,7 @@ def test_failing_upstream_is_backed_off_probed_and_comes_back(serve, ups):
     for i in range(3):                       # each waits 0.3 s for a, then b answers
         r, took = timed(ask, srv, f"warm{i}.test")
         assert r.rcode() == dns.rcode.NOERROR and took >= 0.25
-    assert srv.stats.upstream_up == {a.address: 0, b.address: 1}
+    assert srv.stats.upstream_state == {a.address: 0, b.address: 1}
     before = len(a.queries())
     t0 = time.monotonic()
     slow = 0
@@ -156,10 +156,10 @@ def test_failing_upstream_is_backed_off_probed_and_comes_back(serve, ups):
     # It recovers: the next probe gets an answer and it is back in rotation.
     a.silent = False
     t1 = time.monotonic()
-    while srv.stats.upstream_up[a.address] == 0 and time.monotonic() - t1 < 6:
+    while srv.stats.upstream_state[a.address] == 0 and time.monotonic() - t1 < 6:
         ask(srv, f"recover{time.monotonic()}.test")
         time.sleep(0.05)
-    assert srv.stats.upstream_up[a.address] == 1
+    assert srv.stats.upstream_state[a.address] == 1
     n = len(a.queries())
     ask(srv, "back.test")
     assert len(a.queries()) == n + 1
@@ -171,11 +171,11 @@ def test_all_down_upstreams_are_still_asked(serve, ups):
     srv = serve(FAST, up=up)
     for i in range(4):
         ask(srv, f"gone{i}.test")
-    assert srv.stats.upstream_up[up.address] == 0
+    assert srv.stats.upstream_state[up.address] == 0
     up.silent = False
     r, took = timed(ask, srv, "returns.test")
     assert r.rcode() == dns.rcode.NOERROR and took < 0.3
-    assert srv.stats.upstream_up[up.address] == 1
+    assert srv.stats.upstream_state[up.address] == 1
 
 
 # --- reload with broken input ------------------------------------------------------------------

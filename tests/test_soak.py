@@ -183,7 +183,7 @@ def run_soak(tmp_path, duration: float) -> None:
         while any(t.is_alive() for t in threads[:len(clients)]):
             now = time.monotonic() - t0
             rss.append((now, vm_rss_kb()))
-            health.append((now, srv.stats.upstream_up.get(up.address)))
+            health.append((now, srv.stats.upstream_state.get(up.address)))
             if not in_outage and outage[0] <= now < outage[1]:
                 up.silent = in_outage = True
             elif in_outage and now >= outage[1]:

@@ -56,7 +56,7 @@ class Cache:
                     stale.expired_at = expired_at
                     self._store(key, stale)
                     return Response("cached", answer=stale)
-            ttl = min(answer.ttl, self.cfg.servfail_ttl)
+            ttl = self.cfg.servfail_ttl
             if ttl > 0:
                 answer.ttl = ttl
                 answer.stored = now

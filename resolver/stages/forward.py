@@ -34,7 +34,7 @@ class Forward:
         self.default = [pool.setdefault(ep, Upstream.of(ep)) for ep in config.upstreams]
         self.zones = {z: [pool.setdefault(ep, Upstream.of(ep)) for ep in eps]
                       for z, eps in config.forward_zones.items()}
-        stats.upstream_up = {u.label: 0 if u.down else 1 for u in pool.values()}
+        stats.upstream_state = {u.label: 0 if u.down else 1 for u in pool.values()}
         self.upstreams = Upstreams(config.server, stats)
         self.inflight: dict[bytes, asyncio.Future[tuple[Answer, str]]] = {}
         self.waiters: dict[bytes, int] = {}
