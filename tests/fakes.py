@@ -145,7 +145,10 @@ class FakeUpstream:
             if self.on_query is not None:
                 self.on_query(seen)
             replies = self._reply(data, "udp")
-            threading.Thread(target=self._send_later, args=(replies, addr), daemon=True).start()
+            if self.delay:
+                threading.Thread(target=self._send_later, args=(replies, addr), daemon=True).start()
+            else:   # inline: a thread per reply churns native memory (seen as RSS growth in soaks)
+                self._send_later(replies, addr)
 
     def _send_later(self, replies: list[bytes], addr: tuple) -> None:
         if self.delay:

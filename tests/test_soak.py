@@ -67,7 +67,7 @@ def soak_upstream() -> FakeUpstream:
                         truncate_udp=lambda q: str(q.q.qname).startswith("tc-"))
 
 
-@dataclass
+@dataclass(slots=True)
 class Sent:
     category: str
     name: str
@@ -76,15 +76,28 @@ class Sent:
 
 @dataclass
 class Client:
-    """One loopback client sending at a fixed rate and matching replies by ID."""
+    """One loopback client sending at a fixed rate and checking each reply as it arrives.
+
+    Only outstanding queries and counters are kept (a parsed reply costs ~3 KB): the
+    test's own memory must not grow with the number of queries, or it would hide (or
+    fake) a leak in the RSS check.
+    """
 
     source: str
     rate: float
     mix: list[str]
     seed: int
-    sent: dict[int, Sent] = field(default_factory=dict)
-    replies: dict[int, dns.message.Message] = field(default_factory=dict)
-    bad_replies: list[str] = field(default_factory=list)
+    lenient: tuple[float, float] = (0.0, 0.0)   # forwarded queries sent then may SERVFAIL
+    outstanding: dict[int, Sent] = field(default_factory=dict)
+    sent: Counter = field(default_factory=Counter)        # category -> queries sent
+    answered: int = 0
+    wrong: int = 0
+    poisoned: int = 0
+    problems: list[str] = field(default_factory=list)    # the first few, for the message
+
+    @property
+    def total(self) -> int:
+        return sum(self.sent.values())
 
     def run(self, srv, duration: float, stop: threading.Event) -> None:
         rnd = random.Random(self.seed)
@@ -101,7 +114,8 @@ class Client:
             cat = rnd.choice(self.mix)
             qid = i & 0xFFFF
             name, wire = self._query(cat, i, qid, rnd)
-            self.sent[qid] = Sent(cat, name, time.monotonic())
+            self.outstanding[qid] = Sent(cat, name, time.monotonic())
+            self.sent[cat] += 1
             s.sendto(wire, (srv.host, srv.port))
             i += 1
         reader.join()
@@ -121,6 +135,10 @@ class Client:
             wire = wire[:12 + 5]           # the question cut short: FORMERR
         return name, wire
 
+    def _problem(self, text: str) -> None:
+        if len(self.problems) < 10:
+            self.problems.append(text)
+
     def _read(self, s: socket.socket, stop: threading.Event) -> None:
         s.settimeout(0.2)
         while not stop.is_set():
@@ -133,11 +151,26 @@ class Client:
             try:
                 msg = dns.message.from_wire(data)
             except Exception as exc:
-                self.bad_replies.append(f"unparseable: {exc}")
+                self._problem(f"unparseable reply: {exc}")
                 continue
-            if msg.id in self.replies:
-                self.bad_replies.append(f"second reply for id {msg.id}")
-            self.replies[msg.id] = msg
+            sent = self.outstanding.pop(msg.id, None)
+            if sent is None:
+                self._problem(f"unexpected or second reply for id {msg.id}")
+                continue
+            self.answered += 1
+            self._check(sent, msg)
+
+    def _check(self, sent: Sent, msg: dns.message.Message) -> None:
+        if sent.category != "malformed" and (
+                not msg.question or msg.question[0].name.to_text().rstrip(".") != sent.name):
+            self._problem(f"reply for another question: {sent} {msg.question}")
+        if any(rd.to_text() == POISON for rrset in msg.answer for rd in rrset):
+            self.poisoned += 1
+            self._problem(f"poisoned: {sent}")
+        lenient = sent.category in FORWARDED and self.lenient[0] <= sent.at <= self.lenient[1]
+        if msg.rcode() != EXPECT[sent.category] and not lenient:
+            self.wrong += 1
+            self._problem(f"{sent}: {dns.rcode.to_text(msg.rcode())}")
 
 
 def tcp_client(srv, source: str, duration: float, rate: float, out: Counter) -> None:
@@ -172,9 +205,12 @@ def run_soak(tmp_path, duration: float) -> None:
         tcp_out: Counter = Counter()
         threads.append(threading.Thread(target=tcp_client,
                                         args=(srv, "127.0.0.7", duration, 10.0, tcp_out)))
-        # The upstream goes silent for a while in the middle of the run.
+        # The upstream goes silent for a while in the middle of the run; forwarded
+        # queries sent around then may get SERVFAIL (or a stale answer).
         outage = (duration * 0.5, duration * 0.5 + 2.0)
         t0 = time.monotonic()
+        for c in clients:
+            c.lenient = (t0 + outage[0] - 1.5, t0 + outage[1] + 1.5)
         for t in threads:
             t.start()
         rss: list[tuple[float, int]] = []
@@ -195,44 +231,34 @@ def run_soak(tmp_path, duration: float) -> None:
         for t in threads:
             t.join(10)
         assert srv.thread.is_alive()
-        window = (t0 + outage[0] - 1.2, t0 + outage[1] + 1.2)
 
         # Every query from a well-behaved client was answered, as expected, never poisoned.
         for c in normal:
-            assert not c.bad_replies, c.bad_replies[:5]
-            missing = [c.sent[i] for i in c.sent if i not in c.replies]
-            assert not missing, f"{c.source}: {len(missing)} unanswered, e.g. {missing[:3]}"
-            wrong = []
-            for qid, s in c.sent.items():
-                r = c.replies[qid]
-                assert r.question and r.question[0].name.to_text().rstrip(".") == s.name \
-                    or s.category == "malformed"
-                addrs = {rd.to_text() for rrset in r.answer for rd in rrset}
-                assert POISON not in addrs, s
-                outage_hit = s.category in FORWARDED and window[0] <= s.at <= window[1]
-                if r.rcode() != EXPECT[s.category] and not outage_hit:
-                    wrong.append((s, dns.rcode.to_text(r.rcode())))
-            assert not wrong, wrong[:5]
+            assert not c.outstanding, \
+                f"{c.source}: {len(c.outstanding)} unanswered, e.g. {list(c.outstanding.values())[:3]}"
+            assert c.answered == c.total
+            assert c.wrong == 0 and c.poisoned == 0 and not c.problems, c.problems
 
         # The flooder: what was not answered was dropped by the rate limit, and counted.
         label = flooder.source
         dropped = sum(n for (cl, _, res), n in srv.stats.queries.items()
                       if cl == label and res == "dropped")
         assert dropped > 0
-        assert len(flooder.replies) + dropped == len(flooder.sent)
+        assert flooder.answered + dropped == flooder.total
+        assert len(flooder.outstanding) == dropped
         assert srv.stats.limited[(label, "ratelimit")] == dropped
+        assert flooder.poisoned == 0
 
         # The counters agree with what each client sent.
-        per_client = Counter()
+        per_client: Counter = Counter()
         for (cl, _, _), n in srv.stats.queries.items():
             per_client[cl] += n
         for c in clients:
-            assert per_client[c.source] == len(c.sent), c.source
+            assert per_client[c.source] == c.total, c.source
         assert tcp_out["sent"] == per_client["127.0.0.7"] > 0
         assert tcp_out["NOERROR"] >= tcp_out["sent"] - 25, tcp_out   # SERVFAIL only in the outage
         # Forged replies were seen and rejected; truncation was followed over TCP.
-        forged = sum(1 for c in normal for s in c.sent.values()
-                     if s.category in ("garbage", "wrongid"))
+        forged = sum(c.sent["garbage"] + c.sent["wrongid"] for c in normal)
         rejected = srv.stats.upstream_requests.get((up.address, "spoof_rejected"), 0)
         assert rejected >= forged * 0.9
         assert srv.stats.upstream_requests.get((up.address, "truncated"), 0) > 0
@@ -242,11 +268,12 @@ def run_soak(tmp_path, duration: float) -> None:
         assert any(u == 0 for t, u in health if outage[0] <= t <= outage[1] + 1)
         assert any(u == 1 for t, u in health if outage[1] + 1 <= t <= duration)
 
-        # RSS flat after warm-up (the cache reaches max_entries within the first quarter).
+        # RSS flat once warm: the cache (1,000 entries) and the parsed-question memo fill
+        # in the first seconds; after that a leak of even 1 KB per query would show.
         settled = [kb for t, kb in rss if t >= duration * 0.3]
         assert settled
         growth_mb = (max(settled[len(settled) // 2:]) - settled[0]) / 1024
-        assert growth_mb < 25, f"RSS grew {growth_mb:.1f} MB after warm-up: {rss[::8]}"
+        assert growth_mb < 8, f"RSS grew {growth_mb:.1f} MB after warm-up: {rss[::8]}"
     finally:
         srv.stop()
         up.close()
