@@ -386,6 +386,18 @@ def opt_record(udp_size: int, do: bool, ext_rcode: int = 0, ede: int | None = No
     return b"\x00" + _RR.pack(T_OPT, udp_size, ttl, len(rdata)) + rdata
 
 
+_OPTS: dict[tuple[int, bool, int | None], bytes] = {}
+
+
+def _opt_cached(udp_size: int, do: bool, ede: int | None) -> bytes:
+    """The few distinct OPT records a reply can carry, built once each."""
+    key = (udp_size, do, ede)
+    opt = _OPTS.get(key)
+    if opt is None:
+        opt = _OPTS[key] = opt_record(udp_size, do, ede=ede)
+    return opt
+
+
 def reply_flags(req: Request, rcode: int, ad: bool = False) -> int:
     """QR, RA, the client's RD and CD, optional AD, and the rcode."""
     return 0x8080 | (req.flags & 0x0110) | (0x0020 if ad else 0) | (rcode & 0xF)
@@ -396,7 +408,7 @@ def build_reply(req: Request, rcode: int, body: bytes = b"", an: int = 0, ns: in
     """The client's ID and question, then ``body`` (records), then OPT if the query had EDNS."""
     if req.edns:
         if opt is None:
-            opt = opt_record(1232, req.do)
+            opt = _opt_cached(1232, req.do, None)
         ar += 1
         tail = body + opt
     else:
@@ -458,6 +470,9 @@ class Answer:
     ede: int | None = None
     negative: bool = False
     expired_at: float = 0.0   # for a stale copy: when the real data expired (RFC 8767 window)
+    # The body as patched for one age in seconds: a popular name is served many
+    # times a second, and the TTL patch then happens once per second, not per query.
+    _aged: tuple[int, bytes] = (0, b"")
 
     def render(self, req: Request, now: float, udp_cap: int = 1232,
                ede: int | None = None) -> bytes:
@@ -465,15 +480,20 @@ class Answer:
         body = self.body
         age = int(now - self.stored)
         if age > 0 and self.ttl_offsets:
-            buf = bytearray(body)
-            for off in self.ttl_offsets:
-                t = _I.unpack_from(buf, off)[0] - age
-                _I.pack_into(buf, off, t if t > 0 else 0)
-            body = bytes(buf)
+            aged = self._aged
+            if aged[0] == age:
+                body = aged[1]
+            else:
+                buf = bytearray(body)
+                for off in self.ttl_offsets:
+                    t = _I.unpack_from(buf, off)[0] - age
+                    _I.pack_into(buf, off, t if t > 0 else 0)
+                body = bytes(buf)
+                self._aged = (age, body)
         ar = self.ar
         if req.edns:
             code = ede if ede is not None else self.ede
-            body += opt_record(udp_cap, req.do, ede=code)
+            body += _opt_cached(udp_cap, req.do, code)
             ar += 1
         flags = reply_flags(req, self.rcode, self.ad and (req.do or bool(req.flags & 0x20)))
         return _H.pack(req.qid, flags, 1, self.an, self.ns, ar) + req.data[12:req.qend] + body
