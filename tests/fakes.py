@@ -256,3 +256,17 @@ def start_server(tmp: Path, upstream: FakeUpstream, extra: str = "",
     text += extra
     path = write_config(tmp, text)
     return ServerThread(load_config(path), reload_config=lambda: load_config(path))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP right now (retries: a random UDP port's TCP twin may be taken)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
+            u.bind((host, 0))
+            port = u.getsockname()[1]
+            try:
+                t.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free UDP+TCP port pair")
