@@ -27,15 +27,15 @@ def build_chain(config: Config, lists: Blocklists, stats: Stats,
     Returns the head and the cache.
     """
     udp = config.server.udp_size
-    # 7. forward: ask upstreams / forward zones; shares identical in-flight questions.
+    # 6. forward: ask upstreams / forward zones; shares identical in-flight questions.
     upstream: Stage = Forward(config, stats)
-    # 6. rebind protection (optional): strips private addresses from public answers,
+    # 5. rebind protection (optional): strips private addresses from public answers,
     #    after forward and before the cache, so it runs once per upstream answer.
     if config.rebind_protection.enabled:
         upstream = Rebind(upstream, config, stats)
-    # 5. cache: answers as bytes; serve-stale and SERVFAIL caching live here.
+    # 4. cache: answers as bytes; serve-stale and SERVFAIL caching live here.
     cache = Cache(upstream, config.cache, stats, cache_entries)
-    # 4. blocking: before the cache, so per-client groups and CNAME cloaking see every answer.
+    # 3. blocking: before the cache, so per-client groups and CNAME cloaking see every answer.
     head: Stage = cache
     if lists.lists:
         head = Blocking(head, lists, config.blocking, stats, udp)
