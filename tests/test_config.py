@@ -133,3 +133,19 @@ def test_embedded_default_config_loads_with_bundled_lists() -> None:
     assert len(c.blocking.lists) >= 9
     assert all(spec.track_domains for spec in c.blocking.lists.values())
     assert all(Path(spec.source).is_file() for spec in c.blocking.lists.values())
+
+
+def test_every_config_key_is_documented() -> None:
+    """docs/configuration.md names every key the loader accepts (the reference cannot drift)."""
+    import dataclasses
+
+    from resolver import config as C
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    keys = set(C.TOP_KEYS)
+    for cls, prefix in ((C.Cache, "cache."), (C.ServerOptions, "server."), (C.Metrics, "metrics.")):
+        keys |= {prefix + f.name for f in dataclasses.fields(cls)}
+    keys |= {"blocking.mode", "blocking.ttl", "blocking.lists", "blocking.allow", "access.allow",
+             "log.level", "log.queries", "rate_limit.qps"}
+    missing = sorted(k for k in keys if f"`{k}" not in doc)
+    assert not missing, missing
