@@ -1,0 +1,298 @@
+"""hushdns vs unbound vs dnsmasq on loopback, same run, interleaved; writes bench/results.md.
+
+    python bench/run.py [--quick] [--duration S] [--servers unbound,dnsmasq,hushdns,baseline]
+
+Every server gets the same nsd upstream (a wildcard zone, so every name resolves), the
+same generated 100k-name blocklist and caching on.  For each mix the servers take turns
+(the order rotates per mix and round) so that background noise falls on all of them.
+Each server/mix gets a peak run (dnsperf, no rate limit) and then a latency run at a
+fraction (default 50%) of that peak with per-query latencies, from which p99 comes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import data
+import dnsperf
+import servers
+from report import Measurement, Report, ScaleRow, machine, render
+
+MIXES = ("blocked", "hit", "miss")
+ANCHORS = ("unbound", "dnsmasq")
+# Upper bound on cache-miss queries/s any server here reaches; sizes unique-name files.
+MISS_RATE_CAP = 80_000
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="short runs (3 s peak, 2 s latency), one round: a sanity check")
+    ap.add_argument("--duration", type=float, default=None,
+                    help="seconds per peak dnsperf run (default 10, quick 3; max 30)")
+    ap.add_argument("--latency-duration", type=float, default=None,
+                    help="seconds per rate-limited latency run (default duration/2)")
+    ap.add_argument("--servers", default=None,
+                    help="comma list of unbound,dnsmasq,hushdns,baseline "
+                         "(default: all; hushdns only once resolver/server.py exists)")
+    ap.add_argument("--hushdns", action="store_true", help="add hushdns to --servers")
+    ap.add_argument("--mixes", default=",".join(MIXES), help="comma list of blocked,hit,miss")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat everything; medians reported")
+    ap.add_argument("--list-size", type=int, default=100_000, help="blocklist size for the mixes")
+    ap.add_argument("--cache-entries", type=int, default=100_000)
+    ap.add_argument("--clients", type=int, default=4, help="dnsperf -c")
+    ap.add_argument("--outstanding", type=int, default=100, help="dnsperf -q")
+    ap.add_argument("--load", type=float, default=0.5,
+                    help="latency run rate as a fraction of the server's own peak")
+    ap.add_argument("--fixed-rate", type=float, default=5000,
+                    help="queries/s of a second latency run, the same for every server (0: skip)")
+    ap.add_argument("--scale", default=None,
+                    help="comma list of list sizes for the list-scale run "
+                         "(default 1000,1000000 when hushdns runs; 'none' to skip)")
+    ap.add_argument("--scale-servers", default="hushdns",
+                    help="servers for the list-scale run (unbound works too, slowly)")
+    ap.add_argument("--pin", action="store_true",
+                    help="pin the server to CPU 0 and dnsperf/nsd to CPU 1")
+    ap.add_argument("--out", type=Path, default=servers.BENCH_DIR / "results.md")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    args = ap.parse_args(argv)
+    if args.duration is None:
+        args.duration = 3.0 if args.quick else 10.0
+    if args.latency_duration is None:
+        args.latency_duration = 2.0 if args.quick else max(1.0, args.duration / 2)
+    if not 0 < args.duration <= 30 or not 0 < args.latency_duration <= 30:
+        ap.error("each dnsperf run must be bounded: 0 < duration <= 30")
+    if args.quick:
+        args.rounds = 1
+    if args.servers is None:
+        names = [*ANCHORS, "baseline"]
+        if servers.hushdns_available():
+            names.insert(0, "hushdns")
+    else:
+        names = [s for s in args.servers.split(",") if s]
+    if args.hushdns and "hushdns" not in names:
+        names.insert(0, "hushdns")
+    unknown = set(names) - {"unbound", "dnsmasq", "hushdns", "baseline"}
+    if unknown:
+        ap.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    if "hushdns" in names and not servers.hushdns_available():
+        ap.error("hushdns requested but resolver/server.py is not in this checkout yet")
+    args.server_names = names
+    args.mix_names = [m for m in args.mixes.split(",") if m]
+    if set(args.mix_names) - set(MIXES):
+        ap.error(f"mixes are {', '.join(MIXES)}")
+    if args.scale is None:
+        args.scale = "1000,1000000" if "hushdns" in names else "none"
+    args.scale_sizes = [] if args.scale == "none" else [int(x) for x in args.scale.split(",")]
+    args.scale_names = [s for s in args.scale_servers.split(",") if s]
+    return args
+
+
+class Bench:
+    """Holds the temp dir, the generated inputs and the running processes of one run."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.dir = workdir
+        self.procs: list[servers.Proc] = []
+        self.cpu_server = ["taskset", "-c", "0"] if args.pin and (os.cpu_count() or 1) > 1 else []
+        self.cpu_client = ["taskset", "-c", "1"] if self.cpu_server else []
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    def start(self, proc: servers.Proc, client_side: bool = False) -> servers.Proc:
+        pin = self.cpu_client if client_side else self.cpu_server
+        if pin:
+            proc.argv = [*pin, *proc.argv]
+        self.procs.append(proc)
+        proc.start()
+        return proc
+
+    def stop(self, proc: servers.Proc) -> None:
+        proc.stop()
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def stop_all(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+        self.procs.clear()
+
+    # ---- inputs -------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        a = self.args
+        self.zonefile = data.zone_file(self.dir / "bench.zone")
+        self.blocked = data.blocklist_names(a.list_size)
+        self.blocklist = data.write_blocklist(self.dir / "blocklist.txt", self.blocked)
+        self.q_blocked = data.write_queries(self.dir / "blocked.q",
+                                            data.blocked_queries(self.blocked, 100_000))
+        self.q_hit = data.write_queries(self.dir / "hit.q", data.hit_names(1000))
+        self._miss_serial = 0
+
+    def miss_file(self, count: int) -> Path:
+        """A fresh file of never-asked names (a new tag every call)."""
+        self._miss_serial += 1
+        tag = f"{self._miss_serial}{os.getpid() % 1000}"
+        return data.write_queries(self.dir / "miss.q", data.miss_names(tag, max(1000, count)))
+
+    # ---- servers ------------------------------------------------------------------------
+
+    def make(self, name: str, blocked: list[str], blocklist: Path, label: str | None = None
+             ) -> servers.Proc:
+        ce = self.args.cache_entries
+        if name == "unbound":
+            p = servers.unbound(self.dir, self.nsd.port, blocked, ce)
+        elif name == "dnsmasq":
+            p = servers.dnsmasq(self.dir, self.nsd.port, blocked, ce)
+        elif name == "hushdns":
+            p = servers.hushdns(self.dir, self.nsd.port, blocklist, ce, name=label or name)
+        elif name == "baseline":
+            p = servers.baseline(self.dir)
+        else:
+            raise ValueError(name)
+        if label:
+            p.name = label
+        return p
+
+    # ---- measuring ----------------------------------------------------------------------
+
+    def perf(self, proc: servers.Proc, queries: Path, **kw: object) -> dnsperf.Result:
+        return dnsperf.run(proc.port, queries, clients=self.args.clients,
+                           outstanding=self.args.outstanding, prefix=self.cpu_client, **kw)
+
+    def measure(self, proc: servers.Proc, mix: str, rnd: int) -> Measurement:
+        a = self.args
+        if mix == "hit":  # warm: one pass over the working set
+            self.perf(proc, self.q_hit, duration=10, once=True)
+        if mix == "miss":
+            qfile = self.miss_file(int(a.duration * MISS_RATE_CAP))
+        else:
+            qfile = self.q_blocked if mix == "blocked" else self.q_hit
+        c0 = proc.cpu_seconds()
+        peak = self.perf(proc, qfile, duration=a.duration, once=(mix == "miss"))
+        cpu = proc.cpu_seconds() - c0
+        m = Measurement(server=proc.name, mix=mix, round=rnd, peak=peak,
+                        cpu_us=cpu / max(1, peak.completed) * 1e6, rss_kib=proc.rss_kib())
+        if a.load > 0 and peak.qps > 0:
+            m.rate = max(100.0, peak.qps * a.load)
+            if mix == "miss":
+                qfile = self.miss_file(int(m.rate * a.latency_duration * 1.2))
+            m.latency = self.perf(proc, qfile, duration=a.latency_duration, rate=m.rate,
+                                  verbose=True, once=(mix == "miss"))
+        if a.fixed_rate > 0:  # the same moderate load for every server: comparable p99
+            if mix == "miss":
+                qfile = self.miss_file(int(a.fixed_rate * a.latency_duration * 1.2))
+            m.fixed = self.perf(proc, qfile, duration=a.latency_duration, rate=a.fixed_rate,
+                                verbose=True, once=(mix == "miss"))
+        p99 = m.latency.p99 if m.latency and m.latency.p99 is not None else float("nan")
+        self.log(f"{mix:8s} {proc.name:9s} {peak.qps:10,.0f} q/s lost {peak.lost:<5d} "
+                 f"avg {peak.avg * 1e3:6.2f} ms  cpu {m.cpu_us:5.1f} µs/q  "
+                 f"p99@{m.rate:,.0f} {p99 * 1e3:.2f} ms  rss {m.rss_kib / 1024:.1f} MiB")
+        return m
+
+    def scale_run(self, rep: Report) -> None:
+        a = self.args
+        for name in a.scale_names:
+            for size in a.scale_sizes:
+                names = (self.blocked[:size] if size <= len(self.blocked)
+                         else data.blocklist_names(size))
+                path = data.write_blocklist(self.dir / f"list-{size}.txt", names)
+                q = data.write_queries(self.dir / f"blocked-{size}.q",
+                                       data.blocked_queries(names, 100_000))
+                proc = self.make(name, names, path, label=f"{name}-{size}")
+                self.log(f"scale: starting {proc.name}")
+                self.start(proc)
+                try:
+                    c0 = proc.cpu_seconds()
+                    peak = self.perf(proc, q, duration=a.duration)
+                    cpu = proc.cpu_seconds() - c0
+                    row = ScaleRow(server=name, size=size, ready_s=proc.ready_seconds,
+                                   rss_kib=proc.rss_kib(), peak=peak,
+                                   cpu_us=cpu / max(1, peak.completed) * 1e6)
+                finally:
+                    self.stop(proc)
+                rep.scale.append(row)
+                self.log(f"scale {name} {size:>9,}: ready {row.ready_s:.2f} s, rss "
+                         f"{row.rss_kib / 1024:.1f} MiB, {peak.qps:,.0f} q/s, {row.cpu_us:.1f} µs/q")
+
+    def run(self) -> Report:
+        a = self.args
+        rep = Report(settings={
+            "servers": ", ".join(a.server_names),
+            "mixes": ", ".join(a.mix_names),
+            "peak run": f"{a.duration:g} s, dnsperf -c {a.clients} -q {a.outstanding}",
+            "latency run": f"{a.latency_duration:g} s at {a.load:.0%} of the server's own peak "
+                           "(dnsperf -Q, -v for per-query latency)",
+            "fixed-rate run": f"{a.latency_duration:g} s at {a.fixed_rate:,.0f} queries/s for "
+                              "every server (same load: p99 comparable across servers)",
+            "rounds": f"{a.rounds} (medians when > 1; server order rotates per mix and round)",
+            "blocklist": f"{a.list_size:,} generated names, NXDOMAIN for name and subdomains",
+            "cache": f"{a.cache_entries:,} entries (dnsmasq: its 10,000 maximum)",
+            "CPU pinning": "server CPU 0, dnsperf+nsd CPU 1" if self.cpu_server else "none",
+        }, machine=machine(), fixed_rate=a.fixed_rate)
+        rep.notes.append("unbound runs with num-threads: 1 (one process, one thread, like hushdns).")
+        if "baseline" in a.server_names:
+            rep.notes.append("baseline = bench/baseline_server.py: uvloop, parse the question, "
+                             "answer A 192.0.2.1 from a template for every name (so its blocked "
+                             "answers are NOERROR, not checked); no lists, cache or metrics. "
+                             "It is the Python ceiling, and sits out the miss mix.")
+        self.log(f"preparing inputs in {self.dir}")
+        self.prepare()
+        self.nsd = self.start(servers.nsd(self.dir, self.zonefile), client_side=True)
+        procs = []
+        for name in a.server_names:
+            p = self.start(self.make(name, self.blocked, self.blocklist))
+            rep.startup[p.name] = (p.ready_seconds, p.rss_kib())
+            self.log(f"{p.name} ready on 127.0.0.1:{p.port} in {p.ready_seconds:.2f} s")
+            procs.append(p)
+        for rnd in range(a.rounds):
+            for i, mix in enumerate(a.mix_names):
+                k = (i + rnd) % len(procs)
+                for p in procs[k:] + procs[:k]:
+                    if p.name == "baseline" and mix == "miss":
+                        continue  # it forwards nothing: a miss is the same template answer
+                    rep.measurements.append(self.measure(p, mix, rnd))
+        for p in procs:
+            self.stop(p)
+        if a.scale_sizes:
+            self.scale_run(rep)
+        rep.machine["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        return rep
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    need = ["dnsperf", "nsd", "nsd-checkconf"] + [s for s in args.server_names
+                                                  if s in ANCHORS]
+    if args.pin:
+        need.append("taskset")
+    missing = servers.require(*need)
+    if missing:
+        print(f"missing programs: {', '.join(missing)} (Debian: apt-get install "
+              "dnsperf nsd unbound dnsmasq-base)", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="hushdns-bench-"))
+    bench = Bench(args, workdir)
+    t0 = time.monotonic()
+    try:
+        rep = bench.run()
+    finally:
+        bench.stop_all()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    rep.settings["wall time"] = f"{time.monotonic() - t0:.0f} s"
+    args.out.write_text(render(rep))
+    bench.log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
