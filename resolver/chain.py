@@ -1,0 +1,38 @@
+"""The one place where the chain of stages is assembled, in order.
+
+Disabled features are left out here rather than checked on every query.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from .config import Config
+from .lists.loader import Blocklists
+from .stages import Stage
+from .stages.access import Access
+from .stages.blocking import Blocking
+from .stages.cache import Cache
+from .stages.forward import Forward
+from .stages.minimal_any import MinimalAny
+from .stats import Stats
+from .wire import Answer
+
+
+def build_chain(config: Config, lists: Blocklists, stats: Stats,
+                cache_entries: OrderedDict[bytes, Answer] | None = None) -> tuple[Stage, Cache]:
+    """access -> minimal ANY -> blocking -> cache -> forward.  Returns the head and the cache."""
+    udp = config.server.udp_size
+    # 5. forward: ask upstreams / forward zones; shares identical in-flight questions.
+    forward = Forward(config, stats)
+    # 4. cache: answers as bytes; serve-stale and SERVFAIL caching live here.
+    cache = Cache(forward, config.cache, stats, cache_entries)
+    # 3. blocking: before the cache, so per-client groups and CNAME cloaking see every answer.
+    head: Stage = cache
+    if lists.lists:
+        head = Blocking(head, lists, config.blocking, stats, udp)
+    # 2. ANY over UDP gets a minimal answer (RFC 8482) before any list or upstream work.
+    head = MinimalAny(head)
+    # 1. access: REFUSED for clients outside access.allow, before anything else.
+    head = Access(head, udp)
+    return head, cache

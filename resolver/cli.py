@@ -1,0 +1,249 @@
+"""Command line: ``hushdns serve | check | query | lists``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__, sdnotify
+from .config import Config, ConfigError, ListSpec, load_config
+from .lists import loader
+from .lists.parse import Parsed
+
+log = logging.getLogger("hushdns")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Command-line options that replace config keys (used by tests and quick trials)."""
+    out: dict[str, Any] = {}
+    if getattr(args, "listen", None):
+        out["listen"] = args.listen
+    if getattr(args, "upstream", None):
+        out["upstreams"] = args.upstream
+    return out
+
+
+def _load(args: argparse.Namespace) -> Config:
+    overrides = _overrides(args)
+    metrics = getattr(args, "metrics", None)
+    cfg = load_config(args.config, overrides=overrides or None)
+    if metrics is not None:
+        from dataclasses import replace
+
+        from .config import parse_endpoint
+
+        listen = None if metrics in ("off", "none", "") else parse_endpoint(metrics, 9153)
+        cfg = replace(cfg, metrics=replace(cfg.metrics, listen=listen))
+    return cfg
+
+
+# --- serve ---------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        print(f"hushdns: configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, (args.log_level or config.log_level).upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        return runner(_serve(config, args))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _serve(config: Config, args: argparse.Namespace) -> int:
+    from .server import Server
+
+    server = Server(config, reload_config=lambda: _load(args))
+    notifier = sdnotify.attach(server, describe=lambda: _status(server))
+    # Pings from the event loop itself: if the loop hangs, systemd restarts us.
+    watchdog = asyncio.create_task(notifier.watchdog_loop())
+    try:
+        await server.start()
+    except OSError as exc:
+        log.error("cannot listen: %s", exc)
+        notifier.status(f"cannot listen: {exc}")
+        watchdog.cancel()
+        return 1
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(server.reload()))
+    await stop.wait()
+    log.info("stopping")
+    await server.stop()
+    watchdog.cancel()
+    return 0
+
+
+def _status(server: Any) -> str:
+    """One line for ``systemctl status``: what is served, and whether the last reload worked."""
+    from .config import format_endpoint
+
+    addrs = ", ".join(map(format_endpoint, server.udp_addresses))
+    text = f"serving {len(server.lists.index)} domains from {len(server.lists.lists)} lists on {addrs}"
+    if not server.stats.config_reload_success:
+        text += "; last reload FAILED, running the previous config"
+    return text
+
+
+# --- check ---------------------------------------------------------------------------------
+
+
+def _parse_spec(spec: ListSpec, state_dir: str) -> list[tuple[str, Parsed]]:
+    """(file label, parsed) per file of a list, with line numbers kept."""
+    if spec.kind == "dir":
+        files = sorted(p for p in Path(spec.source).iterdir()
+                       if p.is_file() and not p.name.startswith("."))
+        return [(str(p), loader.parse_text(p.read_text(encoding="utf-8", errors="replace"),
+                                           keep_rules=True)) for p in files]
+    text = loader.read_source(spec, state_dir)
+    return [(spec.source, loader.parse_checked(spec, text, keep_rules=True))]
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    errors = 0
+    print(f"{config.path}: configuration OK")
+    for spec in config.all_lists():
+        kind = "allow" if spec.allow else "block"
+        try:
+            parts = _parse_spec(spec, config.state_dir)
+        except loader.LoadError as exc:
+            print(f"{kind} list {spec.name}: FAILED: {exc}")
+            errors += 1
+            continue
+        entries = sum(len(p) for _, p in parts)
+        rejected = [(f, r) for f, p in parts for r in p.rejected]
+        print(f"{kind} list {spec.name}: {entries} entries, {len(rejected)} rejected lines ({spec.source})")
+        for f, (line, text, reason) in rejected:
+            print(f"  {f}:{line}: {reason}: {text}")
+        if spec.kind != "url":   # subscribed lists may carry junk; your own files may not
+            errors += len(rejected)
+        if entries == 0 and not spec.allow:
+            print(f"  warning: {spec.name} has no entries")
+    return 1 if errors else 0
+
+
+# --- query ---------------------------------------------------------------------------------
+
+
+def _rule_location(spec: ListSpec, rule: str, state_dir: str) -> str:
+    try:
+        for f, parsed in _parse_spec(spec, state_dir):
+            for r in parsed.rules or ():
+                if r.value == rule:
+                    return f"{f}:{r.line}"
+    except (loader.LoadError, OSError):
+        pass
+    return spec.source
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from .clients import ClientTable, LabelBound
+    from .lists.parse import normalize_domain
+
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    name = normalize_domain(args.name)
+    if name is None:
+        print(f"not a valid name: {args.name!r}", file=sys.stderr)
+        return 2
+    qtype = args.type.upper()
+    lists = loader.load_all(config)
+    client = ClientTable(config, lists, LabelBound(config.metrics.max_clients)).lookup(args.client)
+    who = f"client {args.client}" + (f" ({client.name})" if client.name else "") + f", group {client.group}"
+    if not client.allowed:
+        print(f"{name} {qtype} for {who}: refused (client outside access.allow)")
+        return 0
+    if qtype == "ANY" and not args.tcp:
+        print(f"{name} {qtype} for {who}: minimal answer (RFC 8482: ANY over UDP)")
+        return 0
+    m = lists.index.explain(name, client.block, client.allow)
+    if m is not None:
+        lname = lists.by_bit[m.bit]
+        spec = lists.lists[lname].spec
+        rule = f"/{m.rule}/" if m.regex else m.rule
+        where = _rule_location(spec, m.rule, config.state_dir)
+        verdict = "allowed" if m.allow else "blocked"
+        print(f"{name} {qtype} for {who}: {verdict} by list {lname}, rule `{rule}` ({where})")
+        if not m.allow:
+            mode = config.blocking.mode if config.blocking.mode != "custom" else \
+                "sinkhole " + ", ".join(config.blocking.sinkhole)
+            print(f"  answer: {mode}, ttl {config.blocking.ttl}")
+            return 0
+    from .stages.forward import Forward
+    from .stats import Stats
+
+    ups = Forward(config, Stats()).route(name)
+    zone = next((z for z, u in config.forward_zones.items()
+                 if name == z or name.endswith("." + z)), None)
+    via = f" (forward zone {zone})" if zone is not None else ""
+    print(f"{name} {qtype} for {who}: forwarded to {', '.join(u.label for u in ups)}{via}"
+          + (", unless a CNAME in the answer is blocked" if client.block else ""))
+    for info in lists.failed():
+        print(f"  note: list {info.spec.name} failed to load: {info.error}")
+    return 0
+
+
+# --- entry point -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hushdns", description="DNS blocking resolver for vendor telemetry")
+    p.add_argument("--version", action="version", version=f"hushdns {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the resolver (embedded default config without -c)")
+    s.add_argument("-c", "--config", help="YAML config file")
+    s.add_argument("--listen", action="append", help="override listen (repeatable), e.g. 127.0.0.1:5353")
+    s.add_argument("--upstream", action="append", help="override upstreams (repeatable)")
+    s.add_argument("--metrics", help="override metrics.listen, or 'off'")
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=cmd_serve)
+
+    c = sub.add_parser("check", help="validate a config and every list it uses")
+    c.add_argument("-c", "--config", help="YAML config file (embedded default without -c)")
+    c.set_defaults(func=cmd_check)
+
+    q = sub.add_parser("query", help="explain what hushdns would do for a name (no network)")
+    q.add_argument("name")
+    q.add_argument("--type", default="A")
+    q.add_argument("--client", default="127.0.0.1", help="client address (default 127.0.0.1)")
+    q.add_argument("--tcp", action="store_true", help="as if asked over TCP")
+    q.add_argument("-c", "--config", help="YAML config file (embedded default without -c)")
+    q.set_defaults(func=cmd_query)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Who is asking: access decision, metrics label and group of a client address, cached per address.
+
+Why cached: the same few dozen LAN devices send every query, so the network
+matching (longest prefix over the configured clients and groups) runs once per
+address, and the hot path does one dict lookup.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from .config import Config, IPNetwork
+from .lists.loader import Blocklists
+
+MAX_CACHED_ADDRESSES = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """Everything the chain needs to know about one client address."""
+
+    allowed: bool
+    label: str      # metrics label: configured name, else the address, else "other"
+    name: str | None
+    group: str
+    block: int      # bit mask of the block lists that apply
+    allow: int      # bit mask of the allow lists that apply
+
+
+class LabelBound:
+    """At most ``limit`` distinct client label values; the rest are counted as "other".
+
+    Lives across reloads so a label, once given out, keeps its series.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.seen: set[str] = set()
+
+    def __call__(self, label: str) -> str:
+        if label in self.seen:
+            return label
+        if len(self.seen) < self.limit:
+            self.seen.add(label)
+            return label
+        return "other"
+
+
+def _longest(ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+             table: list[tuple[IPNetwork, str]]) -> str | None:
+    best, best_len = None, -1
+    for net, name in table:
+        if net.version == ip.version and ip in net and net.prefixlen > best_len:
+            best, best_len = name, net.prefixlen
+    return best
+
+
+class ClientTable:
+    """Maps a client address to its ClientInfo for one configuration and list snapshot."""
+
+    def __init__(self, config: Config, lists: Blocklists, labels: LabelBound) -> None:
+        self.allow_nets = config.access_allow
+        self.names = [(n, name) for name, nets in config.clients.items() for n in nets]
+        self.groups = [(n, g.name) for g in config.groups.values() for n in g.clients]
+        self.masks = {g.name: (lists.mask(g.lists), lists.mask(g.allow))
+                      for g in config.groups.values()}
+        self.labels = labels
+        self.cache: dict[str, ClientInfo] = {}
+
+    def lookup(self, address: str) -> ClientInfo:
+        info = self.cache.get(address)
+        if info is None:
+            info = self._build(address)
+            if len(self.cache) >= MAX_CACHED_ADDRESSES:
+                self.cache.clear()
+            self.cache[address] = info
+        return info
+
+    def _build(self, address: str) -> ClientInfo:
+        try:
+            ip = ipaddress.ip_address(address.split("%")[0])
+        except ValueError:
+            return ClientInfo(False, self.labels("other"), None, "default", 0, 0)
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        allowed = any(ip.version == n.version and ip in n for n in self.allow_nets)
+        name = _longest(ip, self.names)
+        group = _longest(ip, self.groups) or "default"
+        block, allow = self.masks.get(group, (0, 0))
+        return ClientInfo(allowed, self.labels(name or str(ip)), name, group, block, allow)

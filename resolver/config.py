@@ -1,0 +1,636 @@
+"""YAML configuration -> frozen dataclasses.  ALL validation lives here.
+
+Why strict: people keep this file in git and other tools write it, so a typo
+must fail loudly with the key path and the line, never be ignored.  Errors are
+collected, not stopped at the first, so ``hushdns check`` shows them all.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import bundled
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Endpoint = tuple[str, int]
+
+DEFAULT_ALLOW = (
+    "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+    "100.64.0.0/10", "169.254.0.0/16", "fc00::/7", "fe80::/10",
+)
+# Used when neither the config nor /etc/resolv.conf names a usable upstream.
+FALLBACK_UPSTREAMS = ("9.9.9.9:53", "1.1.1.1:53", "[2620:fe::fe]:53", "[2606:4700:4700::1111]:53")
+BLOCK_MODES = ("nxdomain", "refused", "null", "nodata")
+
+
+class ConfigError(Exception):
+    """One or more problems, each naming the key path and the file line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+# --- the model -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListSpec:
+    """One block or allow list: where it comes from and how it is treated."""
+
+    name: str
+    source: str            # absolute path, or http(s) URL
+    kind: str              # "file" | "dir" | "url"
+    track_domains: bool = False
+    refresh: float = 86400.0
+    allow: bool = False
+    line: int = 0          # config line, for messages
+
+
+@dataclass(frozen=True)
+class Group:
+    """Which lists apply to which clients."""
+
+    name: str
+    clients: tuple[IPNetwork, ...]
+    lists: tuple[str, ...]
+    allow: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Blocking:
+    mode: str = "nxdomain"
+    sinkhole: tuple[str, ...] = ()          # custom sinkhole addresses
+    ttl: int = 300
+    lists: dict[str, ListSpec] = field(default_factory=dict)
+    allow: dict[str, ListSpec] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Cache:
+    max_entries: int = 100_000
+    min_ttl: int = 0
+    max_ttl: int = 86_400
+    negative_ttl: int = 3_600
+    servfail_ttl: int = 5
+    serve_stale: float = 86_400.0   # seconds past expiry an answer may be served when upstreams fail
+
+
+@dataclass(frozen=True)
+class Metrics:
+    listen: Endpoint | None = ("127.0.0.1", 9153)
+    max_clients: int = 512
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    udp_size: int = 1232
+    tcp_idle_timeout: float = 10.0
+    tcp_max_connections: int = 256
+    tcp_max_pipelined: int = 32
+    upstream_timeout: float = 1.0
+    upstream_total_timeout: float = 4.0
+    max_inflight: int = 4096
+    max_waiters: int = 256
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    qps: float = 0.0        # 0 = off
+    burst: float = 0.0
+    action: str = "drop"    # drop | refused
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    listen: tuple[Endpoint, ...]
+    upstreams: tuple[Endpoint, ...]
+    forward_zones: dict[str, tuple[Endpoint, ...]]
+    access_allow: tuple[IPNetwork, ...]
+    blocking: Blocking
+    clients: dict[str, tuple[IPNetwork, ...]]
+    groups: dict[str, Group]
+    cache: Cache
+    metrics: Metrics
+    server: ServerOptions
+    rate_limit: RateLimit
+    state_dir: str
+    log_level: str = "info"
+    log_queries: bool = False
+
+    def all_lists(self) -> list[ListSpec]:
+        return [*self.blocking.lists.values(), *self.blocking.allow.values()]
+
+
+# --- YAML with line numbers ------------------------------------------------------------
+
+
+class _Doc:
+    """Plain Python values plus the line of every key path."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.lines: dict[str, int] = {}
+        self.problems: list[str] = []
+        self._loader = yaml.SafeLoader("")
+
+    def err(self, path: str, msg: str) -> None:
+        line = self.lines.get(path)
+        if line is None:
+            # Fall back to the nearest parent that has a line.
+            p = path
+            while line is None and p:
+                p = p.rsplit(".", 1)[0] if "." in p else (p.split("[")[0] if "[" in p else "")
+                line = self.lines.get(p)
+        where = f" ({self.filename}:{line})" if line else f" ({self.filename})"
+        self.problems.append(f"{path or '<top>'}: {msg}{where}")
+
+    def convert(self, node: yaml.Node, path: str) -> Any:
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for knode, vnode in node.value:
+                key = knode.value if isinstance(knode, yaml.ScalarNode) else None
+                if not isinstance(key, str) or key == "":
+                    self.lines[path] = knode.start_mark.line + 1
+                    self.err(path, "keys must be plain strings")
+                    continue
+                sub = f"{path}.{key}" if path else key
+                if key in out:
+                    self.lines[sub] = knode.start_mark.line + 1
+                    self.err(sub, "duplicate key")
+                    continue
+                out[key] = self.convert(vnode, sub)
+                self.lines[sub] = knode.start_mark.line + 1
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.convert(v, f"{path}[{i}]") for i, v in enumerate(node.value)]
+        return self._loader.construct_object(node, deep=True)
+
+
+# --- field readers -----------------------------------------------------------------------
+
+
+_MISSING = object()
+
+
+class _Reader:
+    def __init__(self, doc: _Doc, base: Path) -> None:
+        self.doc = doc
+        self.base = base
+        self.declared: set[str] = set()
+
+    def section(self, data: Any, path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            self.doc.err(path, f"must be a mapping, not {_tname(data)}")
+            return {}
+        for key in data:
+            if key not in allowed:
+                sub = f"{path}.{key}" if path else key
+                self.doc.err(sub, f"unknown key (expected one of: {', '.join(allowed)})")
+        return data
+
+    def typed(self, data: dict[str, Any], key: str, path: str, kind: type | tuple[type, ...],
+              default: Any, check: Callable[[Any], str | None] | None = None) -> Any:
+        value = data.get(key, _MISSING)
+        sub = f"{path}.{key}" if path else key
+        if value is _MISSING or value is None:
+            return default
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            self.doc.err(sub, f"must be {_kname(kinds)}, not a boolean")
+            return default
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kinds):
+            self.doc.err(sub, f"must be {_kname(kinds)}, not {_tname(value)}")
+            return default
+        if check is not None:
+            problem = check(value)
+            if problem:
+                self.doc.err(sub, problem)
+                return default
+        return value
+
+    def str_list(self, data: Any, path: str) -> list[str]:
+        if data is None:
+            return []
+        if isinstance(data, str):
+            data = [data]
+        if not isinstance(data, list):
+            self.doc.err(path, f"must be a list of strings, not {_tname(data)}")
+            return []
+        out = []
+        for i, item in enumerate(data):
+            if not isinstance(item, str):
+                self.doc.err(f"{path}[{i}]", f"must be a string, not {_tname(item)}")
+                continue
+            out.append(item)
+        return out
+
+    def endpoints(self, data: Any, path: str, default_port: int) -> tuple[Endpoint, ...]:
+        out = []
+        raw = data if isinstance(data, list) else [data]
+        if data is not None and not isinstance(data, list | str):
+            self.doc.err(path, f"must be a list of addresses, not {_tname(data)}")
+            return ()
+        for i, item in enumerate(raw):
+            sub = f"{path}[{i}]" if isinstance(data, list) else path
+            if not isinstance(item, str):
+                self.doc.err(sub, f"must be an address string like '192.0.2.1:53', not {_tname(item)}")
+                continue
+            try:
+                out.append(parse_endpoint(item, default_port))
+            except ValueError as exc:
+                self.doc.err(sub, str(exc))
+        return tuple(out)
+
+    def networks(self, data: Any, path: str) -> tuple[IPNetwork, ...]:
+        out = []
+        for i, item in enumerate(self.str_list(data, path)):
+            try:
+                out.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                self.doc.err(f"{path}[{i}]", f"not an IP address or network: {item!r}")
+        return tuple(out)
+
+
+def parse_endpoint(text: str, default_port: int = 53) -> Endpoint:
+    """'192.0.2.1', '192.0.2.1:53', '[2001:db8::1]:53' or '2001:db8::1' -> (host, port)."""
+    t = text.strip()
+    host, port = t, default_port
+    if t.startswith("["):
+        end = t.find("]")
+        if end < 0:
+            raise ValueError(f"bad address {text!r}: missing ']'")
+        host, rest = t[1:end], t[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"bad address {text!r}")
+            port = _port(rest[1:], text)
+    elif t.count(":") == 1:
+        host, p = t.split(":")
+        port = _port(p, text)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"bad address {text!r}: not an IP address (names are not resolved)") from None
+    return host, port
+
+
+def _port(p: str, text: str) -> int:
+    if not p.isdigit() or not 0 <= int(p) <= 65535:
+        raise ValueError(f"bad port in {text!r}")
+    return int(p)
+
+
+def format_endpoint(ep: Endpoint) -> str:
+    host, port = ep
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def system_upstreams(resolv_conf: str = "/etc/resolv.conf") -> tuple[Endpoint, ...]:
+    """Nameservers from resolv.conf minus loopback (that would be ourselves or a local stub)."""
+    out: list[Endpoint] = []
+    try:
+        text = Path(resolv_conf).read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            addr = parts[1].split("%")[0]
+            try:
+                ip = ipaddress.ip_address(addr)
+            except ValueError:
+                continue
+            if not ip.is_loopback and not ip.is_unspecified:
+                out.append((str(ip), 53))
+    if not out:
+        out = [parse_endpoint(u) for u in FALLBACK_UPSTREAMS]
+    return tuple(out)
+
+
+def _tname(v: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number"}.get(type(v), type(v).__name__)
+
+
+def _kname(kinds: tuple[type, ...]) -> str:
+    return " or ".join(_tname(k()) if k is not type(None) else "null" for k in kinds)
+
+
+def _duration(v: Any) -> float | None:
+    """Seconds from a number or '30s', '15m', '24h', '7d'."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int | float):
+        return float(v)
+    if isinstance(v, str) and v:
+        mult = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(v[-1])
+        num = v[:-1] if mult else v
+        try:
+            return float(num) * (mult or 1)
+        except ValueError:
+            return None
+    return None
+
+
+# --- the loader ------------------------------------------------------------------------
+
+
+TOP_KEYS = ("listen", "upstreams", "forward_zones", "access", "blocking", "clients", "groups",
+            "cache", "metrics", "server", "rate_limit", "state_dir", "log")
+
+
+def load_config(path: str | os.PathLike[str] | None = None, text: str | None = None,
+                overrides: dict[str, Any] | None = None) -> Config:
+    """Read and validate a config file (or the embedded default when ``path`` is None)."""
+    if path is None:
+        filename = "<embedded default>"
+        base = bundled.lists_dir()
+        text = bundled.default_config_text() if text is None else text
+    else:
+        p = Path(path)
+        filename = str(p)
+        base = p.resolve().parent
+        if text is None:
+            try:
+                text = p.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError([f"{filename}: cannot read: {exc.strerror or exc}"]) from None
+    doc = _Doc(filename)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{filename}:{mark.line + 1}" if mark else filename
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"<yaml>: {problem} ({where})"]) from None
+    data = doc.convert(node, "") if node is not None else {}
+    if overrides:
+        data = {**data, **overrides} if isinstance(data, dict) else overrides
+    cfg = _build(doc, data, base, filename)
+    if doc.problems:
+        raise ConfigError(doc.problems)
+    assert cfg is not None
+    return cfg
+
+
+def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
+    r = _Reader(doc, base)
+    top = r.section(data, "", TOP_KEYS)
+
+    listen = r.endpoints(top.get("listen", ["0.0.0.0:53", "[::]:53"]), "listen", 53)
+    if top.get("listen", None) == []:
+        doc.err("listen", "needs at least one address")
+    ups_raw = top.get("upstreams", "auto")
+    upstreams = system_upstreams() if ups_raw in ("auto", None) else r.endpoints(ups_raw, "upstreams", 53)
+    if ups_raw == []:
+        doc.err("upstreams", "needs at least one upstream (or 'auto')")
+
+    zones: dict[str, tuple[Endpoint, ...]] = {}
+    fz = top.get("forward_zones") or {}
+    if not isinstance(fz, dict):
+        doc.err("forward_zones", "must be a mapping of zone -> list of servers")
+        fz = {}
+    for zone, servers in fz.items():
+        name = zone.strip(".").lower()
+        eps = r.endpoints(servers, f"forward_zones.{zone}", 53)
+        if not eps:
+            doc.err(f"forward_zones.{zone}", "needs at least one server")
+        zones[name] = eps
+
+    access = r.section(top.get("access"), "access", ("allow",))
+    allow_nets = r.networks(access.get("allow", list(DEFAULT_ALLOW)), "access.allow")
+
+    blocking = _blocking(r, top.get("blocking"), base)
+
+    clients: dict[str, tuple[IPNetwork, ...]] = {}
+    cl = top.get("clients") or {}
+    if not isinstance(cl, dict):
+        doc.err("clients", "must be a mapping of name -> list of addresses/networks")
+        cl = {}
+    for name, nets in cl.items():
+        clients[name] = r.networks(nets, f"clients.{name}")
+
+    groups = _groups(r, top.get("groups"), blocking, clients)
+
+    c = r.section(top.get("cache"), "cache", (
+        "max_entries", "min_ttl", "max_ttl", "negative_ttl", "servfail_ttl", "serve_stale"))
+    nonneg = _at_least(0)
+    cache = Cache(
+        max_entries=r.typed(c, "max_entries", "cache", int, 100_000, _at_least(1)),
+        min_ttl=r.typed(c, "min_ttl", "cache", int, 0, nonneg),
+        max_ttl=r.typed(c, "max_ttl", "cache", int, 86_400, nonneg),
+        negative_ttl=r.typed(c, "negative_ttl", "cache", int, 3_600, nonneg),
+        servfail_ttl=r.typed(c, "servfail_ttl", "cache", int, 5, _between(0, 300)),
+        serve_stale=_dur(r, c, "serve_stale", "cache", 86_400.0),
+    )
+    if cache.min_ttl > cache.max_ttl:
+        doc.err("cache.min_ttl", "is larger than cache.max_ttl")
+
+    m = r.section(top.get("metrics"), "metrics", ("listen", "max_clients"))
+    mlisten: Endpoint | None = ("127.0.0.1", 9153)
+    if "listen" in m:
+        if m["listen"] is None:
+            mlisten = None
+        else:
+            eps = r.endpoints(m["listen"], "metrics.listen", 9153)
+            mlisten = eps[0] if eps else None
+    metrics = Metrics(mlisten, r.typed(m, "max_clients", "metrics", int, 512, _at_least(1)))
+
+    s = r.section(top.get("server"), "server", tuple(ServerOptions.__dataclass_fields__))
+    d = ServerOptions()
+    server = ServerOptions(
+        udp_size=r.typed(s, "udp_size", "server", int, d.udp_size, _between(512, 4096)),
+        tcp_idle_timeout=r.typed(s, "tcp_idle_timeout", "server", float, d.tcp_idle_timeout, _positive),
+        tcp_max_connections=r.typed(s, "tcp_max_connections", "server", int, d.tcp_max_connections, _at_least(1)),
+        tcp_max_pipelined=r.typed(s, "tcp_max_pipelined", "server", int, d.tcp_max_pipelined, _at_least(1)),
+        upstream_timeout=r.typed(s, "upstream_timeout", "server", float, d.upstream_timeout, _positive),
+        upstream_total_timeout=r.typed(s, "upstream_total_timeout", "server", float, d.upstream_total_timeout, _positive),
+        max_inflight=r.typed(s, "max_inflight", "server", int, d.max_inflight, _at_least(1)),
+        max_waiters=r.typed(s, "max_waiters", "server", int, d.max_waiters, _at_least(1)),
+    )
+
+    rl = r.section(top.get("rate_limit"), "rate_limit", ("qps", "burst", "action"))
+    qps = r.typed(rl, "qps", "rate_limit", float, 0.0, _at_least(0))
+    rate = RateLimit(qps, r.typed(rl, "burst", "rate_limit", float, qps * 2, _at_least(0)),
+                     r.typed(rl, "action", "rate_limit", str, "drop", _one_of("drop", "refused")))
+
+    state_default = os.environ.get("STATE_DIRECTORY") or str(
+        Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "hushdns")
+    state_dir = r.typed(top, "state_dir", "", str, state_default)
+    if "state_dir" in top and isinstance(top["state_dir"], str):
+        state_dir = str((base / top["state_dir"]).resolve())
+
+    lg = r.section(top.get("log"), "log", ("level", "queries"))
+    return Config(
+        path=filename,
+        listen=listen,
+        upstreams=upstreams,
+        forward_zones=zones,
+        access_allow=allow_nets,
+        blocking=blocking,
+        clients=clients,
+        groups=groups,
+        cache=cache,
+        metrics=metrics,
+        server=server,
+        rate_limit=rate,
+        state_dir=state_dir,
+        log_level=r.typed(lg, "level", "log", str, "info",
+                          _one_of("debug", "info", "warning", "error")),
+        log_queries=r.typed(lg, "queries", "log", bool, False),
+    )
+
+
+def _blocking(r: _Reader, data: Any, base: Path) -> Blocking:
+    b = r.section(data, "blocking", ("mode", "ttl", "lists", "allow"))
+    # `mode: null` is YAML's null: read it as the "null" mode it was meant to be.
+    mode_raw = "null" if "mode" in b and b["mode"] is None else b.get("mode", "nxdomain")
+    mode, sinkhole = "nxdomain", ()
+    if isinstance(mode_raw, list):
+        ips = []
+        for i, v in enumerate(mode_raw):
+            try:
+                ips.append(str(ipaddress.ip_address(str(v))))
+            except ValueError:
+                r.doc.err(f"blocking.mode[{i}]", f"not an IP address: {v!r}")
+        if not ips:
+            r.doc.err("blocking.mode", "a custom sinkhole needs at least one address")
+        mode, sinkhole = "custom", tuple(ips)
+    elif mode_raw in BLOCK_MODES:
+        mode = mode_raw
+    else:
+        r.doc.err("blocking.mode", f"must be one of {', '.join(BLOCK_MODES)} or a list of IPs, not {mode_raw!r}")
+    ttl = r.typed(b, "ttl", "blocking", int, 300, _at_least(0))
+    lists = _lists(r, b.get("lists"), "blocking.lists", base, allow=False)
+    allow = _lists(r, b.get("allow"), "blocking.allow", base, allow=True)
+    for name in set(lists) & set(allow):
+        r.doc.err(f"blocking.allow.{name}", "a block list has the same name")
+    return Blocking(mode, sinkhole, ttl, lists, allow)
+
+
+def _lists(r: _Reader, data: Any, path: str, base: Path, allow: bool) -> dict[str, ListSpec]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        r.doc.err(path, "must be a mapping of list name -> file, directory or URL")
+        return {}
+    out = {}
+    for name, value in data.items():
+        sub = f"{path}.{name}"
+        r.declared.add(name)   # known to groups even if broken: report one problem, not three
+        line = r.doc.lines.get(sub, 0)
+        track, refresh = False, 86400.0
+        if isinstance(value, dict):
+            v = r.section(value, sub, ("source", "track_domains", "refresh"))
+            source = v.get("source")
+            track = r.typed(v, "track_domains", sub, bool, False)
+            refresh = _dur(r, v, "refresh", sub, 86400.0)
+            src_path = f"{sub}.source"
+        else:
+            source, src_path = value, sub
+        if not isinstance(source, str) or not source:
+            r.doc.err(src_path, "must be a file, directory or http(s) URL")
+            continue
+        spec = _source(r, source, src_path, base)
+        if spec is None:
+            continue
+        kind, resolved = spec
+        out[name] = ListSpec(name, resolved, kind, track, refresh, allow, line)
+    return out
+
+
+def _source(r: _Reader, source: str, path: str, base: Path) -> tuple[str, str] | None:
+    if source.startswith(("http://", "https://")):
+        return "url", source
+    if source.startswith("bundled:"):
+        p = bundled.lists_dir() / source[len("bundled:"):]
+    else:
+        p = Path(os.path.expanduser(source))
+        if not p.is_absolute():
+            p = base / p
+    if p.is_dir():
+        return "dir", str(p)
+    if p.is_file():
+        return "file", str(p)
+    r.doc.err(path, f"no such file {source!r}")
+    return None
+
+
+def _groups(r: _Reader, data: Any, blocking: Blocking,
+            clients: dict[str, tuple[IPNetwork, ...]]) -> dict[str, Group]:
+    all_lists = tuple(blocking.lists)
+    all_allow = tuple(blocking.allow)
+    if data is None:
+        return {"default": Group("default", (), all_lists, all_allow)}
+    if not isinstance(data, dict):
+        r.doc.err("groups", "must be a mapping of group name -> {clients, lists, allow}")
+        return {"default": Group("default", (), all_lists, all_allow)}
+    out = {}
+    for name, g in data.items():
+        sub = f"groups.{name}"
+        gd = r.section(g, sub, ("clients", "lists", "allow"))
+        nets: list[IPNetwork] = []
+        for i, c in enumerate(r.str_list(gd.get("clients"), f"{sub}.clients")):
+            if c in clients:
+                nets.extend(clients[c])
+                continue
+            try:
+                nets.append(ipaddress.ip_network(c, strict=False))
+            except ValueError:
+                r.doc.err(f"{sub}.clients[{i}]", f"{c!r} is neither a name in clients: nor an address")
+        if name == "default" and nets:
+            r.doc.err(f"{sub}.clients", "the default group applies to every other client; it takes no clients")
+        elif name != "default" and not nets:
+            r.doc.err(f"{sub}.clients", "a group needs clients")
+        lists = r.str_list(gd.get("lists"), f"{sub}.lists") if "lists" in gd else list(all_lists)
+        for i, ln in enumerate(lists):
+            if ln not in blocking.lists and (ln not in r.declared or ln in blocking.allow):
+                r.doc.err(f"{sub}.lists[{i}]", f"no list named {ln!r} in blocking.lists")
+        allow = r.str_list(gd.get("allow"), f"{sub}.allow") if "allow" in gd else list(all_allow)
+        for i, ln in enumerate(allow):
+            if ln not in blocking.allow and (ln not in r.declared or ln in blocking.lists):
+                r.doc.err(f"{sub}.allow[{i}]", f"no list named {ln!r} in blocking.allow")
+        out[name] = Group(name, tuple(nets), tuple(lists), tuple(allow))
+    if "default" not in out:
+        out["default"] = Group("default", (), all_lists, all_allow)
+    return out
+
+
+def _dur(r: _Reader, data: dict[str, Any], key: str, path: str, default: float) -> float:
+    if key not in data or data[key] is None:
+        return default
+    v = _duration(data[key])
+    if v is None or v < 0:
+        r.doc.err(f"{path}.{key}", f"must be a duration like 30, '90s', '15m', '24h', not {data[key]!r}")
+        return default
+    return v
+
+
+def _at_least(lo: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= lo else f"must be at least {lo:g}"
+
+
+def _between(lo: float, hi: float) -> Callable[[Any], str | None]:
+    return lambda v: None if lo <= v <= hi else f"must be between {lo:g} and {hi:g}"
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"

@@ -1,0 +1,1 @@
+"""Blocklists: parsing list formats, the domain index, and list sources."""

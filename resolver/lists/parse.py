@@ -1,0 +1,161 @@
+"""Parsing of blocklist and allowlist text in the formats people subscribe to.
+
+Accepted, one rule per line, in any mix:
+  hosts files        ``0.0.0.0 a.example b.example`` (localhost-style names skipped)
+  plain domains      ``tracking.example.com``
+  adblock            ``||tracking.example.com^``  (modifiers like ``$important`` ignored)
+  wildcards          ``*.example.com``  (same subtree as ``example.com``)
+  regexes            ``/^ads?[0-9]*\\./``  (matched against the whole lower-case name)
+Comments (``#``, ``!``, ``[Adblock ...]``) and inline ``# comments`` are skipped;
+CRLF, a BOM, trailing dots, upper case and IDN (converted to punycode) are handled.
+Every rule covers the name and all its subdomains.  Lines that are none of the
+above are reported with their line number, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+# Names that hosts files map to loopback for the machine itself, not blocks.
+_HOSTS_SKIP = frozenset({
+    "localhost", "localhost.localdomain", "local", "broadcasthost", "ip6-localhost",
+    "ip6-loopback", "ip6-localnet", "ip6-mcastprefix", "ip6-allnodes", "ip6-allrouters",
+    "ip6-allhosts", "0.0.0.0",
+})
+# A whole hostname in one match (one regex call per rule keeps a 1M-line list fast).
+_HOSTNAME = re.compile(
+    r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+)
+MAX_REGEX_LEN = 1024
+
+
+@dataclass(slots=True)
+class Rule:
+    """One accepted rule: the domain (or regex source), its line, and the text as written."""
+
+    value: str
+    line: int
+    text: str
+    regex: bool = False
+
+
+@dataclass
+class Parsed:
+    """What a list's text yielded.
+
+    ``rules`` (with line numbers) is filled only when asked for: a million
+    Rule objects would double the memory of loading a big list for serving.
+    """
+
+    domains: list[str] = field(default_factory=list)
+    regexes: list[str] = field(default_factory=list)
+    rejected: list[tuple[int, str, str]] = field(default_factory=list)  # line, text, reason
+    rules: list[Rule] | None = None
+
+    def add(self, value: str, lineno: int, text: str, regex: bool = False) -> None:
+        (self.regexes if regex else self.domains).append(value)
+        if self.rules is not None:
+            self.rules.append(Rule(value, lineno, text, regex))
+
+    def __len__(self) -> int:
+        return len(self.domains) + len(self.regexes)
+
+
+def normalize_domain(name: str) -> str | None:
+    """Lower-case, strip the trailing dot, IDN -> punycode; None when not a valid hostname."""
+    name = name.strip().rstrip(".").lower()
+    if not name or len(name) > 253:
+        return None
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+    if _HOSTNAME.fullmatch(name) is None or len(name) > 253:
+        return None
+    return name
+
+
+def _is_ip(token: str) -> bool:
+    try:
+        ipaddress.ip_address(token)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_text(text: str, keep_rules: bool = False) -> Parsed:
+    """Parse a whole list; never raises on content."""
+    out = Parsed(rules=[] if keep_rules else None)
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line[0] in "#!" or line.startswith("[") and line.endswith("]"):
+            continue
+        if line.startswith("/") and line.rstrip().endswith("/") and len(line) > 2:
+            _regex(out, line, lineno)
+            continue
+        hash_at = line.find("#")
+        if hash_at >= 0:
+            line = line[:hash_at].strip()
+            if not line:
+                continue
+        _rule_line(out, line, raw.strip(), lineno)
+    return out
+
+
+def _regex(out: Parsed, line: str, lineno: int) -> None:
+    src = line[1:-1]
+    if len(src) > MAX_REGEX_LEN:
+        out.rejected.append((lineno, line, "regex too long"))
+        return
+    try:
+        re.compile(src)
+    except re.error as exc:
+        out.rejected.append((lineno, line, f"bad regex: {exc}"))
+        return
+    out.add(src, lineno, line, regex=True)
+
+
+def _rule_line(out: Parsed, line: str, text: str, lineno: int) -> None:
+    tokens = line.split()
+    if len(tokens) > 1 or _is_ip(tokens[0]):
+        if not _is_ip(tokens[0]):
+            out.rejected.append((lineno, text, "several words, and the first is not an IP (hosts format)"))
+            return
+        for tok in tokens[1:]:
+            if tok.lower() in _HOSTS_SKIP:
+                continue
+            name = normalize_domain(tok)
+            if name is None:
+                out.rejected.append((lineno, text, f"not a valid hostname: {tok!r}"))
+            else:
+                out.add(name, lineno, text)
+        return
+    tok = tokens[0]
+    if tok.startswith("@@"):
+        out.rejected.append((lineno, text, "adblock exceptions (@@) are not supported; use an allow list"))
+        return
+    if tok.startswith("||"):
+        tok = tok[2:]
+        cut = tok.find("^")
+        if cut >= 0:
+            rest = tok[cut + 1:]
+            if rest and not rest.startswith("$"):
+                out.rejected.append((lineno, text, "adblock rule with a path is not a DNS rule"))
+                return
+            tok = tok[:cut]
+        elif "$" in tok:
+            tok = tok.split("$", 1)[0]
+    elif tok.startswith("*."):
+        tok = tok[2:]
+    if tok.lower() in _HOSTS_SKIP:
+        return
+    name = normalize_domain(tok)
+    if name is None:
+        out.rejected.append((lineno, text, f"not a valid hostname: {tok!r}"))
+        return
+    out.add(name, lineno, text)

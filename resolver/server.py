@@ -1,0 +1,404 @@
+"""The edge: UDP and TCP listeners, turning bytes into Requests and Responses into bytes.
+
+Why the edge does so little per packet: validation (``wire.parse_query``), one
+dict lookup for the client, and a chain call that usually completes without
+ever suspending (blocked answers and cache hits).  Such calls are driven
+synchronously, without creating a Task; only queries that really wait for an
+upstream become Tasks.  Unexpected errors become SERVFAIL here and only here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+import types
+from collections.abc import Callable, Generator
+from typing import Any
+
+from .chain import build_chain
+from .clients import ClientTable, LabelBound
+from .config import Config, ConfigError, Endpoint, format_endpoint
+from .lists import loader
+from .lists.loader import Blocklists
+from .response import Response
+from .stages import Stage
+from .stats import Stats
+from .wire import (
+    QTYPE_NAMES,
+    SERVFAIL,
+    Drop,
+    Reject,
+    Request,
+    build_reply,
+    parse_query,
+    truncate,
+)
+
+log = logging.getLogger("hushdns")
+qlog = logging.getLogger("hushdns.query")
+
+LIST_POLL_SECONDS = 2.0
+UDP_RCVBUF = 4 * 1024 * 1024
+
+
+@types.coroutine
+def _resume(coro: Any, fut: Any) -> Generator[Any, None, Response]:
+    """Continue, inside a Task, a coroutine that was started synchronously and suspended on ``fut``.
+
+    This is what ``await`` does under the hood: hand the future to the Task,
+    and when it is done send ``None`` back into the coroutine.
+    """
+    while True:
+        try:
+            yield fut
+        except BaseException as exc:   # cancellation: pass it into the coroutine
+            try:
+                fut = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+            continue
+        try:
+            fut = coro.send(None)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _qtype_label(qtype: int) -> str:
+    # Bounded: a client sending random types must not create series.
+    return QTYPE_NAMES.get(qtype, "other")
+
+
+class UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.server.handle(data, addr, "udp", self.transport)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp error: %s", exc)
+
+
+class TcpConnection(asyncio.Protocol):
+    """One DNS-over-TCP client (RFC 7766): length-prefixed messages, pipelined, answered as ready."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.buf = bytearray()
+        self.pending = 0
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[Any, ...] = ("", 0)
+        self.last = time.monotonic()
+        self.frame_started: float | None = None
+        self.read_paused = False
+        self.write_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer = transport.get_extra_info("peername") or ("", 0)
+        srv = self.server
+        if len(srv.tcp_connections) >= srv.config.server.tcp_max_connections:
+            key = (self.peer[0], "tcp_connections")
+            srv.stats.limited[key] = srv.stats.limited.get(key, 0) + 1
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        srv.tcp_connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.tcp_connections.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        now = time.monotonic()
+        self.last = now
+        while len(buf) >= 2:
+            n = buf[0] << 8 | buf[1]
+            if n < 12:   # cannot even hold a header: the stream is garbage
+                self.transport.abort()  # type: ignore[union-attr]
+                return
+            if len(buf) < 2 + n:
+                break
+            msg = bytes(buf[2:2 + n])
+            del buf[:2 + n]
+            self.frame_started = None
+            self.pending += 1
+            self.server.handle(msg, self.peer, "tcp", self)
+        if buf and self.frame_started is None:
+            self.frame_started = now
+        self._flow()
+
+    def sendto(self, wire: bytes | None, addr: Any = None) -> None:
+        self.pending -= 1
+        t = self.transport
+        if wire is not None and t is not None and not t.is_closing():
+            t.write(len(wire).to_bytes(2, "big") + wire)
+            self.last = time.monotonic()
+        self._flow()
+
+    def pause_writing(self) -> None:
+        # The client is not reading its answers: stop reading its questions.
+        self.write_paused = True
+        self._flow()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._flow()
+
+    def _flow(self) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        limit = self.server.config.server.tcp_max_pipelined
+        should_pause = self.write_paused or self.pending >= limit
+        if should_pause and not self.read_paused:
+            t.pause_reading()
+            self.read_paused = True
+        elif not should_pause and self.read_paused:
+            t.resume_reading()
+            self.read_paused = False
+
+    def expired(self, now: float, idle: float) -> bool:
+        """Idle with nothing in flight, a frame dribbling in too slowly, or a client not reading."""
+        if self.frame_started is not None and now - self.frame_started > idle:
+            return True
+        if self.write_paused and now - self.last > idle:
+            return True
+        return self.pending == 0 and now - self.last > idle
+
+
+class Server:
+    """Owns the sockets, the chain, the lists and the stats for one configuration at a time."""
+
+    def __init__(self, config: Config, stats: Stats | None = None,
+                 reload_config: Callable[[], Config] | None = None) -> None:
+        self.config = config
+        self.stats = stats or Stats()
+        self.reload_config = reload_config
+        self.labels = LabelBound(config.metrics.max_clients)
+        self.lists = Blocklists()
+        self.head: Stage | None = None
+        self.clients: ClientTable | None = None
+        self.cache = None
+        self.udp_transports: list[asyncio.DatagramTransport] = []
+        self.tcp_servers: list[asyncio.AbstractServer] = []
+        self.tcp_connections: set[TcpConnection] = set()
+        self.udp_addresses: list[Endpoint] = []
+        self.tcp_addresses: list[Endpoint] = []
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self._background: list[asyncio.Task[Any]] = []
+        self._reload_lock = asyncio.Lock()
+        self.metrics_server: Any = None
+        # Lifecycle hooks (sd_notify uses them); plain callables.
+        self.on_ready: Callable[[], None] = lambda: None
+        self.on_reload_start: Callable[[], None] = lambda: None
+        self.on_reload_done: Callable[[], None] = lambda: None
+        self.on_stopping: Callable[[], None] = lambda: None
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load lists, build the chain, bind every listener; returns once serving."""
+        self.lists = await asyncio.to_thread(loader.load_all, self.config, None, self.stats)
+        for info in self.lists.failed():
+            log.error("list %s: %s", info.spec.name, info.error)
+        self._install(self.config, self.lists)
+        for ep in self.config.listen:
+            await self._bind(ep)
+        # TODO(metrics): start the /metrics endpoint when config.metrics.listen is set.
+        self._background.append(asyncio.create_task(self._sweep_tcp()))
+        self._background.append(asyncio.create_task(self._watch_lists()))
+        log.info("serving on %s (udp) and %s (tcp); upstreams %s",
+                 ", ".join(map(format_endpoint, self.udp_addresses)),
+                 ", ".join(map(format_endpoint, self.tcp_addresses)),
+                 ", ".join(map(format_endpoint, self.config.upstreams)))
+        self.on_ready()
+
+    async def stop(self) -> None:
+        self.on_stopping()
+        for t in self._background:
+            t.cancel()
+        for t in self.udp_transports:
+            t.close()
+        for s in self.tcp_servers:
+            s.close()
+        for c in list(self.tcp_connections):
+            if c.transport is not None:
+                c.transport.abort()
+        for t in list(self.tasks):
+            t.cancel()
+        await asyncio.gather(*self._background, *self.tasks, return_exceptions=True)
+        for s in self.tcp_servers:
+            with contextlib.suppress(Exception):
+                await s.wait_closed()
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
+
+    async def reload(self) -> bool:
+        """Re-read config and lists; on any failure the running ones keep serving."""
+        async with self._reload_lock:
+            self.on_reload_start()
+            try:
+                new = self.reload_config() if self.reload_config else self.config
+                lists = await asyncio.to_thread(loader.load_all, new, self.lists, self.stats)
+            except ConfigError as exc:
+                log.error("reload failed, keeping the running configuration:\n%s", exc)
+                self.stats.config_reload_success = 0
+                self.on_reload_done()
+                return False
+            if new.listen != self.config.listen:
+                log.warning("listen addresses changed: restart hushdns to rebind them")
+            self._install(new, lists)
+            self.stats.config_reload_success = 1
+            log.info("reloaded: %d lists, %d domains", len(lists.lists), len(lists.index))
+            self.on_reload_done()
+            return True
+
+    def _install(self, config: Config, lists: Blocklists) -> None:
+        """Swap in a new chain; the cache table carries over when its settings did not change."""
+        keep = self.cache is not None and self.config.cache == config.cache and \
+            self.config.upstreams == config.upstreams and \
+            self.config.forward_zones == config.forward_zones
+        entries = self.cache.entries if keep else None  # type: ignore[union-attr]
+        head, cache = build_chain(config, lists, self.stats, entries)
+        self.labels.limit = config.metrics.max_clients
+        self.clients = ClientTable(config, lists, self.labels)
+        self.config, self.lists, self.head, self.cache = config, lists, head, cache
+
+    async def _bind(self, ep: Endpoint) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = ep
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for _ in range(20):
+            udp = socket.socket(family, socket.SOCK_DGRAM)
+            if family == socket.AF_INET6:
+                udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            with contextlib.suppress(OSError):
+                udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+            udp.bind((host, port))
+            bound = udp.getsockname()[1]
+            tcp = socket.socket(family, socket.SOCK_STREAM)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                tcp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                tcp.bind((host, bound))
+            except OSError:
+                udp.close()
+                tcp.close()
+                if port == 0:   # the TCP twin of a random UDP port was taken: try another
+                    continue
+                raise
+            break
+        else:
+            raise OSError(f"could not bind UDP and TCP on one port for {format_endpoint(ep)}")
+        tcp.listen(128)
+        transport, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(self), sock=udp)
+        self.udp_transports.append(transport)  # type: ignore[arg-type]
+        server = await loop.create_server(lambda: TcpConnection(self), sock=tcp)
+        self.tcp_servers.append(server)
+        self.udp_addresses.append((host, bound))
+        self.tcp_addresses.append((host, bound))
+
+    # --- per query -----------------------------------------------------------------
+
+    def handle(self, data: bytes, addr: tuple[Any, ...], proto: str, sink: Any) -> None:
+        """Answer one message from ``addr``; ``sink.sendto(wire, addr)`` delivers the reply."""
+        t0 = time.perf_counter()
+        info = self.clients.lookup(addr[0])  # type: ignore[union-attr]
+        try:
+            req = parse_query(data)
+        except Drop:
+            self.stats.query(info.label, "none", "dropped", time.perf_counter() - t0)
+            if proto == "tcp":
+                sink.sendto(None, addr)
+            return
+        except Reject as rej:
+            if info.allowed:
+                sink.sendto(rej.reply, addr)
+                result = rej.result
+            else:   # outsiders get nothing they could use for reflection
+                result = "dropped"
+                if proto == "tcp":
+                    sink.sendto(None, addr)
+            self.stats.query(info.label, "none", result, time.perf_counter() - t0)
+            return
+        req.client = addr[0]
+        req.proto = proto
+        req.info = info
+        coro = self.head.resolve(req)  # type: ignore[union-attr]
+        try:
+            fut = coro.send(None)
+        except StopIteration as stop:
+            self._answer(req, stop.value, addr, sink, t0)
+            return
+        except Exception:
+            log.exception("error answering %s", req.qname)
+            self._answer(req, Response("servfail", wire=build_reply(req, SERVFAIL)), addr, sink, t0)
+            return
+        task = asyncio.get_running_loop().create_task(self._later(coro, fut, req, addr, sink, t0))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _later(self, coro: Any, fut: Any, req: Request, addr: Any, sink: Any,
+                     t0: float) -> None:
+        try:
+            resp = await _resume(coro, fut)
+        except asyncio.CancelledError:
+            coro.close()
+            raise
+        except Exception:
+            log.exception("error answering %s", req.qname)
+            resp = Response("servfail", wire=build_reply(req, SERVFAIL))
+        self._answer(req, resp, addr, sink, t0)
+
+    def _answer(self, req: Request, resp: Response, addr: Any, sink: Any, t0: float) -> None:
+        wire = resp.wire
+        udp_cap = self.config.server.udp_size
+        if wire is None and resp.answer is not None:
+            wire = resp.answer.render(req, time.monotonic(), udp_cap)
+        if wire is None:
+            if req.proto == "tcp":
+                sink.sendto(None, addr)
+        else:
+            if req.proto == "udp" and len(wire) > req.max_udp(udp_cap):
+                wire = truncate(req, wire)
+            sink.sendto(wire, addr)
+        self.stats.query(req.info.label, _qtype_label(req.qtype), resp.result,
+                         time.perf_counter() - t0)
+        if self.config.log_queries:
+            qlog.info("%s %s %s %s%s", req.client, req.qname, _qtype_label(req.qtype),
+                      resp.result, f" list={resp.list} rule={resp.rule}" if resp.list else "")
+
+    # --- background ----------------------------------------------------------------
+
+    async def _sweep_tcp(self) -> None:
+        """Close idle, slow-loris and never-reading TCP clients."""
+        while True:
+            await asyncio.sleep(min(1.0, self.config.server.tcp_idle_timeout / 2))
+            now = time.monotonic()
+            idle = self.config.server.tcp_idle_timeout
+            for conn in list(self.tcp_connections):
+                if conn.expired(now, idle) and conn.transport is not None:
+                    conn.transport.abort()
+
+    async def _watch_lists(self) -> None:
+        """Local list files are polled: a ``git pull`` takes effect within seconds, no restart."""
+        while True:
+            await asyncio.sleep(LIST_POLL_SECONDS)
+            try:
+                if await asyncio.to_thread(loader.changed, self.lists):
+                    log.info("a list file changed; reloading lists")
+                    async with self._reload_lock:
+                        lists = await asyncio.to_thread(
+                            loader.load_all, self.config, self.lists, self.stats)
+                        self._install(self.config, lists)
+            except Exception:
+                log.exception("list watcher")

@@ -1,0 +1,102 @@
+"""Forwarding: the last stage, asking upstreams (or a forward zone's servers) and parsing the answer once.
+
+Why de-duplicate: identical questions in flight share one upstream query, which
+saves upstream work and defeats the birthday attack on the forwarder
+(CVE-2020-25686); the number of waiters per question and the number of
+questions in flight are bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..config import Config
+from ..response import Response
+from ..stats import Stats
+from ..upstream import Upstream, UpstreamFailure, Upstreams
+from ..wire import (
+    EDE_NETWORK_ERROR,
+    SERVFAIL,
+    Answer,
+    Request,
+    WireError,
+    build_reply,
+    parse_answer,
+)
+
+
+class Forward:
+    def __init__(self, config: Config, stats: Stats) -> None:
+        self.stats = stats
+        self.cache_cfg = config.cache
+        self.opts = config.server
+        self.default = [Upstream.of(ep) for ep in config.upstreams]
+        self.zones = {z: [Upstream.of(ep) for ep in eps] for z, eps in config.forward_zones.items()}
+        self.upstreams = Upstreams(config.server, stats)
+        self.inflight: dict[bytes, asyncio.Future[tuple[Answer, str]]] = {}
+        self.waiters: dict[bytes, int] = {}
+
+    def route(self, qname: str) -> list[Upstream]:
+        """The servers for a name: the longest matching forward zone, else the upstreams."""
+        zones = self.zones
+        if zones:
+            s = qname
+            while True:
+                ups = zones.get(s)
+                if ups is not None:
+                    return ups
+                i = s.find(".")
+                if i < 0:
+                    break
+                s = s[i + 1:]
+        return self.default
+
+    async def resolve(self, req: Request) -> Response:
+        key = req.key
+        fut = self.inflight.get(key)
+        if fut is not None:
+            n = self.waiters.get(key, 0)
+            if n >= self.opts.max_waiters:
+                return self._limited(req, "waiters")
+            self.waiters[key] = n + 1
+            answer, label = await asyncio.shield(fut)
+            return Response("servfail" if answer.rcode == SERVFAIL else "forwarded",
+                            answer=answer, upstream=label)
+        if len(self.inflight) >= self.opts.max_inflight:
+            return self._limited(req, "inflight")
+        fut = asyncio.get_running_loop().create_future()
+        self.inflight[key] = fut
+        try:
+            answer, label = await self._ask(req)
+            fut.set_result((answer, label))
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()   # retrieved: waiters (if any) get it too
+            raise
+        finally:
+            del self.inflight[key]
+            self.waiters.pop(key, None)
+        return Response("servfail" if answer.rcode == SERVFAIL else "forwarded",
+                        answer=answer, upstream=label)
+
+    async def _ask(self, req: Request) -> tuple[Answer, str]:
+        c = self.cache_cfg
+        try:
+            data, up = await self.upstreams.query(req, self.route(req.qname))
+        except UpstreamFailure:
+            return self._servfail(), "none"
+        try:
+            return parse_answer(data, req, c.min_ttl, c.max_ttl, c.negative_ttl), up.label
+        except WireError:
+            self.stats.upstream(up.label, "error")
+            return self._servfail(), up.label
+
+    def _servfail(self) -> Answer:
+        return Answer(SERVFAIL, False, 0, 0, 0, b"", (), self.cache_cfg.servfail_ttl,
+                      ede=EDE_NETWORK_ERROR)
+
+    def _limited(self, req: Request, reason: str) -> Response:
+        key = (req.info.label, reason)
+        self.stats.limited[key] = self.stats.limited.get(key, 0) + 1
+        # Bytes, not an Answer: a limit must not be cached for everyone else.
+        return Response("servfail", wire=build_reply(req, SERVFAIL))

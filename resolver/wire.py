@@ -1,0 +1,532 @@
+"""DNS wire format: the only module that reads or writes DNS messages byte by byte.
+
+Why by hand: the hot paths (a blocked answer, a cache hit) must not build dnslib
+objects, which cost more than the whole rest of the answer.  Queries are parsed
+straight from the bytes, replies are the client's own header and question plus
+prebuilt or cached record bytes, and an upstream answer is walked once to learn
+its TTL offsets, CNAME chain and negative-caching TTL.  dnslib is used only to
+rebuild an upstream answer on the rare path where records must be removed.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+# --- constants -------------------------------------------------------------
+
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+BADVERS = 16
+
+T_A, T_NS, T_CNAME, T_SOA, T_PTR, T_HINFO, T_MX, T_TXT, T_AAAA = 1, 2, 5, 6, 12, 13, 15, 16, 28
+T_SRV, T_OPT, T_DS, T_RRSIG, T_DNSKEY, T_SVCB, T_HTTPS = 33, 41, 43, 46, 48, 64, 65
+T_IXFR, T_AXFR, T_MAILB, T_MAILA, T_ANY = 251, 252, 253, 254, 255
+C_IN = 1
+
+# Extended DNS Errors (RFC 8914) used by hushdns.
+EDE_BLOCKED = 15
+EDE_PROHIBITED = 18
+EDE_NETWORK_ERROR = 23
+EDE_STALE_ANSWER = 3
+EDE_NOT_READY = 14
+
+QTYPE_NAMES: dict[int, str] = {
+    1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 13: "HINFO", 15: "MX", 16: "TXT",
+    28: "AAAA", 33: "SRV", 35: "NAPTR", 43: "DS", 46: "RRSIG", 47: "NSEC", 48: "DNSKEY",
+    52: "TLSA", 64: "SVCB", 65: "HTTPS", 99: "SPF", 251: "IXFR", 252: "AXFR", 255: "ANY",
+    257: "CAA",
+}
+RCODE_NAMES: dict[int, str] = {
+    0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
+    16: "BADVERS",
+}
+
+_H = struct.Struct("!HHHHHH")
+_HH = struct.Struct("!HH")
+_RR = struct.Struct("!HHIH")  # type, class, ttl, rdlength
+_I = struct.Struct("!I")
+
+
+_KEY_FLAGS = (b"\x00", b"\x01", b"\x02", b"\x03")
+
+
+def qtype_name(qtype: int) -> str:
+    """Mnemonic for metrics labels and logs; unknown types become TYPE<n> (bounded by 65536)."""
+    return QTYPE_NAMES.get(qtype) or f"TYPE{qtype}"
+
+
+class Drop(Exception):
+    """The datagram is not worth an answer (too short, or itself a response)."""
+
+
+class Reject(Exception):
+    """The query gets an error reply built from whatever of it could be read."""
+
+    def __init__(self, rcode: int, reply: bytes, result: str) -> None:
+        super().__init__(RCODE_NAMES.get(rcode, str(rcode)))
+        self.rcode = rcode
+        self.reply = reply
+        self.result = result
+
+
+class WireError(ValueError):
+    """A message (usually an upstream answer) is malformed."""
+
+
+# --- queries -----------------------------------------------------------------
+
+
+class Request:
+    """One client query: the raw bytes plus what was read from them.
+
+    ``qname`` is lower-cased and dotted without the trailing dot ("" for the
+    root).  ``key`` identifies the question for the cache and in-flight
+    de-duplication (lower-cased wire name, type, class and the DO bit).
+    """
+
+    __slots__ = (
+        "data", "qid", "flags", "qend", "qname", "qtype", "qclass", "key",
+        "edns", "edns_bad", "udp_size", "do", "client", "proto", "info", "group",
+    )
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.edns = False
+        self.edns_bad = False
+        self.udp_size = 512
+        self.do = False
+        self.client = ""
+        self.proto = "udp"
+        self.info = None
+        self.group = None
+
+    def max_udp(self, cap: int) -> int:
+        """Largest UDP reply the client accepts: 512 without EDNS, else its size up to ``cap``."""
+        if not self.edns:
+            return 512
+        return min(max(self.udp_size, 512), cap)
+
+
+def _read_labels(data: bytes, pos: int, n: int) -> tuple[list[bytes], int]:
+    """Uncompressed name at ``pos`` (as in a query's question) -> labels and end offset."""
+    labels: list[bytes] = []
+    total = 1
+    while True:
+        if pos >= n:
+            raise WireError("name runs past the end")
+        ln = data[pos]
+        if ln == 0:
+            return labels, pos + 1
+        if ln > 63:
+            raise WireError("compressed or extended label in question")
+        total += ln + 1
+        if total > 255:
+            raise WireError("name longer than 255 octets")
+        labels.append(data[pos + 1 : pos + 1 + ln])
+        pos += 1 + ln
+
+
+def skip_name(data: bytes, pos: int, n: int) -> int:
+    """Offset just after a possibly compressed name starting at ``pos``."""
+    while True:
+        if pos >= n:
+            raise WireError("name runs past the end")
+        ln = data[pos]
+        if ln == 0:
+            return pos + 1
+        if ln & 0xC0 == 0xC0:
+            if pos + 2 > n:
+                raise WireError("truncated pointer")
+            return pos + 2
+        if ln > 63:
+            raise WireError("extended label type")
+        pos += 1 + ln
+
+
+def read_name(data: bytes, pos: int) -> tuple[str, int]:
+    """Decompress the name at ``pos`` -> (lower-case dotted name, offset after it in place)."""
+    n = len(data)
+    labels: list[str] = []
+    end = -1
+    jumps = 0
+    total = 1
+    while True:
+        if pos >= n:
+            raise WireError("name runs past the end")
+        ln = data[pos]
+        if ln == 0:
+            if end < 0:
+                end = pos + 1
+            break
+        if ln & 0xC0 == 0xC0:
+            if pos + 2 > n:
+                raise WireError("truncated pointer")
+            target = ((ln & 0x3F) << 8) | data[pos + 1]
+            if end < 0:
+                end = pos + 2
+            jumps += 1
+            if jumps > 64 or target >= pos:
+                raise WireError("compression loop or forward pointer")
+            pos = target
+            continue
+        if ln > 63:
+            raise WireError("extended label type")
+        total += ln + 1
+        if total > 255 or pos + 1 + ln > n:
+            raise WireError("bad label")
+        labels.append(data[pos + 1 : pos + 1 + ln].decode("latin-1").lower())
+        pos += 1 + ln
+    return ".".join(labels), end
+
+
+def _error_reply(data: bytes, rcode: int, qend: int = 12, opt: bytes = b"") -> bytes:
+    """Error reply echoing ID, RD, CD and (when readable) the question."""
+    flags = 0x8080 | (data[2] << 8 | data[3]) & 0x7910 | (rcode & 0xF)
+    qd = 1 if qend > 12 else 0
+    return _H.pack(data[0] << 8 | data[1], flags, qd, 0, 0, 1 if opt else 0) + data[12:qend] + opt
+
+
+def parse_query(data: bytes) -> Request:
+    """Validate a client query and read its question and EDNS.
+
+    Raises ``Drop`` (no answer at all) or ``Reject`` (carrying the error reply).
+    This is the single place where client input is validated.
+    """
+    if type(data) is not bytes:
+        data = bytes(data)
+    n = len(data)
+    if n < 12:
+        raise Drop("shorter than a header")
+    qid, flags, qd, an, ns, ar = _H.unpack_from(data)
+    if flags & 0x8000:
+        raise Drop("QR set: a response, not a query")
+    if (flags >> 11) & 0xF != 0:
+        raise Reject(NOTIMP, _error_reply(data, NOTIMP), "notimp")
+    if qd != 1:
+        raise Reject(FORMERR, _error_reply(data, FORMERR), "formerr")
+    try:
+        labels, pos = _read_labels(data, 12, n)
+    except WireError:
+        raise Reject(FORMERR, _error_reply(data, FORMERR), "formerr") from None
+    if pos + 4 > n:
+        raise Reject(FORMERR, _error_reply(data, FORMERR), "formerr")
+    qtype, qclass = _HH.unpack_from(data, pos)
+    qend = pos + 4
+    req = Request(data)
+    req.qid = qid
+    req.flags = flags
+    req.qend = qend
+    req.qtype = qtype
+    req.qclass = qclass
+    if ar:
+        try:
+            _read_edns(req, data, qend, an + ns, ar)
+        except WireError:
+            raise Reject(FORMERR, _error_reply(data, FORMERR, qend), "formerr") from None
+    elif an or ns:
+        # Records in a query's answer/authority sections are unusual but legal;
+        # they must at least be well formed.
+        try:
+            _skip_records(data, qend, an + ns)
+        except WireError:
+            raise Reject(FORMERR, _error_reply(data, FORMERR, qend), "formerr") from None
+    if req.edns_bad:
+        raise Reject(BADVERS, _error_reply(data, 0, qend, opt_record(1232, req.do, BADVERS)), "formerr")
+    if qtype == T_OPT or 128 <= qtype <= 250 or qtype == 0:
+        # OPT and meta types (TKEY, TSIG, ...) are not questions (RFC 6895).
+        raise Reject(FORMERR, _error_reply(data, FORMERR, qend, _opt_for(req)), "formerr")
+    if qtype in (T_MAILA, T_MAILB):
+        raise Reject(NOTIMP, _error_reply(data, NOTIMP, qend, _opt_for(req)), "notimp")
+    if qtype in (T_AXFR, T_IXFR) or qclass != C_IN:
+        # No zone transfers from a forwarder; CHAOS and friends are not forwarded.
+        raise Reject(REFUSED, _error_reply(data, REFUSED, qend, _opt_for(req)), "refused")
+    lowered = data[12:pos].lower()
+    req.qname = b".".join(labels).lower().decode("latin-1")
+    # DO and CD change what an upstream returns, so they are part of the cache key.
+    req.key = lowered + data[pos:qend] + _KEY_FLAGS[req.do | ((flags >> 3) & 2)]
+    return req
+
+
+def _opt_for(req: Request) -> bytes:
+    return opt_record(1232, req.do) if req.edns else b""
+
+
+def _skip_records(data: bytes, pos: int, count: int) -> int:
+    n = len(data)
+    for _ in range(count):
+        pos = skip_name(data, pos, n)
+        if pos + 10 > n:
+            raise WireError("truncated record")
+        rdlen = data[pos + 8] << 8 | data[pos + 9]
+        pos += 10 + rdlen
+        if pos > n:
+            raise WireError("truncated rdata")
+    return pos
+
+
+def _read_edns(req: Request, data: bytes, pos: int, skip: int, ar: int) -> None:
+    n = len(data)
+    if skip:
+        pos = _skip_records(data, pos, skip)
+    seen = 0
+    for _ in range(ar):
+        start = pos
+        pos = skip_name(data, pos, n)
+        if pos + 10 > n:
+            raise WireError("truncated record")
+        rtype, rclass, ttl, rdlen = _RR.unpack_from(data, pos)
+        pos += 10 + rdlen
+        if pos > n:
+            raise WireError("truncated rdata")
+        if rtype == T_OPT:
+            seen += 1
+            if seen > 1 or data[start] != 0:
+                raise WireError("more than one OPT, or OPT not at the root")
+            req.edns = True
+            req.udp_size = rclass
+            req.do = bool(ttl & 0x8000)
+            req.edns_bad = bool((ttl >> 16) & 0xFF)
+
+
+# --- replies -----------------------------------------------------------------
+
+
+def opt_record(udp_size: int, do: bool, ext_rcode: int = 0, ede: int | None = None,
+               ede_text: str = "") -> bytes:
+    """An OPT pseudo-record, optionally carrying an Extended DNS Error (RFC 8914)."""
+    rdata = b""
+    if ede is not None:
+        text = ede_text.encode()
+        rdata = _HH.pack(15, 2 + len(text)) + ede.to_bytes(2, "big") + text
+    ttl = ((ext_rcode >> 4) & 0xFF) << 24 | (0x8000 if do else 0)
+    return b"\x00" + _RR.pack(T_OPT, udp_size, ttl, len(rdata)) + rdata
+
+
+def reply_flags(req: Request, rcode: int, ad: bool = False) -> int:
+    """QR, RA, the client's RD and CD, optional AD, and the rcode."""
+    return 0x8080 | (req.flags & 0x0110) | (0x0020 if ad else 0) | (rcode & 0xF)
+
+
+def build_reply(req: Request, rcode: int, body: bytes = b"", an: int = 0, ns: int = 0,
+                ar: int = 0, opt: bytes | None = None) -> bytes:
+    """The client's ID and question, then ``body`` (records), then OPT if the query had EDNS."""
+    if req.edns:
+        if opt is None:
+            opt = opt_record(1232, req.do)
+        ar += 1
+        tail = body + opt
+    else:
+        tail = body
+    return _H.pack(req.qid, reply_flags(req, rcode), 1, an, ns, ar) + req.data[12:req.qend] + tail
+
+
+def truncate(req: Request, wire: bytes) -> bytes:
+    """A TC=1 reply with no records, so the client retries over TCP (RFC 1035 4.2.1, RFC 7766)."""
+    qid, flags = _HH.unpack_from(wire)
+    opt = opt_record(1232, req.do) if req.edns else b""
+    return _H.pack(qid, flags | 0x0200, 1, 0, 0, 1 if opt else 0) + req.data[12:req.qend] + opt
+
+
+def encode_name(name: str) -> bytes:
+    """Dotted name -> uncompressed wire form."""
+    if not name or name == ".":
+        return b"\x00"
+    out = bytearray()
+    for label in name.rstrip(".").split("."):
+        raw = label.encode("idna") if not label.isascii() else label.encode()
+        if not 0 < len(raw) < 64:
+            raise WireError(f"bad label in {name!r}")
+        out.append(len(raw))
+        out += raw
+    out.append(0)
+    return bytes(out)
+
+
+def rr(rtype: int, ttl: int, rdata: bytes, owner: bytes = b"\xc0\x0c") -> bytes:
+    """One resource record; the owner defaults to a pointer to the question name."""
+    return owner + _RR.pack(rtype, C_IN, ttl, len(rdata)) + rdata
+
+
+# --- upstream answers ----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Answer:
+    """An upstream answer kept as bytes, ready to be replayed to any client.
+
+    ``body`` is every record after the question (OPT removed), exactly as the
+    upstream sent it, so compression pointers stay valid behind any question of
+    the same length.  ``ttl_offsets`` are positions of the TTL fields within
+    ``body``; ``ttl`` is the lifetime of the whole entry in seconds.
+    """
+
+    rcode: int
+    ad: bool
+    an: int
+    ns: int
+    ar: int
+    body: bytes
+    ttl_offsets: tuple[int, ...]
+    ttl: int
+    cnames: tuple[str, ...] = ()
+    stored: float = 0.0
+    ede: int | None = None
+    negative: bool = False
+    expired_at: float = 0.0   # for a stale copy: when the real data expired (RFC 8767 window)
+
+    def render(self, req: Request, now: float, udp_cap: int = 1232,
+               ede: int | None = None) -> bytes:
+        """The answer for ``req``: its ID, flags and question, TTLs counted down to ``now``."""
+        body = self.body
+        age = int(now - self.stored)
+        if age > 0 and self.ttl_offsets:
+            buf = bytearray(body)
+            for off in self.ttl_offsets:
+                t = _I.unpack_from(buf, off)[0] - age
+                _I.pack_into(buf, off, t if t > 0 else 0)
+            body = bytes(buf)
+        ar = self.ar
+        if req.edns:
+            code = ede if ede is not None else self.ede
+            body += opt_record(udp_cap, req.do, ede=code)
+            ar += 1
+        flags = reply_flags(req, self.rcode, self.ad and (req.do or bool(req.flags & 0x20)))
+        return _H.pack(req.qid, flags, 1, self.an, self.ns, ar) + req.data[12:req.qend] + body
+
+    def with_ttl(self, ttl: int, stored: float) -> Answer:
+        """A copy whose TTL fields all read ``ttl`` as of ``stored`` (serve-stale, pinning)."""
+        buf = bytearray(self.body)
+        for off in self.ttl_offsets:
+            _I.pack_into(buf, off, ttl)
+        return Answer(self.rcode, self.ad, self.an, self.ns, self.ar, bytes(buf),
+                      self.ttl_offsets, ttl, self.cnames, stored, self.ede, self.negative)
+
+
+def question_matches(data: bytes, req: Request) -> bool:
+    """Does the answer's single question equal the request's (name case-insensitively)?"""
+    qend = req.qend
+    if len(data) < qend or data[4:6] != b"\x00\x01":
+        return False
+    return (data[12 : qend - 4].lower() == req.key[: qend - 16]
+            and data[qend - 4 : qend] == req.data[qend - 4 : qend])
+
+
+def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
+                 negative_ttl: int) -> Answer:
+    """Walk an upstream answer once: TTL offsets, CNAME chain, negative TTL; clamp TTLs.
+
+    The caller has checked ID and question.  Records in the answer section that
+    are neither the question name nor on its CNAME chain are removed (they
+    would be cache poison), which is the one path that rebuilds the message.
+    """
+    n = len(data)
+    _, flags, qd, an, ns, ar = _H.unpack_from(data)
+    rcode = flags & 0xF
+    pos = req.qend
+    records: list[tuple[int, int, int, int, int]] = []  # start, end, section, type, ttl_off
+    chain = {req.qname}
+    cnames: list[str] = []
+    soa_ttl = None
+    out_of_chain = False
+    for i in range(an + ns + ar):
+        start = pos
+        section = 0 if i < an else (1 if i < an + ns else 2)
+        if section == 0:
+            owner, pos = read_name(data, pos)
+        else:
+            pos = skip_name(data, pos, n)
+        if pos + 10 > n:
+            raise WireError("truncated record")
+        rtype, rclass, ttl, rdlen = _RR.unpack_from(data, pos)
+        ttl_off = pos + 4
+        rdata = pos + 10
+        pos = rdata + rdlen
+        if pos > n:
+            raise WireError("truncated rdata")
+        if rtype == T_OPT:
+            records.append((start, pos, 3, rtype, -1))
+            continue
+        if section == 0:
+            if owner not in chain:
+                out_of_chain = True
+                continue
+            if rtype == T_CNAME and rclass == C_IN:
+                target, _ = read_name(data, rdata)
+                chain.add(target)
+                cnames.append(target)
+        elif section == 1 and rtype == T_SOA and rdlen >= 22:
+            minimum = _I.unpack_from(data, pos - 4)[0]
+            soa_ttl = min(ttl, minimum)
+        records.append((start, pos, section, rtype, ttl_off))
+    if out_of_chain:
+        return _rebuild_in_chain(data, req, min_ttl, max_ttl, negative_ttl, chain)
+    base = req.qend
+    kept = [r for r in records if r[2] != 3]
+    # Anything after an OPT in the additional section is dropped with it, so the
+    # body stays one contiguous slice and every pointer in it stays valid.
+    opt_at = next((r[0] for r in records if r[2] == 3), None)
+    if opt_at is not None:
+        kept = [r for r in kept if r[1] <= opt_at]
+    end = kept[-1][1] if kept else base
+    body = bytearray(data[base:end])
+    counts = [0, 0, 0]
+    offsets: list[int] = []
+    answer_ttls: list[int] = []
+    for _start, _end, section, _rtype, ttl_off in kept:
+        counts[section] += 1
+        offsets.append(ttl_off - base)
+    negative = rcode == NXDOMAIN or (rcode == NOERROR and not _has_answer(kept, req.qtype))
+    for _start, _end, section, _rtype, ttl_off in kept:
+        t = _I.unpack_from(data, ttl_off)[0]
+        if negative and section == 1 and soa_ttl is not None:
+            t = min(t, soa_ttl, negative_ttl)
+        t = max(min(t, max_ttl), min_ttl)
+        _I.pack_into(body, ttl_off - base, t)
+        if section != 2:
+            answer_ttls.append(t)
+    if negative:
+        ttl = min(soa_ttl, negative_ttl) if soa_ttl is not None else min(negative_ttl, 30)
+        ttl = max(min(ttl, max_ttl), min_ttl)
+    elif answer_ttls:
+        ttl = min(answer_ttls)
+    else:
+        ttl = min_ttl
+    return Answer(rcode, bool(flags & 0x20), counts[0], counts[1], counts[2], bytes(body),
+                  tuple(offsets), ttl, tuple(cnames), negative=negative)
+
+
+def _has_answer(records: list[tuple[int, int, int, int, int]], qtype: int) -> bool:
+    return any(r[2] == 0 and (r[3] == qtype or qtype == T_ANY or r[3] == T_CNAME)
+               for r in records)
+
+
+def _rebuild_in_chain(data: bytes, req: Request, min_ttl: int, max_ttl: int,
+                      negative_ttl: int, chain: set[str]) -> Answer:
+    """Rare path: repack the answer without out-of-chain records, then walk it again."""
+    import dnslib
+
+    try:
+        msg = dnslib.DNSRecord.parse(data)
+    except Exception as exc:  # dnslib raises several types on bad input
+        raise WireError(f"unparseable answer: {exc}") from None
+    msg.rr = [r for r in msg.rr if str(r.rname).rstrip(".").lower() in chain]
+    msg.questions = msg.questions[:1]
+    rebuilt = msg.pack()
+    clean = parse_answer_nocheck(rebuilt, req)
+    return parse_answer(clean, req, min_ttl, max_ttl, negative_ttl)
+
+
+def parse_answer_nocheck(data: bytes, req: Request) -> bytes:
+    """Put the request's exact question back in a repacked message (dnslib may re-case it)."""
+    qd_end_new = skip_name(data, 12, len(data)) + 4
+    return data[:12] + req.data[12:req.qend] + data[qd_end_new:]
+
+
+def make_query(req: Request, qid: int, edns: bool = True, udp_size: int = 1232) -> bytes:
+    """The upstream query for ``req``: fresh ID, RD (and CD as the client asked), lower-cased name."""
+    flags = 0x0100 | (req.flags & 0x0010)
+    ar = 1 if edns else 0
+    q = _H.pack(qid, flags, 1, 0, 0, ar) + req.key[: req.qend - 12]
+    if edns:
+        q += opt_record(udp_size, req.do)
+    return q

@@ -1,0 +1,180 @@
+"""Wire format: query validation, replies, and walking upstream answers."""
+
+from __future__ import annotations
+
+import struct
+
+import dnslib
+import pytest
+
+from resolver import wire
+from resolver.wire import Drop, Reject, parse_answer, parse_query
+
+
+def q(name: str = "Example.COM", qtype: str | int = "A", edns: bool = False, do: bool = False,
+      qid: int = 0x1234) -> bytes:
+    qt = qtype if isinstance(qtype, int) else getattr(dnslib.QTYPE, qtype)
+    rec = dnslib.DNSRecord(q=dnslib.DNSQuestion(name, qt))
+    rec.header.id = qid
+    if edns:
+        rec.add_ar(dnslib.EDNS0(udp_len=4096, flags="do" if do else ""))
+    return rec.pack()
+
+
+def test_parse_reads_question_lowercases_name_and_keeps_raw_bytes() -> None:
+    data = q("WwW.Example.COM")
+    r = parse_query(data)
+    assert r.qname == "www.example.com" and r.qtype == 1 and r.qclass == 1 and r.qid == 0x1234
+    assert not r.edns and r.max_udp(1232) == 512
+    assert r.key == parse_query(q("www.example.com")).key   # case-insensitive cache key
+    assert r.key != parse_query(q("www.example.com", edns=True, do=True)).key  # DO in the key
+
+
+def test_parse_reads_edns() -> None:
+    r = parse_query(q(edns=True, do=True))
+    assert r.edns and r.do and r.udp_size == 4096 and r.max_udp(1232) == 1232
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00" * 11])
+def test_short_datagrams_are_dropped(data: bytes) -> None:
+    with pytest.raises(Drop):
+        parse_query(data)
+
+
+def test_responses_are_dropped() -> None:
+    d = bytearray(q())
+    d[2] |= 0x80
+    with pytest.raises(Drop):
+        parse_query(bytes(d))
+
+
+def _rcode(exc: pytest.ExceptionInfo[Reject]) -> int:
+    reply = dnslib.DNSRecord.parse(exc.value.reply)
+    return reply.header.rcode | ((reply.ar[0].ttl >> 24) << 4 if reply.ar else 0)
+
+
+def test_opcode_other_than_query_is_notimp() -> None:
+    d = bytearray(q())
+    d[2] |= 0x10  # opcode 2 (STATUS)
+    with pytest.raises(Reject) as e:
+        parse_query(bytes(d))
+    assert e.value.rcode == wire.NOTIMP and _rcode(e) == wire.NOTIMP
+
+
+def test_qdcount_not_one_and_malformed_question_are_formerr() -> None:
+    d = bytearray(q())
+    d[5] = 2
+    with pytest.raises(Reject) as e:
+        parse_query(bytes(d))
+    assert e.value.rcode == wire.FORMERR
+    with pytest.raises(Reject) as e:
+        parse_query(q()[:-3])
+    assert e.value.rcode == wire.FORMERR
+    bad_label = q()[:12] + b"\x40" + b"a" * 64 + b"\x00\x00\x01\x00\x01"
+    with pytest.raises(Reject):
+        parse_query(bad_label)
+
+
+def test_two_opt_records_are_formerr() -> None:
+    rec = dnslib.DNSRecord.question("example.com")
+    rec.add_ar(dnslib.EDNS0())
+    rec.add_ar(dnslib.EDNS0())
+    with pytest.raises(Reject) as e:
+        parse_query(rec.pack())
+    assert e.value.rcode == wire.FORMERR
+
+
+def test_edns_version_above_zero_is_badvers() -> None:
+    rec = dnslib.DNSRecord.question("example.com")
+    rec.add_ar(dnslib.EDNS0(version=1))
+    with pytest.raises(Reject) as e:
+        parse_query(rec.pack())
+    assert _rcode(e) == wire.BADVERS
+
+
+@pytest.mark.parametrize("qtype, rcode", [("AXFR", wire.REFUSED), ("IXFR", wire.REFUSED),
+                                          (253, wire.NOTIMP), ("TSIG", wire.FORMERR),
+                                          ("OPT", wire.FORMERR)])
+def test_meta_and_transfer_types(qtype: str | int, rcode: int) -> None:
+    with pytest.raises(Reject) as e:
+        parse_query(q(qtype=qtype))
+    assert e.value.rcode == rcode
+
+
+def test_non_in_class_is_refused() -> None:
+    rec = dnslib.DNSRecord.question("version.bind", "TXT", "CH")
+    with pytest.raises(Reject) as e:
+        parse_query(rec.pack())
+    assert e.value.rcode == wire.REFUSED
+
+
+def test_build_reply_echoes_id_question_case_and_rd() -> None:
+    data = q("MiXeD.Example.com")
+    r = parse_query(data)
+    out = wire.build_reply(r, wire.NXDOMAIN)
+    assert out[:2] == data[:2] and out[12:r.qend] == data[12:r.qend]
+    flags = struct.unpack("!H", out[2:4])[0]
+    assert flags & 0x8000 and flags & 0x0100 and flags & 0x0080 and flags & 0xF == wire.NXDOMAIN
+
+
+def _upstream_answer(req_data: bytes, build) -> bytes:
+    rec = dnslib.DNSRecord.parse(req_data)
+    reply = rec.reply()
+    build(reply)
+    return reply.pack()
+
+
+def test_parse_answer_clamps_ttls_and_renders_for_another_client() -> None:
+    data = q("www.example.com", edns=True)
+    req = parse_query(data)
+    up = _upstream_answer(data, lambda r: (
+        r.add_answer(dnslib.RR("www.example.com", 5, ttl=10, rdata=dnslib.CNAME("cdn.example.net"))),
+        r.add_answer(dnslib.RR("cdn.example.net", 1, ttl=999999, rdata=dnslib.A("192.0.2.1"))),
+        r.add_ar(dnslib.EDNS0())))
+    ans = parse_answer(up, req, min_ttl=60, max_ttl=3600, negative_ttl=300)
+    assert ans.cnames == ("cdn.example.net",) and ans.an == 2 and ans.ar == 0
+    assert ans.ttl == 60   # min TTL clamps 10 up to 60; 999999 down to 3600
+    other = parse_query(q("WWW.EXAMPLE.COM", qid=0xBEEF))
+    out = dnslib.DNSRecord.parse(ans.render(other, now=ans.stored + 30))
+    assert out.header.id == 0xBEEF and str(out.q.qname) == "WWW.EXAMPLE.COM."
+    assert [rr.ttl for rr in out.rr] == [30, 3570]   # counted down by 30 s
+    assert not out.ar   # no OPT: that client sent none
+
+
+def test_negative_answer_ttl_comes_from_soa() -> None:
+    data = q("nx.example.com")
+    req = parse_query(data)
+    up = _upstream_answer(data, lambda r: (
+        setattr(r.header, "rcode", 3),
+        r.add_auth(dnslib.RR("example.com", 6, ttl=900,
+                             rdata=dnslib.SOA("ns.example.com", "h.example.com", (1, 2, 3, 4, 120))))))
+    ans = parse_answer(up, req, 0, 86400, 3600)
+    assert ans.negative and ans.ttl == 120 and ans.rcode == wire.NXDOMAIN
+    capped = parse_answer(up, req, 0, 86400, 60)
+    assert capped.ttl == 60
+
+
+def test_out_of_chain_records_are_stripped() -> None:
+    data = q("www.example.com")
+    req = parse_query(data)
+    up = _upstream_answer(data, lambda r: (
+        r.add_answer(dnslib.RR("www.example.com", 1, ttl=60, rdata=dnslib.A("192.0.2.1"))),
+        r.add_answer(dnslib.RR("bank.example.org", 1, ttl=60, rdata=dnslib.A("203.0.113.66")))))
+    ans = parse_answer(up, req, 0, 86400, 3600)
+    out = dnslib.DNSRecord.parse(ans.render(req, ans.stored))
+    assert [str(rr.rname) for rr in out.rr] == ["www.example.com."]
+
+
+def test_truncated_answers_are_errors() -> None:
+    data = q("www.example.com")
+    req = parse_query(data)
+    up = _upstream_answer(data, lambda r: r.add_answer(
+        dnslib.RR("www.example.com", 1, ttl=60, rdata=dnslib.A("192.0.2.1"))))
+    with pytest.raises(wire.WireError):
+        parse_answer(up[:-2], req, 0, 86400, 3600)
+
+
+def test_compression_loops_are_rejected() -> None:
+    loop = b"\x00" * 12 + b"\xc0\x0c"
+    with pytest.raises(wire.WireError):
+        wire.read_name(loop, 12)
