@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import data
@@ -35,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true",
                     help="short runs (3 s peak, 2 s latency), one round: a sanity check")
     ap.add_argument("--duration", type=float, default=None,
-                    help="seconds per peak dnsperf run (default 10, quick 3; max 30)")
+                    help="seconds per peak dnsperf run (default 8, quick 3; max 30)")
     ap.add_argument("--latency-duration", type=float, default=None,
                     help="seconds per rate-limited latency run (default duration/2)")
     ap.add_argument("--servers", default=None,
@@ -43,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "(default: all; hushdns only once resolver/server.py exists)")
     ap.add_argument("--hushdns", action="store_true", help="add hushdns to --servers")
     ap.add_argument("--mixes", default=",".join(MIXES), help="comma list of blocked,hit,miss")
-    ap.add_argument("--rounds", type=int, default=1, help="repeat everything; medians reported")
+    ap.add_argument("--rounds", type=int, default=2, help="repeat everything; medians reported")
     ap.add_argument("--list-size", type=int, default=100_000, help="blocklist size for the mixes")
     ap.add_argument("--cache-entries", type=int, default=100_000)
     ap.add_argument("--clients", type=int, default=4, help="dnsperf -c")
@@ -63,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     args = ap.parse_args(argv)
     if args.duration is None:
-        args.duration = 3.0 if args.quick else 10.0
+        args.duration = 3.0 if args.quick else 8.0
     if args.latency_duration is None:
         args.latency_duration = 2.0 if args.quick else max(1.0, args.duration / 2)
     if not 0 < args.duration <= 30 or not 0 < args.latency_duration <= 30:
@@ -91,7 +92,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.scale = "1000,1000000" if "hushdns" in names else "none"
     args.scale_sizes = [] if args.scale == "none" else [int(x) for x in args.scale.split(",")]
     args.scale_names = [s for s in args.scale_servers.split(",") if s]
+    args.estimate = estimate_seconds(args)
+    if args.estimate > 600:
+        ap.error(f"this run would take about {args.estimate / 60:.0f} min; the bound is 10 min "
+                 "(lower --rounds, --duration or --latency-duration)")
     return args
+
+
+def estimate_seconds(a: argparse.Namespace) -> float:
+    """Rough wall time: each server/mix pair is a peak run, two latency runs and a warm-up."""
+    pairs = sum(1 for s in a.server_names for m in a.mix_names
+                if not (s == "baseline" and m == "miss"))
+    per_pair = a.duration + (2 * a.latency_duration if a.load > 0 else 0) + 2
+    scale = len(a.scale_names) * sum(a.duration + 4 + size / 200_000 for size in a.scale_sizes)
+    return a.rounds * pairs * per_pair + scale + 15
 
 
 class Bench:
@@ -244,7 +258,7 @@ class Bench:
                              "answer A 192.0.2.1 from a template for every name (so its blocked "
                              "answers are NOERROR, not checked); no lists, cache or metrics. "
                              "It is the Python ceiling, and sits out the miss mix.")
-        self.log(f"preparing inputs in {self.dir}")
+        self.log(f"preparing inputs in {self.dir}; about {a.estimate / 60:.1f} min to go")
         self.prepare()
         self.nsd = self.start(servers.nsd(self.dir, self.zonefile), client_side=True)
         procs = []
@@ -261,11 +275,30 @@ class Bench:
                         continue  # it forwards nothing: a miss is the same template answer
                     rep.measurements.append(self.measure(p, mix, rnd))
         for p in procs:
+            if p.name == "hushdns":
+                rep.notes.append(metrics_note(p))
             self.stop(p)
         if a.scale_sizes:
             self.scale_run(rep)
         rep.machine["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         return rep
+
+
+def metrics_note(proc: servers.Proc) -> str:
+    """Say whether hushdns' /metrics answered after the load (metrics must stay on)."""
+    port = proc.extra.get("metrics_port")
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+    except OSError as exc:
+        return (f"hushdns metrics: configured on {url} but not answering ({exc.__class__.__name__});"
+                " the in-process counters (resolver.stats) were incremented on every query.")
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("hushdns_queries_total"):
+            total += float(line.rsplit(" ", 1)[1])
+    return f"hushdns metrics: {url} answered after the load, hushdns_queries_total sums to {total:,.0f}."
 
 
 def main(argv: list[str] | None = None) -> int:
