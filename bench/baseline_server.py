@@ -57,11 +57,31 @@ class Protocol(asyncio.DatagramProtocol):
             self.transport.sendto(reply, addr)  # type: ignore[attr-defined]
 
 
-async def serve(port: int) -> None:
+def _reader(sock: socket.socket) -> None:
+    """Drain the socket on each readiness event: several datagrams per wakeup."""
+    recvfrom, sendto = sock.recvfrom, sock.sendto
+    while True:
+        try:
+            data, addr = recvfrom(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        reply = answer(data)
+        if reply is not None:
+            try:
+                sendto(reply, addr)
+            except (BlockingIOError, InterruptedError):
+                continue  # the client's buffer is full: a lost answer, as with UDP anyway
+
+
+async def serve(port: int, mode: str = "transport") -> None:
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", port))
-    await loop.create_datagram_endpoint(Protocol, sock=sock)
+    if mode == "reader":
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), _reader, sock)
+    else:
+        await loop.create_datagram_endpoint(Protocol, sock=sock)
     await asyncio.Event().wait()
 
 
@@ -69,6 +89,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--no-uvloop", action="store_true", help="plain asyncio event loop")
+    ap.add_argument("--mode", choices=("transport", "reader"), default="transport",
+                    help="transport: a DatagramProtocol (one callback per datagram); reader: "
+                         "add_reader + recvfrom/sendto on the raw socket until it is empty")
     args = ap.parse_args()
     if not args.no_uvloop:
         try:
@@ -76,9 +99,9 @@ def main() -> None:
         except ImportError:
             pass
         else:
-            uvloop.run(serve(args.port))
+            uvloop.run(serve(args.port, args.mode))
             return
-    asyncio.run(serve(args.port))
+    asyncio.run(serve(args.port, args.mode))
 
 
 if __name__ == "__main__":

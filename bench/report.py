@@ -41,6 +41,7 @@ class Measurement:
     latency: Result | None = None
     rate: float = 0.0  # the -Q of the latency run
     fixed: Result | None = None  # a run at the same -Q for every server
+    fixed_cpu_us: float = 0.0  # server CPU per query in that run
 
 
 @dataclass
@@ -56,6 +57,17 @@ class ScaleRow:
 
 
 @dataclass
+class Flood:
+    """hushdns under a flood of unique names with a small cache: RSS over time."""
+
+    entries: int
+    answered: int
+    qps: float
+    rss_start_kib: int
+    samples: list[tuple[float, int]]  # (seconds since start, RSS KiB)
+
+
+@dataclass
 class Report:
     settings: dict[str, object]
     machine: dict[str, str]
@@ -64,6 +76,8 @@ class Report:
     scale: list[ScaleRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     fixed_rate: float = 0.0
+    fixed_rate_miss: float = 0.0
+    flood: Flood | None = None
 
 
 def _first_line(argv: list[str]) -> str:
@@ -121,6 +135,14 @@ def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x * 1000:.2f}"
 
 
+def _int(x: int | None) -> str:
+    return "-" if x is None else str(x)
+
+
+def _num(x: float | None, digits: int = 0) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
 def _answers(mix: str, rcodes: dict[str, int]) -> str:
     """'ok' when every answer has the expected RCODE, else the breakdown (a wrong answer fast
     is not a result)."""
@@ -150,9 +172,11 @@ def _agg(ms: list[Measurement]) -> dict[str, object]:
         "lat_lost": int(_med([r.lost for r in lat])) if lat else None,
         "lat_avg": _med([r.avg for r in lat]) if lat else None,
         "p99": _med([r.p99 for r in lat if r.p99 is not None]) if lat else None,
-        "fixed_lost": int(_med([m.fixed.lost for m in ms if m.fixed])) if fixed else None,
-        "fixed_p50": _med([m.fixed.p50 for m in ms if m.fixed and m.fixed.p50]) if fixed else None,
-        "fixed_p99": _med([m.fixed.p99 for m in ms if m.fixed and m.fixed.p99]) if fixed else None,
+        "fixed_qps": _med([r.qps for r in fixed]) if fixed else None,
+        "fixed_lost": int(_med([r.lost for r in fixed])) if fixed else None,
+        "fixed_p50": _med([r.p50 for r in fixed if r.p50 is not None]) if fixed else None,
+        "fixed_p99": _med([r.p99 for r in fixed if r.p99 is not None]) if fixed else None,
+        "fixed_cpu": _med([m.fixed_cpu_us for m in ms if m.fixed]) if fixed else None,
         "early": any(m.peak.ended_early for m in ms),
         "answers": "template" if ms[0].server == "baseline" else _answers(ms[0].mix, rcodes),
     }
@@ -178,24 +202,28 @@ def render(rep: Report) -> str:
         rows = {s: _agg([m for m in rep.measurements if m.server == s and m.mix == mix])
                 for s in servers if any(m.server == s and m.mix == mix for m in rep.measurements)}
         ref = rows.get("unbound")
+        fixed_rate = rep.fixed_rate_miss if mix == "miss" else rep.fixed_rate
         out += ["", f"## {MIX_TITLES.get(mix, mix)}", ""]
-        out += ["Peak: no rate limit. @50%: rate-limited to half the server's own peak. "
-                f"@fixed: {rep.fixed_rate:,.0f} queries/s for every server.", ""]
-        out += ["| server | peak qps | x unbound | lost | avg ms | CPU µs/query | x unbound CPU "
-                "| @50% qps | lost | avg ms | p99 ms | @fixed lost | p50 ms | p99 ms "
+        out += ["**peak**: no rate limit; **@50%**: half the server's own peak; "
+                f"**@fixed**: {fixed_rate:,.0f} queries/s for every server, so its CPU per "
+                "query is the like-for-like cost (per-query CPU grows as the rate falls: "
+                "fewer packets per wakeup).", ""]
+        out += ["| server | peak qps | x unbound | lost | avg ms | CPU µs/q "
+                "| @50% qps | lost | p99 ms "
+                "| @fixed qps | lost | p50 ms | p99 ms | CPU µs/q | x unbound CPU "
                 "| RSS MiB | answers |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+                "|---|" + "---:|" * 15 + "---|"]
         for s, a in rows.items():
             ratio = f"{a['qps'] / ref['qps']:.2f}" if ref and ref["qps"] else "-"
-            cratio = f"{a['cpu_us'] / ref['cpu_us']:.2f}" if ref and ref["cpu_us"] else "-"
+            cratio = (f"{a['fixed_cpu'] / ref['fixed_cpu']:.2f}"
+                      if ref and ref["fixed_cpu"] and a["fixed_cpu"] else "-")
             early = " (input used up)" if a["early"] else ""
             out.append(
                 f"| {s} | {a['qps']:,.0f}{early} | {ratio} | {a['lost']} | {_ms(a['avg'])} "
-                f"| {a['cpu_us']:.1f} | {cratio} | {a['rate']:,.0f} | "
-                f"{'-' if a['lat_lost'] is None else a['lat_lost']} | {_ms(a['lat_avg'])} "
-                f"| {_ms(a['p99'])} | {'-' if a['fixed_lost'] is None else a['fixed_lost']} "
-                f"| {_ms(a['fixed_p50'])} | {_ms(a['fixed_p99'])} "
-                f"| {a['rss'] / 1024:.1f} | {a['answers']} |")
+                f"| {a['cpu_us']:.1f} | {a['rate']:,.0f} | {_int(a['lat_lost'])} "
+                f"| {_ms(a['p99'])} | {_num(a['fixed_qps'])} | {_int(a['fixed_lost'])} "
+                f"| {_ms(a['fixed_p50'])} | {_ms(a['fixed_p99'])} | {_num(a['fixed_cpu'], 1)} "
+                f"| {cratio} | {a['rss'] / 1024:.1f} | {a['answers']} |")
     if rep.scale:
         out += ["", "## List scale: the same server with small and large lists", "",
                 "Blocked mix, queries drawn from the loaded list. `ready` is spawn to first "
@@ -218,5 +246,23 @@ def render(rep: Report) -> str:
                     f"{name}: {hi.size:,} vs {lo.size:,} domains: +{hi.ready_s - lo.ready_s:.2f} s "
                     f"to ready, +{(hi.rss_kib - lo.rss_kib) / 1024:.1f} MiB RSS, blocked qps "
                     f"x{hi.peak.qps / lo.peak.qps:.2f}, CPU/query x{hi.cpu_us / lo.cpu_us:.2f}.")
+    if rep.flood and rep.flood.samples:
+        f = rep.flood
+        fill_s = f.entries / f.qps if f.qps else float("inf")
+        out += ["", "## Cache flood: unique names past cache.max_entries", "",
+                f"hushdns with `cache.max_entries: {f.entries:,}` answered {f.answered:,} unique "
+                f"names ({f.qps:,.0f}/s), so the cache was full after about {fill_s:.0f} s. "
+                f"RSS before the flood: {f.rss_start_kib / 1024:.1f} MiB.", "",
+                "| seconds | RSS MiB | cache |", "|---:|---:|---|"]
+        step = max(1, len(f.samples) // 8)
+        picks = f.samples[::step]
+        if picks[-1] is not f.samples[-1]:
+            picks.append(f.samples[-1])
+        for t, kib in picks:
+            out.append(f"| {t:.1f} | {kib / 1024:.1f} | {'full' if t >= fill_s else 'filling'} |")
+        full = [k for t, k in f.samples if t >= fill_s]
+        if len(full) >= 2:
+            out += ["", f"Once full: RSS {full[0] / 1024:.1f} -> {full[-1] / 1024:.1f} MiB "
+                    f"({(full[-1] - full[0]) / 1024:+.1f} MiB)."]
     out.append("")
     return "\n".join(out)

@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 import data
 import dnsperf
 import servers
-from report import Measurement, Report, ScaleRow, machine, render
+from report import Flood, Measurement, Report, ScaleRow, machine, render
 
 MIXES = ("blocked", "hit", "miss")
 ANCHORS = ("unbound", "dnsmasq")
@@ -53,11 +54,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="latency run rate as a fraction of the server's own peak")
     ap.add_argument("--fixed-rate", type=float, default=5000,
                     help="queries/s of a second latency run, the same for every server (0: skip)")
+    ap.add_argument("--fixed-rate-miss", type=float, default=1000,
+                    help="the same for the cache-miss mix")
     ap.add_argument("--scale", default=None,
                     help="comma list of list sizes for the list-scale run "
                          "(default 1000,1000000 when hushdns runs; 'none' to skip)")
     ap.add_argument("--scale-servers", default="hushdns",
                     help="servers for the list-scale run (unbound works too, slowly)")
+    ap.add_argument("--flood-seconds", type=float, default=None,
+                    help="cache flood run with hushdns (unique names past max_entries; "
+                         "default 20, quick 3; 0: skip)")
+    ap.add_argument("--flood-entries", type=int, default=10_000,
+                    help="cache.max_entries for the flood run (small, so it fills quickly)")
     ap.add_argument("--pin", action="store_true",
                     help="pin the server to CPU 0 and dnsperf/nsd to CPU 1")
     ap.add_argument("--out", type=Path, default=servers.BENCH_DIR / "results.md")
@@ -67,7 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.duration = 3.0 if args.quick else 8.0
     if args.latency_duration is None:
         args.latency_duration = 2.0 if args.quick else max(1.0, args.duration / 2)
-    if not 0 < args.duration <= 30 or not 0 < args.latency_duration <= 30:
+    if args.flood_seconds is None:
+        args.flood_seconds = 3.0 if args.quick else 20.0
+    if (not 0 < args.duration <= 30 or not 0 < args.latency_duration <= 30
+            or not 0 <= args.flood_seconds <= 30):
         ap.error("each dnsperf run must be bounded: 0 < duration <= 30")
     if args.quick:
         args.rounds = 1
@@ -105,7 +116,8 @@ def estimate_seconds(a: argparse.Namespace) -> float:
                 if not (s == "baseline" and m == "miss"))
     per_pair = a.duration + (2 * a.latency_duration if a.load > 0 else 0) + 2
     scale = len(a.scale_names) * sum(a.duration + 4 + size / 200_000 for size in a.scale_sizes)
-    return a.rounds * pairs * per_pair + scale + 15
+    flood = a.flood_seconds + 3 if "hushdns" in a.server_names else 0
+    return a.rounds * pairs * per_pair + scale + flood + 15
 
 
 class Bench:
@@ -201,11 +213,14 @@ class Bench:
                 qfile = self.miss_file(int(m.rate * a.latency_duration * 1.2))
             m.latency = self.perf(proc, qfile, duration=a.latency_duration, rate=m.rate,
                                   verbose=True, once=(mix == "miss"))
-        if a.fixed_rate > 0:  # the same moderate load for every server: comparable p99
+        fixed = a.fixed_rate_miss if mix == "miss" else a.fixed_rate
+        if fixed > 0:  # the same moderate load for every server: comparable p99 and CPU
             if mix == "miss":
-                qfile = self.miss_file(int(a.fixed_rate * a.latency_duration * 1.2))
-            m.fixed = self.perf(proc, qfile, duration=a.latency_duration, rate=a.fixed_rate,
+                qfile = self.miss_file(int(fixed * a.latency_duration * 1.2))
+            c0 = proc.cpu_seconds()
+            m.fixed = self.perf(proc, qfile, duration=a.latency_duration, rate=fixed,
                                 verbose=True, once=(mix == "miss"))
+            m.fixed_cpu_us = (proc.cpu_seconds() - c0) / max(1, m.fixed.completed) * 1e6
         p99 = m.latency.p99 if m.latency and m.latency.p99 is not None else float("nan")
         self.log(f"{mix:8s} {proc.name:9s} {peak.qps:10,.0f} q/s lost {peak.lost:<5d} "
                  f"avg {peak.avg * 1e3:6.2f} ms  cpu {m.cpu_us:5.1f} µs/q  "
@@ -237,6 +252,35 @@ class Bench:
                 self.log(f"scale {name} {size:>9,}: ready {row.ready_s:.2f} s, rss "
                          f"{row.rss_kib / 1024:.1f} MiB, {peak.qps:,.0f} q/s, {row.cpu_us:.1f} µs/q")
 
+    def flood_run(self, rep: Report) -> None:
+        """Unique names past cache.max_entries: RSS must level off once the cache is full."""
+        a = self.args
+        proc = servers.hushdns(self.dir, self.nsd.port, self.blocklist, a.flood_entries,
+                               name="hushdns-flood")
+        self.start(proc)
+        samples: list[tuple[float, int]] = []
+        stop = threading.Event()
+
+        def sample() -> None:
+            t0 = time.monotonic()
+            while not stop.wait(0.5):
+                samples.append((time.monotonic() - t0, proc.rss_kib()))
+
+        q = self.miss_file(int(a.flood_seconds * MISS_RATE_CAP))
+        th = threading.Thread(target=sample, daemon=True)
+        rss0 = proc.rss_kib()
+        th.start()
+        try:
+            res = self.perf(proc, q, duration=a.flood_seconds, once=True)
+        finally:
+            stop.set()
+            th.join()
+            self.stop(proc)
+        rep.flood = Flood(entries=a.flood_entries, answered=res.completed, qps=res.qps,
+                          rss_start_kib=rss0, samples=samples)
+        self.log(f"flood: {res.completed:,} unique names, cache max {a.flood_entries:,}: RSS "
+                 + " ".join(f"{t:.0f}s:{k / 1024:.0f}" for t, k in samples[::4]))
+
     def run(self) -> Report:
         a = self.args
         rep = Report(settings={
@@ -245,13 +289,13 @@ class Bench:
             "peak run": f"{a.duration:g} s, dnsperf -c {a.clients} -q {a.outstanding}",
             "latency run": f"{a.latency_duration:g} s at {a.load:.0%} of the server's own peak "
                            "(dnsperf -Q, -v for per-query latency)",
-            "fixed-rate run": f"{a.latency_duration:g} s at {a.fixed_rate:,.0f} queries/s for "
-                              "every server (same load: p99 comparable across servers)",
+            "fixed-rate run": f"{a.latency_duration:g} s at {a.fixed_rate:,.0f} queries/s "
+                              f"({a.fixed_rate_miss:,.0f} for misses), the same for every server",
             "rounds": f"{a.rounds} (medians when > 1; server order rotates per mix and round)",
             "blocklist": f"{a.list_size:,} generated names, NXDOMAIN for name and subdomains",
             "cache": f"{a.cache_entries:,} entries (dnsmasq: its 10,000 maximum)",
             "CPU pinning": "server CPU 0, dnsperf+nsd CPU 1" if self.cpu_server else "none",
-        }, machine=machine(), fixed_rate=a.fixed_rate)
+        }, machine=machine(), fixed_rate=a.fixed_rate, fixed_rate_miss=a.fixed_rate_miss)
         rep.notes.append("unbound runs with num-threads: 1 (one process, one thread, like hushdns).")
         if "baseline" in a.server_names:
             rep.notes.append("baseline = bench/baseline_server.py: uvloop, parse the question, "
@@ -280,6 +324,8 @@ class Bench:
             self.stop(p)
         if a.scale_sizes:
             self.scale_run(rep)
+        if a.flood_seconds > 0 and "hushdns" in a.server_names:
+            self.flood_run(rep)
         rep.machine["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         return rep
 
