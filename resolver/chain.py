@@ -14,14 +14,13 @@ from .stages.access import Access
 from .stages.blocking import Blocking
 from .stages.cache import Cache
 from .stages.forward import Forward
-from .stages.minimal_any import MinimalAny
 from .stats import Stats
 from .wire import Answer
 
 
 def build_chain(config: Config, lists: Blocklists, stats: Stats,
                 cache_entries: OrderedDict[bytes, Answer] | None = None) -> tuple[Stage, Cache]:
-    """access -> minimal ANY -> blocking -> cache -> forward.  Returns the head and the cache."""
+    """access -> blocking -> cache -> forward.  Returns the head and the cache."""
     udp = config.server.udp_size
     # 5. forward: ask upstreams / forward zones; shares identical in-flight questions.
     forward = Forward(config, stats)
@@ -31,8 +30,7 @@ def build_chain(config: Config, lists: Blocklists, stats: Stats,
     head: Stage = cache
     if lists.lists:
         head = Blocking(head, lists, config.blocking, stats, udp)
-    # 2. ANY over UDP gets a minimal answer (RFC 8482) before any list or upstream work.
-    head = MinimalAny(head)
-    # 1. access: REFUSED for clients outside access.allow, before anything else.
+    # 1. access: REFUSED for clients outside access.allow, and the minimal answer to
+    #    ANY over UDP (RFC 8482), before any list or upstream work.
     head = Access(head, udp)
     return head, cache

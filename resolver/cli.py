@@ -62,6 +62,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError:
         runner = asyncio.run
     try:
+        if args.worker_fd is not None:
+            from .workers import run_worker
+
+            return runner(run_worker(config, lambda: _load(args), args.worker_fd))
+        if config.workers > 1:
+            from .workers import Supervisor, worker_argv
+
+            return runner(Supervisor(config, lambda: _load(args), worker_argv(args.argv)).run())
         return runner(_serve(config, args))
     except KeyboardInterrupt:
         return 0
@@ -107,14 +115,14 @@ def _status(server: Any) -> str:
 # --- check ---------------------------------------------------------------------------------
 
 
-def _parse_spec(spec: ListSpec, state_dir: str) -> list[tuple[str, Parsed]]:
+def _parse_spec(spec: ListSpec, state_dir: str, fetch: bool = False) -> list[tuple[str, Parsed]]:
     """(file label, parsed) per file of a list, with line numbers kept."""
     if spec.kind == "dir":
         files = sorted(p for p in Path(spec.source).iterdir()
                        if p.is_file() and not p.name.startswith("."))
         return [(str(p), loader.parse_text(p.read_text(encoding="utf-8", errors="replace"),
                                            keep_rules=True)) for p in files]
-    text = loader.read_source(spec, state_dir)
+    text = loader.read_source(spec, state_dir, fetch=fetch)
     return [(spec.source, loader.parse_checked(spec, text, keep_rules=True))]
 
 
@@ -129,7 +137,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     for spec in config.all_lists():
         kind = "allow" if spec.allow else "block"
         try:
-            parts = _parse_spec(spec, config.state_dir)
+            parts = _parse_spec(spec, config.state_dir, fetch=True)   # URL lists: download now
         except loader.LoadError as exc:
             print(f"{kind} list {spec.name}: FAILED: {exc}")
             errors += 1
@@ -224,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--upstream", action="append", help="override upstreams (repeatable)")
     s.add_argument("--metrics", help="override metrics.listen, or 'off'")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)   # internal: workers: N
     s.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("check", help="validate a config and every list it uses")
@@ -237,11 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tcp", action="store_true", help="as if asked over TCP")
     q.add_argument("-c", "--config", help="YAML config file (embedded default without -c)")
     q.set_defaults(func=cmd_query)
+
+    from .lists.commands import add_parser as add_lists_parser
+
+    add_lists_parser(sub)   # hushdns lists lint | show | stats
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     return int(args.func(args) or 0)
 
 

@@ -125,6 +125,7 @@ class Config:
     state_dir: str
     log_level: str = "info"
     log_queries: bool = False
+    workers: int = 1
 
     def all_lists(self) -> list[ListSpec]:
         return [*self.blocking.lists.values(), *self.blocking.allow.values()]
@@ -350,7 +351,7 @@ def _duration(v: Any) -> float | None:
 
 
 TOP_KEYS = ("listen", "upstreams", "forward_zones", "access", "blocking", "clients", "groups",
-            "cache", "metrics", "server", "rate_limit", "state_dir", "log")
+            "cache", "metrics", "server", "rate_limit", "state_dir", "log", "workers")
 
 
 def load_config(path: str | os.PathLike[str] | None = None, text: str | None = None,
@@ -474,6 +475,10 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
     if "state_dir" in top and isinstance(top["state_dir"], str):
         state_dir = str((base / top["state_dir"]).resolve())
 
+    workers = r.typed(top, "workers", "", int, 1, _between(1, 64))
+    if workers > 1 and any(port == 0 for _, port in listen):
+        doc.err("workers", "several workers share fixed ports (SO_REUSEPORT); listen on port 0 needs workers: 1")
+
     lg = r.section(top.get("log"), "log", ("level", "queries"))
     return Config(
         path=filename,
@@ -492,6 +497,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         log_level=r.typed(lg, "level", "log", str, "info",
                           _one_of("debug", "info", "warning", "error")),
         log_queries=r.typed(lg, "queries", "log", bool, False),
+        workers=workers,
     )
 
 

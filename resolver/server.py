@@ -21,8 +21,9 @@ from typing import Any
 from .chain import build_chain
 from .clients import ClientTable, LabelBound
 from .config import Config, ConfigError, Endpoint, format_endpoint
-from .lists import loader
+from .lists import loader, remote
 from .lists.loader import Blocklists
+from .metrics import start_metrics_server
 from .response import Response
 from .stages import Stage
 from .stats import Stats
@@ -41,6 +42,7 @@ log = logging.getLogger("hushdns")
 qlog = logging.getLogger("hushdns.query")
 
 LIST_POLL_SECONDS = 2.0
+URL_REFRESH_TICK = 1.0      # how often the URL refresher looks for lists that are due
 UDP_RCVBUF = 4 * 1024 * 1024
 
 
@@ -105,7 +107,7 @@ class TcpConnection(asyncio.Protocol):
         self.peer = transport.get_extra_info("peername") or ("", 0)
         srv = self.server
         if len(srv.tcp_connections) >= srv.config.server.tcp_max_connections:
-            key = (self.peer[0], "tcp_connections")
+            key = (srv.clients.lookup(self.peer[0]).label, "tcp_connections")  # type: ignore[union-attr]
             srv.stats.limited[key] = srv.stats.limited.get(key, 0) + 1
             transport.abort()  # type: ignore[attr-defined]
             return
@@ -178,8 +180,10 @@ class Server:
     """Owns the sockets, the chain, the lists and the stats for one configuration at a time."""
 
     def __init__(self, config: Config, stats: Stats | None = None,
-                 reload_config: Callable[[], Config] | None = None) -> None:
+                 reload_config: Callable[[], Config] | None = None,
+                 reuse_port: bool = False) -> None:
         self.config = config
+        self.reuse_port = reuse_port   # several worker processes share the listen ports
         self.stats = stats or Stats()
         self.reload_config = reload_config
         self.labels = LabelBound(config.metrics.max_clients)
@@ -212,9 +216,10 @@ class Server:
         self._install(self.config, self.lists)
         for ep in self.config.listen:
             await self._bind(ep)
-        # TODO(metrics): start the /metrics endpoint when config.metrics.listen is set.
+        await self._start_metrics()
         self._background.append(asyncio.create_task(self._sweep_tcp()))
         self._background.append(asyncio.create_task(self._watch_lists()))
+        self._background.append(asyncio.create_task(self._refresh_url_lists()))
         log.info("serving on %s (udp) and %s (tcp); upstreams %s",
                  ", ".join(map(format_endpoint, self.udp_addresses)),
                  ", ".join(map(format_endpoint, self.tcp_addresses)),
@@ -255,11 +260,30 @@ class Server:
                 return False
             if new.listen != self.config.listen:
                 log.warning("listen addresses changed: restart hushdns to rebind them")
+            metrics_moved = new.metrics.listen != self.config.metrics.listen
             self._install(new, lists)
+            if metrics_moved:
+                await self._start_metrics(reloading=True)
             self.stats.config_reload_success = 1
             log.info("reloaded: %d lists, %d domains", len(lists.lists), len(lists.index))
             self.on_reload_done()
             return True
+
+    async def _start_metrics(self, reloading: bool = False) -> None:
+        """(Re)bind /metrics to ``config.metrics.listen``; off when it is null."""
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
+            self.metrics_server = None
+        ep = self.config.metrics.listen
+        if ep is None:
+            return
+        try:
+            self.metrics_server = await start_metrics_server(self.stats, ep[0], ep[1])
+        except OSError as exc:
+            if not reloading:
+                raise
+            # On reload, a busy port must not take DNS down with it.
+            log.error("metrics: cannot listen on %s: %s", format_endpoint(ep), exc)
 
     def _install(self, config: Config, lists: Blocklists) -> None:
         """Swap in a new chain; the cache table carries over when its settings did not change."""
@@ -278,6 +302,8 @@ class Server:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         for _ in range(20):
             udp = socket.socket(family, socket.SOCK_DGRAM)
+            if self.reuse_port:
+                udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             with contextlib.suppress(OSError):
@@ -286,6 +312,8 @@ class Server:
             bound = udp.getsockname()[1]
             tcp = socket.socket(family, socket.SOCK_STREAM)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.reuse_port:
+                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 tcp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
@@ -402,3 +430,42 @@ class Server:
                         self._install(self.config, lists)
             except Exception:
                 log.exception("list watcher")
+
+    async def _refresh_url_lists(self) -> None:
+        """URL lists are downloaded in the background: right after start-up when their disk
+        copy is missing or older than ``refresh``, then every ``refresh`` (sooner after a
+        failure).  A failed or refused download keeps the current version serving."""
+        schedule = remote.RefreshSchedule()
+        while True:
+            for spec in schedule.due(self.config.all_lists(), self.config.state_dir):
+                ok = False
+                try:
+                    ok = await self._refresh_url(spec)
+                except Exception:
+                    log.exception("refreshing list %s", spec.name)
+                schedule.done(spec, ok)
+            await asyncio.sleep(URL_REFRESH_TICK)
+
+    async def _refresh_url(self, spec: Any) -> bool:
+        try:
+            got = await asyncio.to_thread(remote.fetch, spec, self.config.state_dir)
+            error = got.error
+        except loader.LoadError as exc:
+            got, error = None, str(exc)
+            log.error("list %s: %s", spec.name, error)
+        info = self.lists.lists.get(spec.name)
+        if got is None or error is not None:
+            failures = self.stats.list_load_failures
+            failures[spec.name] = failures.get(spec.name, 0) + 1
+            if info is not None:
+                info.error = error
+            return False
+        if got.changed or info is None or not info.loaded_at or info.spec != spec:
+            async with self._reload_lock:
+                lists = await asyncio.to_thread(loader.load_all, self.config, self.lists,
+                                                self.stats, {spec.name: got.text})
+                self._install(self.config, lists)
+        else:   # 304 or the same bytes: the list in service is current
+            info.loaded_at, info.error = time.time(), None
+            loader.publish(self.lists, self.stats)
+        return True

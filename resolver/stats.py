@@ -63,6 +63,8 @@ class Stats:
         self.upstream_requests: dict[tuple[str, str], int] = {}
         # upstream -> Histogram
         self.upstream_duration: dict[str, Histogram] = {}
+        # upstream -> 1 (answering) / 0 (in back-off after repeated failures)
+        self.upstream_state: dict[str, int] = {}
         self.cache_hits = 0
         self.cache_misses = 0
         self.cache_evictions = 0
@@ -84,7 +86,10 @@ class Stats:
         h = self.request_duration.get(result)
         if h is None:
             h = self.request_duration[result] = Histogram()
-        h.observe(duration)
+        # Histogram.observe, inlined: this runs for every query.
+        h.counts[bisect.bisect_left(h.bounds, duration)] += 1
+        h.total += duration
+        h.n += 1
 
     def block(self, client: str, list_name: str, domain: str | None) -> None:
         """Count a blocked query per client and list (and per domain when tracked)."""

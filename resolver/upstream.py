@@ -224,7 +224,9 @@ class Upstreams:
         if up.failures >= 3:
             # Exponential back-off, capped: probed again after at most 60 s.
             up.down_until = time.monotonic() + min(60.0, 2.0 ** (up.failures - 3))
+            self.stats.upstream_state[up.label] = 0
 
     def _healthy(self, up: Upstream) -> None:
         up.failures = 0
         up.down_until = 0.0
+        self.stats.upstream_state[up.label] = 1

@@ -43,6 +43,7 @@ RCODE_NAMES: dict[int, str] = {
 
 _H = struct.Struct("!HHHHHH")
 _HH = struct.Struct("!HH")
+_HHHH = struct.Struct("!HHHH")
 _RR = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 _I = struct.Struct("!I")
 
@@ -186,6 +187,13 @@ def _error_reply(data: bytes, rcode: int, qend: int = 12, opt: bytes = b"") -> b
     return _H.pack(data[0] << 8 | data[1], flags, qd, 0, 0, 1 if opt else 0) + data[12:qend] + opt
 
 
+# Parsed questions by everything after ID and flags (counts, question, OPT).
+# A LAN asks the same few thousand names over and over, so most queries skip
+# the label walk and EDNS parse entirely.  Bounded: cleared when full.
+_QUESTIONS: dict[bytes, tuple] = {}
+MAX_MEMO = 8192
+
+
 def parse_query(data: bytes) -> Request:
     """Validate a client query and read its question and EDNS.
 
@@ -194,61 +202,86 @@ def parse_query(data: bytes) -> Request:
     """
     if type(data) is not bytes:
         data = bytes(data)
-    n = len(data)
-    if n < 12:
+    if len(data) < 12:
         raise Drop("shorter than a header")
-    qid, flags, qd, an, ns, ar = _H.unpack_from(data)
+    flags = data[2] << 8 | data[3]
     if flags & 0x8000:
         raise Drop("QR set: a response, not a query")
-    if (flags >> 11) & 0xF != 0:
+    if flags & 0x7800:
         raise Reject(NOTIMP, _error_reply(data, NOTIMP), "notimp")
-    if qd != 1:
-        raise Reject(FORMERR, _error_reply(data, FORMERR), "formerr")
-    try:
-        labels, pos = _read_labels(data, 12, n)
-    except WireError:
-        raise Reject(FORMERR, _error_reply(data, FORMERR), "formerr") from None
-    if pos + 4 > n:
-        raise Reject(FORMERR, _error_reply(data, FORMERR), "formerr")
-    qtype, qclass = _HH.unpack_from(data, pos)
-    qend = pos + 4
+    tail = data[4:]
+    q = _QUESTIONS.get(tail)
+    if q is None:
+        q = _parse_question(data)
+        if len(_QUESTIONS) >= MAX_MEMO:
+            _QUESTIONS.clear()
+        _QUESTIONS[tail] = q
+    if q[0] is not None:            # a cached verdict: (rcode, result, qend, with_opt, do)
+        rcode, result, qend, with_opt, do = q
+        opt = b""
+        if with_opt:
+            opt = opt_record(1232, do, BADVERS if rcode == BADVERS else 0)
+        raise Reject(rcode, _error_reply(data, 0 if rcode == BADVERS else rcode, qend, opt), result)
+    _, qend, qtype, qclass, qname, name_key, edns, udp_size, do = q
     req = Request(data)
-    req.qid = qid
+    req.qid = data[0] << 8 | data[1]
     req.flags = flags
     req.qend = qend
     req.qtype = qtype
     req.qclass = qclass
+    req.qname = qname
+    req.edns = edns
+    req.udp_size = udp_size
+    req.do = do
+    # DO and CD change what an upstream returns, so they are part of the cache key.
+    req.key = name_key + _KEY_FLAGS[do | ((flags >> 3) & 2)]
+    return req
+
+
+def _parse_question(data: bytes) -> tuple:
+    """The slow path of ``parse_query``: everything that depends only on ``data[4:]``.
+
+    Returns (None, qend, qtype, qclass, qname, name_key, edns, udp_size, do) or a
+    verdict tuple (rcode, result, qend, with_opt, do) for an error reply.
+    """
+    n = len(data)
+    qd, an, ns, ar = _HHHH.unpack_from(data, 4)
+    if qd != 1:
+        return (FORMERR, "formerr", 12, False, False)
+    try:
+        labels, pos = _read_labels(data, 12, n)
+    except WireError:
+        return (FORMERR, "formerr", 12, False, False)
+    if pos + 4 > n:
+        return (FORMERR, "formerr", 12, False, False)
+    qtype, qclass = _HH.unpack_from(data, pos)
+    qend = pos + 4
+    req = Request(data)
     if ar:
         try:
             _read_edns(req, data, qend, an + ns, ar)
         except WireError:
-            raise Reject(FORMERR, _error_reply(data, FORMERR, qend), "formerr") from None
+            return (FORMERR, "formerr", qend, False, False)
     elif an or ns:
         # Records in a query's answer/authority sections are unusual but legal;
         # they must at least be well formed.
         try:
             _skip_records(data, qend, an + ns)
         except WireError:
-            raise Reject(FORMERR, _error_reply(data, FORMERR, qend), "formerr") from None
+            return (FORMERR, "formerr", qend, False, False)
     if req.edns_bad:
-        raise Reject(BADVERS, _error_reply(data, 0, qend, opt_record(1232, req.do, BADVERS)), "formerr")
+        return (BADVERS, "formerr", qend, True, req.do)
     if qtype == T_OPT or 128 <= qtype <= 250 or qtype == 0:
         # OPT and meta types (TKEY, TSIG, ...) are not questions (RFC 6895).
-        raise Reject(FORMERR, _error_reply(data, FORMERR, qend, _opt_for(req)), "formerr")
+        return (FORMERR, "formerr", qend, req.edns, req.do)
     if qtype in (T_MAILA, T_MAILB):
-        raise Reject(NOTIMP, _error_reply(data, NOTIMP, qend, _opt_for(req)), "notimp")
+        return (NOTIMP, "notimp", qend, req.edns, req.do)
     if qtype in (T_AXFR, T_IXFR) or qclass != C_IN:
         # No zone transfers from a forwarder; CHAOS and friends are not forwarded.
-        raise Reject(REFUSED, _error_reply(data, REFUSED, qend, _opt_for(req)), "refused")
-    lowered = data[12:pos].lower()
-    req.qname = b".".join(labels).lower().decode("latin-1")
-    # DO and CD change what an upstream returns, so they are part of the cache key.
-    req.key = lowered + data[pos:qend] + _KEY_FLAGS[req.do | ((flags >> 3) & 2)]
-    return req
-
-
-def _opt_for(req: Request) -> bytes:
-    return opt_record(1232, req.do) if req.edns else b""
+        return (REFUSED, "refused", qend, req.edns, req.do)
+    qname = b".".join(labels).lower().decode("latin-1")
+    name_key = data[12:pos].lower() + data[pos:qend]
+    return (None, qend, qtype, qclass, qname, name_key, req.edns, req.udp_size, req.do)
 
 
 def _skip_records(data: bytes, pos: int, count: int) -> int:
@@ -317,7 +350,8 @@ def build_reply(req: Request, rcode: int, body: bytes = b"", an: int = 0, ns: in
         tail = body + opt
     else:
         tail = body
-    return _H.pack(req.qid, reply_flags(req, rcode), 1, an, ns, ar) + req.data[12:req.qend] + tail
+    flags = 0x8080 | (req.flags & 0x0110) | (rcode & 0xF)   # as reply_flags(), inlined: hot path
+    return _H.pack(req.qid, flags, 1, an, ns, ar) + req.data[12:req.qend] + tail
 
 
 def truncate(req: Request, wire: bytes) -> bytes:

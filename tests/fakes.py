@@ -79,12 +79,22 @@ class FakeUpstream:
 
     def __post_init__(self) -> None:
         fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        self.udp = socket.socket(fam, socket.SOCK_DGRAM)
-        self.udp.bind((self.host, 0))
-        self.port = self.udp.getsockname()[1]
-        self.tcp = socket.socket(fam, socket.SOCK_STREAM)
-        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.tcp.bind((self.host, self.port))
+        for attempt in range(50):
+            self.udp = socket.socket(fam, socket.SOCK_DGRAM)
+            self.udp.bind((self.host, 0))
+            self.port = self.udp.getsockname()[1]
+            self.tcp = socket.socket(fam, socket.SOCK_STREAM)
+            self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                self.tcp.bind((self.host, self.port))
+                break
+            except OSError:
+                # The TCP twin of the random UDP port is in use (e.g. by a client
+                # socket of another test): pick another port.
+                self.udp.close()
+                self.tcp.close()
+                if attempt == 49:
+                    raise
         self.tcp.listen(16)
         self._stop = False
         self._threads = [threading.Thread(target=self._udp_loop, daemon=True),
@@ -197,6 +207,8 @@ class ServerThread:
         return self.call(self.server.reload())
 
     def stop(self) -> None:
+        if self.loop.is_closed():
+            return
         try:
             self.call(self.server.stop())
         finally:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from .parse import Parsed
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Match:
     """Why a name matched: the list's bit, the rule (domain or regex) and whether it allows."""
 

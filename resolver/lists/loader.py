@@ -94,12 +94,17 @@ def fingerprint(spec: ListSpec) -> tuple:
         return ("missing",)
 
 
-def read_source(spec: ListSpec, state_dir: str) -> str:
-    """The current text of a list from wherever it lives."""
-    if spec.kind == "url":
-        from .remote import fetch_text
+def read_source(spec: ListSpec, state_dir: str, fetch: bool = False) -> str:
+    """The current text of a list from wherever it lives.
 
-        return fetch_text(spec, state_dir)
+    A URL list is read from its disk copy unless ``fetch``: downloads happen in
+    the server's background refresher (and ``hushdns check``), so building a
+    snapshot at start-up or on reload never waits on the network.
+    """
+    if spec.kind == "url":
+        from . import remote
+
+        return remote.fetch_text(spec, state_dir) if fetch else remote.disk_text(spec, state_dir)
     return read_local(spec)
 
 

@@ -1,0 +1,357 @@
+"""The linter for the curated lists: they are reviewed like code, so mistakes fail CI.
+
+Why so strict: a rule covers its whole subtree, so one wrong line (a bare
+vendor apex, a parent of a sign-in host) silently breaks devices for every
+user of the default config.  The checks are per file, except the essential
+check, which reads ``essential.txt`` next to the linted files.
+
+The curated format (blocklists/README.md): a header of ``# key: value``
+lines, optional ``# == Section ==`` lines, and one bare lower-case hostname
+per rule line with a trailing ``# comment`` that says what it is and why.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .parse import parse_text
+
+REQUIRED_HEADERS = ("title", "description", "tier", "license", "last-reviewed")
+TIERS = ("default", "strict", "essential")
+ESSENTIAL_FILE = "essential.txt"
+
+# Blocking one of these as a subtree takes down sign-in, updates, app stores or
+# half the web: a list must name the telemetry hosts below them instead.
+VENDOR_APEXES = frozenset({
+    # Xiaomi
+    "xiaomi.com", "xiaomi.net", "xiaomi.cn", "miui.com", "mi.com", "mi-img.com", "xiaomi.eu",
+    # Huawei / Honor
+    "huawei.com", "hicloud.com", "dbankcloud.com", "dbankcloud.cn", "dbankcloud.ru",
+    "dbankcdn.com", "vmall.com", "honor.com", "hihonor.com", "huaweicloud.com",
+    # Samsung
+    "samsung.com", "samsungcloud.com", "samsungosp.com", "samsungapps.com",
+    "samsungqbe.com", "samsungdm.com",
+    # OPPO / Realme / OnePlus (HeyTap)
+    "oppo.com", "heytap.com", "heytapmobi.com", "heytapmobile.com", "coloros.com",
+    "oppomobile.com", "realme.com", "realmemobile.com", "oneplus.com", "oneplus.net",
+    # Vivo
+    "vivo.com", "vivo.com.cn", "vivoglobal.com", "vivo.xyz",
+    # Amazon
+    "amazon.com", "amazon.de", "amazon.co.uk", "amazonaws.com", "amazonvideo.com",
+    "media-amazon.com", "ssl-images-amazon.com", "amazon-dss.com", "a2z.com",
+    # Roku
+    "roku.com",
+    # LG
+    "lge.com", "lg.com", "lgtvsdp.com", "lgappstv.com", "lgtvcommon.com",
+    # Microsoft
+    "microsoft.com", "windows.com", "windows.net", "windowsupdate.com", "live.com",
+    "office.com", "office.net", "microsoftonline.com", "msftconnecttest.com", "msn.com",
+    "xboxlive.com", "azure.com", "azureedge.net",
+    # Shared platforms and CDNs every device needs
+    "google.com", "googleapis.com", "gstatic.com", "android.com", "apple.com", "icloud.com",
+    "cloudfront.net", "akamai.net", "akamaihd.net", "akamaized.net", "akamaiedge.net",
+    "edgekey.net", "edgesuite.net", "fastly.net", "cloudflare.com", "github.com",
+    "githubusercontent.com",
+})
+
+# Registries under which anyone can register names: a rule on one of these is as
+# wide as a top-level domain.  (A short list, not the Public Suffix List.)
+PUBLIC_SUFFIXES = frozenset({
+    "co.uk", "org.uk", "ac.uk", "gov.uk", "com.cn", "net.cn", "org.cn", "gov.cn", "com.au",
+    "net.au", "co.jp", "ne.jp", "or.jp", "co.kr", "or.kr", "com.br", "com.tw", "com.hk",
+    "com.sg", "co.in", "net.in", "co.id", "com.my", "com.tr", "com.mx", "com.ru", "co.za",
+    "com.vn", "com.ph", "co.th", "in.th", "com.ar", "com.eg", "com.sa", "co.nz",
+    "github.io", "blogspot.com", "herokuapp.com", "appspot.com", "cloudfront.net",
+})
+
+_HEADER = re.compile(r"#\s*([a-z][a-z-]*):\s*(.*)$")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+@dataclass(frozen=True, order=True)
+class Finding:
+    """One problem, printed as ``file:line: message`` (editors jump to it)."""
+
+    path: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}"
+
+
+@dataclass
+class Entry:
+    """One rule line of a curated file."""
+
+    name: str
+    line: int
+    comment: str
+    section: int
+
+
+@dataclass
+class ListFile:
+    """A curated file read into header, entries and the findings of the per-line checks."""
+
+    path: Path
+    headers: dict[str, tuple[str, int]]
+    entries: list[Entry]
+    findings: list[Finding]
+    preamble: str = ""          # every comment above the first rule
+
+    @property
+    def tier(self) -> str | None:
+        value = self.headers.get("tier")
+        return value[0] if value else None
+
+
+def sort_key(name: str) -> tuple[str, ...]:
+    """Rules sort by their labels read right to left, so a vendor's hosts stay together."""
+    return tuple(reversed(name.split(".")))
+
+
+def parents(name: str) -> Iterable[str]:
+    """Every proper parent suffix of ``name`` (``a.b.c`` -> ``b.c``, ``c``)."""
+    i = name.find(".")
+    while i >= 0:
+        name = name[i + 1:]
+        yield name
+        i = name.find(".")
+
+
+def hostname_problem(token: str) -> str | None:
+    """Why ``token`` is not a bare, lower-case, ASCII hostname (None when it is one)."""
+    if not token.isascii():
+        try:
+            puny = token.encode("idna").decode("ascii")
+        except UnicodeError:
+            return f"not a valid internationalized name: {token!r}"
+        return f"non-ASCII name; write it in punycode: {puny}"
+    if token != token.lower():
+        return f"write host names in lower case: {token.lower()}"
+    if token.endswith("."):
+        return f"no trailing dot: {token.rstrip('.')}"
+    if len(token) > 253:
+        return f"name is {len(token)} characters long (at most 253)"
+    for label in token.split("."):
+        if not label:
+            return f"empty label in {token!r}"
+        if len(label) > 63:
+            return f"label {label[:20]}... is {len(label)} characters long (at most 63)"
+        if label.startswith("-") or label.endswith("-"):
+            return f"label {label!r} starts or ends with a hyphen"
+        if label.startswith("xn--"):
+            try:
+                label.encode("ascii").decode("idna")
+            except UnicodeError:
+                return f"label {label!r} is not valid punycode"
+        elif label[2:4] == "--":
+            return f"label {label!r} has '--' in positions 3-4 (reserved for punycode)"
+    if token.rsplit(".", 1)[-1].isdigit():
+        return f"{token!r} ends in a numeric label (an IP address is not a host name)"
+    return None
+
+
+def read_list(path: Path) -> ListFile:
+    """Read one curated file, checking everything that needs only that line."""
+    p = str(path)
+    findings: list[Finding] = []
+    headers: dict[str, tuple[str, int]] = {}
+    entries: list[Entry] = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return ListFile(path, {}, [], [Finding(p, 1, f"cannot read: {exc}")])
+    in_header = True
+    section = 0
+    preamble, preamble_done = text, False
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if in_header:
+            m = _HEADER.match(line)
+            if m and m.group(1) in REQUIRED_HEADERS:
+                if m.group(1) in headers:
+                    findings.append(Finding(p, lineno, f"header field {m.group(1)!r} given twice"))
+                headers[m.group(1)] = (m.group(2).strip(), lineno)
+                continue
+            if not line.startswith("#") or line.startswith("# =="):
+                in_header = False
+        if not line:
+            continue
+        if line.startswith("#"):
+            if line.startswith("# =="):
+                section += 1
+            continue
+        if not entries and not preamble_done:
+            preamble_done = True
+            preamble = "\n".join(text.splitlines()[:lineno - 1])
+        entry = _rule(p, lineno, raw, findings)
+        if entry is not None:
+            entry.section = section
+            entries.append(entry)
+    return ListFile(path, headers, entries, findings, preamble)
+
+
+def _rule(p: str, lineno: int, raw: str, findings: list[Finding]) -> Entry | None:
+    """Check one rule line: exactly one bare hostname, with a comment."""
+    line = raw.strip()
+    parsed = parse_text(line, keep_rules=True)
+    rule_text, _, comment = line.partition("#")
+    token = rule_text.strip()
+    if parsed.rejected:
+        problem = hostname_problem(token) if len(token.split()) == 1 else None
+        findings.append(Finding(p, lineno, problem or f"not a rule: {parsed.rejected[0][2]}"))
+        return None
+    if parsed.regexes:
+        findings.append(Finding(p, lineno, "regex rules do not belong in curated lists; name the hosts"))
+        return None
+    if len(parsed.domains) != 1:
+        what = "no host name" if not parsed.domains else f"{len(parsed.domains)} host names"
+        findings.append(Finding(p, lineno, f"a rule line holds exactly one host name, found {what}"))
+        return None
+    name = parsed.domains[0]
+    problem = hostname_problem(token)
+    if problem is None and token != name:
+        problem = f"write the bare host name: {name}"
+    if problem is not None:
+        findings.append(Finding(p, lineno, problem))
+        return None
+    if not comment.strip():
+        findings.append(Finding(p, lineno, f"{name}: every rule needs a '# comment' saying what "
+                                           "the host does and the public evidence"))
+    return Entry(name, lineno, comment.strip(), 0)
+
+
+def check_file(lf: ListFile, essential: dict[str, tuple[str, int, str]] | None) -> list[Finding]:
+    """All checks of one file; ``essential`` maps host -> (file, line, reason)."""
+    p = str(lf.path)
+    out = list(lf.findings)
+    out += _check_headers(lf)
+    seen: dict[str, int] = {}
+    for e in lf.entries:
+        if e.name in seen:
+            out.append(Finding(p, e.line, f"{e.name}: duplicate of line {seen[e.name]}"))
+        else:
+            seen[e.name] = e.line
+    for e in lf.entries:
+        for parent in parents(e.name):
+            if parent in seen:
+                out.append(Finding(p, e.line, f"{e.name}: redundant, line {seen[parent]} "
+                                              f"({parent}) already covers it"))
+                break
+    prev: Entry | None = None
+    for e in lf.entries:
+        if prev is not None and prev.section == e.section and sort_key(e.name) < sort_key(prev.name):
+            out.append(Finding(p, e.line, f"{e.name}: out of order, sort it before {prev.name} "
+                                          f"(line {prev.line}); rules sort by reversed labels"))
+        prev = e
+    if lf.tier != "essential":
+        for e in lf.entries:
+            problem = _too_wide(e.name)
+            if problem:
+                out.append(Finding(p, e.line, problem))
+    if lf.tier in ("default", "strict") and essential:
+        for host, (efile, eline, _) in sorted(essential.items(), key=lambda h: h[1][1]):
+            for rule in (host, *parents(host)):
+                if rule not in seen:
+                    continue
+                how = "is" if rule == host else "covers"
+                if lf.tier == "default":
+                    out.append(Finding(p, seen[rule], f"{rule}: {how} the essential host {host} "
+                                                      f"({efile}:{eline}); a default-tier list "
+                                                      "must not block it"))
+                elif host not in lf.preamble:
+                    out.append(Finding(p, seen[rule], f"{rule}: {how} the essential host {host} "
+                                                      f"({efile}:{eline}); a strict list may, but "
+                                                      "its header must name the host and say "
+                                                      "what stops working"))
+    return sorted(out, key=lambda f: f.line)
+
+
+def _too_wide(name: str) -> str | None:
+    if "." not in name:
+        return f"{name}: a single label covers a whole top-level domain"
+    if name in PUBLIC_SUFFIXES:
+        return f"{name}: a public suffix, it covers every site registered under it"
+    if name in VENDOR_APEXES:
+        return (f"{name}: a bare vendor apex blocks the whole vendor (sign-in, updates, push); "
+                "list the telemetry hosts below it")
+    return None
+
+
+def _check_headers(lf: ListFile) -> list[Finding]:
+    p = str(lf.path)
+    out = []
+    for key in REQUIRED_HEADERS:
+        if key not in lf.headers or not lf.headers[key][0]:
+            out.append(Finding(p, 1, f"header field '# {key}:' is missing or empty "
+                                     "(it belongs in the comment block at the top)"))
+    tier = lf.headers.get("tier")
+    if tier and tier[0]:
+        if tier[0] not in TIERS:
+            out.append(Finding(p, tier[1], f"tier {tier[0]!r} is not one of {', '.join(TIERS)}"))
+        else:
+            expect = "essential" if lf.path.name == ESSENTIAL_FILE else \
+                "strict" if lf.path.stem.endswith("-strict") else "default"
+            if tier[0] != expect:
+                out.append(Finding(p, tier[1], f"tier {tier[0]!r} does not match the file name "
+                                               f"(<vendor>.txt is default, <vendor>-strict.txt "
+                                               f"strict, {ESSENTIAL_FILE} essential)"))
+    date = lf.headers.get("last-reviewed")
+    if date and date[0]:
+        try:
+            if not _DATE.fullmatch(date[0]):
+                raise ValueError
+            datetime.date.fromisoformat(date[0])
+        except ValueError:
+            out.append(Finding(p, date[1], f"last-reviewed {date[0]!r} is not a date YYYY-MM-DD"))
+    return out
+
+
+def collect(paths: Iterable[Path]) -> tuple[list[Path], list[Finding]]:
+    """The ``*.txt`` files named or inside the named directories (sorted, no duplicates)."""
+    files: list[Path] = []
+    problems: list[Finding] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(q for q in path.glob("*.txt") if q.is_file())
+            if not found:
+                problems.append(Finding(str(path), 0, "no *.txt list files in this directory"))
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append(Finding(str(path), 0, "no such file or directory"))
+    seen: set[Path] = set()
+    unique = []
+    for f in files:
+        if f.resolve() not in seen:
+            seen.add(f.resolve())
+            unique.append(f)
+    return unique, problems
+
+
+def essential_hosts(files: list[Path]) -> dict[str, tuple[str, int, str]]:
+    """host -> (file, line, reason) from every essential.txt given or next to a given file."""
+    candidates = [f for f in files if f.name == ESSENTIAL_FILE]
+    candidates += [f.parent / ESSENTIAL_FILE for f in files]
+    out: dict[str, tuple[str, int, str]] = {}
+    for ef in dict.fromkeys(c.resolve() for c in candidates):
+        if ef.is_file():
+            for e in read_list(ef).entries:
+                out.setdefault(e.name, (str(ef), e.line, e.comment))
+    return out
+
+
+def lint(paths: Iterable[Path]) -> tuple[list[Path], list[Finding]]:
+    """Lint files and directories; returns the files looked at and every finding."""
+    files, findings = collect(paths)
+    essential = essential_hosts(files)
+    for f in files:
+        findings += check_file(read_list(f), essential)
+    return files, findings

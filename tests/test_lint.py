@@ -1,0 +1,260 @@
+"""The curated-list linter: each rule with a small bad file, and the bundled lists pass it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from resolver import bundled
+from resolver.cli import main
+from resolver.lists.lint import lint, sort_key
+
+REPO_LISTS = Path(__file__).resolve().parent.parent / "blocklists"
+
+HEADER = """\
+# title: Example telemetry (default tier)
+# description: Analytics of the example vendor.
+# tier: {tier}
+# license: CC0-1.0
+# last-reviewed: 2026-11-27
+#
+"""
+
+
+def write(tmp: Path, name: str, rules: str, tier: str = "default", header: str | None = None) -> Path:
+    p = tmp / name
+    p.write_text((HEADER.format(tier=tier) if header is None else header) + rules)
+    return p
+
+
+def messages(*paths: Path) -> list[str]:
+    return [str(f) for f in lint(list(paths))[1]]
+
+
+def only(paths: list[Path], needle: str) -> str:
+    """Exactly one finding, containing ``needle``; returns it."""
+    found = messages(*paths)
+    assert len(found) == 1, found
+    assert needle in found[0], found
+    return found[0]
+
+
+GOOD = """\
+# == Analytics ==
+tracking.intl.example.com  # tracking (evidence)
+data.mistat.example.com  # analytics upload (evidence)
+# == Ads ==
+ad.example.net  # ads (evidence)
+"""
+
+
+def test_a_good_file_passes(tmp_path: Path) -> None:
+    assert messages(write(tmp_path, "example.txt", GOOD)) == []
+
+
+def test_syntax_every_line_is_one_hostname_rule(tmp_path: Path) -> None:
+    p = write(tmp_path, "example.txt", "this is not a rule  # oops\n")
+    assert only([p], "not a rule").startswith(f"{p}:7: ")
+    p = write(tmp_path, "example.txt", "/^ads?\\./\n")
+    only([p], "regex rules do not belong")
+    p = write(tmp_path, "example.txt", "0.0.0.0 a.example.com b.example.com  # hosts line\n")
+    only([p], "found 2 host names")
+    p = write(tmp_path, "example.txt", "! adblock comment\n")
+    only([p], "found no host name")
+
+
+@pytest.mark.parametrize("rule, needle", [
+    ("||ads.example.com^", "write the bare host name: ads.example.com"),
+    ("*.ads.example.com", "write the bare host name: ads.example.com"),
+    ("0.0.0.0 ads.example.com", "write the bare host name: ads.example.com"),
+    ("Ads.Example.com", "lower case: ads.example.com"),
+    ("ads.example.com.", "no trailing dot"),
+])
+def test_rules_are_bare_lowercase_hostnames(tmp_path: Path, rule: str, needle: str) -> None:
+    only([write(tmp_path, "example.txt", f"{rule}  # comment\n")], needle)
+
+
+@pytest.mark.parametrize("rule, needle", [
+    ("a" * 64 + ".example.com", "is 64 characters long (at most 63)"),
+    (".".join(["a" * 60] * 4) + ".example.com", "(at most 253)"),
+    ("bücher.example.com", "punycode: xn--bcher-kva.example.com"),
+    ("xn--zz.example.com", "not valid punycode"),
+    ("ab--cd.example.com", "reserved for punycode"),
+    ("-ads.example.com", "starts or ends with a hyphen"),
+    ("ads.example.123", "numeric label"),
+    ("ads..example.com", "empty label"),
+])
+def test_invalid_hostnames(tmp_path: Path, rule: str, needle: str) -> None:
+    only([write(tmp_path, "example.txt", f"{rule}  # comment\n")], needle)
+
+
+def test_valid_punycode_passes(tmp_path: Path) -> None:
+    assert messages(write(tmp_path, "example.txt", "xn--bcher-kva.example.com  # idn\n")) == []
+
+
+def test_duplicates(tmp_path: Path) -> None:
+    p = write(tmp_path, "example.txt",
+              "# == A ==\nads.example.com  # one\n# == B ==\nads.example.com  # again\n")
+    assert only([p], "duplicate of line 8").startswith(f"{p}:10:")
+
+
+def test_redundant_by_parent_rule(tmp_path: Path) -> None:
+    p = write(tmp_path, "example.txt",
+              "# == A ==\nmetrics.example.com  # parent\n# == B ==\ndata.metrics.example.com  # child\n")
+    found = only([p], "redundant, line 8 (metrics.example.com) already covers it")
+    assert found.startswith(f"{p}:10:")
+
+
+def test_sort_order_within_sections(tmp_path: Path) -> None:
+    p = write(tmp_path, "example.txt", "ads.example.net  # b\nads.example.com  # a\n")
+    only([p], "ads.example.com: out of order, sort it before ads.example.net (line 7)")
+    # A new section restarts the order.
+    p = write(tmp_path, "example.txt", "# == A ==\nads.example.net  # b\n# == B ==\nads.example.com  # a\n")
+    assert messages(p) == []
+    assert sort_key("z.a.com") < sort_key("a.b.com")
+
+
+@pytest.mark.parametrize("field", ["title", "description", "tier", "license", "last-reviewed"])
+def test_required_header_fields(tmp_path: Path, field: str) -> None:
+    header = "".join(line + "\n" for line in HEADER.format(tier="default").splitlines()
+                     if not line.startswith(f"# {field}:"))
+    p = write(tmp_path, "example.txt", GOOD, header=header)
+    assert only([p], f"'# {field}:' is missing").startswith(f"{p}:1:")
+
+
+def test_header_fields_after_the_rules_do_not_count(tmp_path: Path) -> None:
+    header = HEADER.format(tier="default").replace("# license: CC0-1.0\n", "")
+    p = write(tmp_path, "example.txt", GOOD + "# license: CC0-1.0\n", header=header)
+    only([p], "'# license:' is missing")
+
+
+@pytest.mark.parametrize("tier, name, needle", [
+    ("medium", "example.txt", "tier 'medium' is not one of default, strict, essential"),
+    ("strict", "example.txt", "does not match the file name"),
+    ("default", "example-strict.txt", "does not match the file name"),
+])
+def test_tier(tmp_path: Path, tier: str, name: str, needle: str) -> None:
+    only([write(tmp_path, name, GOOD, tier=tier)], needle)
+
+
+@pytest.mark.parametrize("date", ["27.11.2026", "2026-13-01", "2026-2-1", "soon"])
+def test_last_reviewed_is_a_date(tmp_path: Path, date: str) -> None:
+    header = HEADER.format(tier="default").replace("2026-11-27", date)
+    only([write(tmp_path, "example.txt", GOOD, header=header)], "is not a date YYYY-MM-DD")
+
+
+def test_every_rule_commented(tmp_path: Path) -> None:
+    p = write(tmp_path, "example.txt", "ads.example.com\nmore.example.com  #  \n")
+    found = messages(p)
+    assert len(found) == 2 and all("needs a '# comment'" in f for f in found), found
+
+
+ESSENTIAL = """\
+connect.rom.example.com  # captive-portal probe (evidence)
+"""
+
+
+def test_default_tier_must_not_cover_essential_hosts(tmp_path: Path) -> None:
+    write(tmp_path, "essential.txt", ESSENTIAL, tier="essential")
+    equal = write(tmp_path, "example.txt", "connect.rom.example.com  # oops\n")
+    found = only([equal], "is the essential host connect.rom.example.com")
+    assert "essential.txt:7" in found
+    parent = write(tmp_path, "example.txt", "rom.example.com  # oops\n")
+    only([parent], "covers the essential host connect.rom.example.com")
+    # A child of an essential host is fine.
+    assert messages(write(tmp_path, "example.txt", "x.connect.rom.example.com  # ok\n")) == []
+
+
+def test_strict_tier_may_cover_essential_hosts_when_its_header_says_so(tmp_path: Path) -> None:
+    write(tmp_path, "essential.txt", ESSENTIAL, tier="essential")
+    silent = write(tmp_path, "example-strict.txt", "rom.example.com  # strict\n", tier="strict")
+    only([silent], "a strict list may, but its header must name the host")
+    header = HEADER.format(tier="strict") + \
+        "# STOPS WORKING: the captive-portal probe connect.rom.example.com.\n\n"
+    said = write(tmp_path, "example-strict.txt", "rom.example.com  # strict\n", header=header)
+    assert messages(said) == []
+    # Naming it below the first rule does not count.
+    late = write(tmp_path, "example-strict.txt",
+                 "rom.example.com  # strict\n# connect.rom.example.com\n", tier="strict")
+    only([late], "its header must name the host")
+
+
+def test_essential_file_given_explicitly(tmp_path: Path) -> None:
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "ess").mkdir()
+    ess = write(tmp_path / "ess", "essential.txt", ESSENTIAL, tier="essential")
+    bad = write(tmp_path / "lists", "example.txt", "rom.example.com  # oops\n")
+    assert messages(bad) == []          # no essential.txt next to it, none given
+    only([bad, ess], "covers the essential host")
+
+
+@pytest.mark.parametrize("rule, needle", [
+    ("xiaomi.com", "bare vendor apex"),
+    ("miui.com", "bare vendor apex"),
+    ("samsungcloud.com", "bare vendor apex"),
+    ("windows.com", "bare vendor apex"),
+    ("com", "single label"),
+    ("co.uk", "public suffix"),
+])
+def test_too_wide_rules(tmp_path: Path, rule: str, needle: str) -> None:
+    only([write(tmp_path, "example.txt", f"{rule}  # too wide\n")], needle)
+
+
+def test_directories_and_missing_paths(tmp_path: Path) -> None:
+    write(tmp_path, "example.txt", GOOD)
+    (tmp_path / "README.md").write_text("not a list\n")
+    files, findings = lint([tmp_path])
+    assert [f.name for f in files] == ["example.txt"] and findings == []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no *.txt list files" in messages(empty)[0]
+    assert "no such file" in messages(tmp_path / "nope.txt")[0]
+
+
+def test_cli_lint_prints_file_line_and_fails(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    good = write(tmp_path, "example.txt", GOOD)
+    assert main(["lists", "lint", str(good)]) == 0
+    bad = write(tmp_path, "other.txt", "xiaomi.com\n")
+    assert main(["lists", "lint", str(tmp_path)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert f"{bad}:7: xiaomi.com: every rule needs a '# comment' saying what the host does " \
+           "and the public evidence" in out
+    assert any(line.startswith(f"{bad}:7: xiaomi.com: a bare vendor apex") for line in out)
+
+
+# --- the lists that ship -------------------------------------------------------------------
+
+
+def _bundled_files() -> list[Path]:
+    files = sorted(REPO_LISTS.glob("*.txt"))
+    # Not a skip: the curated lists are part of the product and land with this code.
+    assert files, f"no curated lists in {REPO_LISTS}"
+    return files
+
+
+def test_every_bundled_list_passes_the_linter() -> None:
+    _bundled_files()
+    files, findings = lint([REPO_LISTS])
+    assert [str(f) for f in findings] == []
+    assert any(f.name == "essential.txt" for f in files), "essential.txt is missing"
+
+
+def test_cli_lint_defaults_to_the_bundled_lists(capsys: pytest.CaptureFixture) -> None:
+    _bundled_files()
+    assert bundled.lists_dir().resolve() == REPO_LISTS.resolve()
+    assert main(["lists", "lint"]) == 0, capsys.readouterr().out
+
+
+def test_default_config_enables_every_default_tier_list() -> None:
+    tiers = {}
+    for f in _bundled_files():
+        for line in f.read_text().splitlines():
+            if line.startswith("# tier:"):
+                tiers[f.name] = line.split(":", 1)[1].strip()
+    default = {n for n, t in tiers.items() if t == "default"}
+    cfg = yaml.safe_load(bundled.default_config_text())
+    enabled = {v["source"].removeprefix("bundled:") for v in cfg["blocking"]["lists"].values()}
+    assert enabled == default
+    assert all(v.get("track_domains") for v in cfg["blocking"]["lists"].values())

@@ -1,0 +1,100 @@
+"""workers: N — several processes on one port (SO_REUSEPORT), one exact /metrics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rcode
+from prometheus_client.parser import text_string_to_metric_families
+
+from resolver.stats import Stats
+from resolver.workers import merge, plain_stats
+from tests.fakes import FakeUpstream
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
+        u.bind(("127.0.0.1", 0))
+        port = u.getsockname()[1]
+        t.bind(("127.0.0.1", port))
+        return port
+
+
+def test_merge_adds_counters_and_histograms_and_keeps_list_facts() -> None:
+    a, b = Stats(), Stats()
+    for s, n in ((a, 3), (b, 4)):
+        for _ in range(n):
+            s.query("tv", "A", "blocked", 0.0002)
+            s.block("tv", "xiaomi", "tracking.miui.com")
+        s.cache_hits = n
+        s.list_entries = {"xiaomi": 40}
+    b.config_reload_success = 0
+    total = merge([plain_stats(a), plain_stats(b)])
+    assert total.queries[("tv", "A", "blocked")] == 7
+    assert total.blocked[("tv", "xiaomi")] == 7
+    assert total.blocked_domains[("xiaomi", "tracking.miui.com")] == 7
+    assert total.request_duration["blocked"].n == 7 and sum(total.request_duration["blocked"].counts) == 7
+    assert total.cache_hits == 7 and total.list_entries == {"xiaomi": 40}
+    assert total.config_reload_success == 0
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
+def test_two_workers_share_the_port_and_metrics_are_exact(tmp_path: Path) -> None:
+    up = FakeUpstream()
+    port, mport = _free_port(), _free_port()
+    (tmp_path / "bl.txt").write_text("tracker.example\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f'listen: ["127.0.0.1:{port}"]\nupstreams: ["{up.address}"]\nworkers: 2\n'
+                   f'blocking: {{lists: {{bl: bl.txt}}}}\nmetrics: {{listen: "127.0.0.1:{mport}"}}\n')
+    proc = subprocess.Popen([sys.executable, "-m", "resolver", "serve", "-c", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{mport}/healthz", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "supervisor did not come up"
+                time.sleep(0.2)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                  text=True).stdout.split()
+        assert len(children) == 2
+        # Each query from a fresh socket (fresh source port): the kernel spreads them.
+        for i in range(200):
+            r = dns.query.udp(dns.message.make_query(f"n{i}.tracker.example", "A"),
+                              "127.0.0.1", port=port, timeout=3)
+            assert r.rcode() == dns.rcode.NXDOMAIN
+        text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+        assert _metric(text, "hushdns_blocked_total", client="127.0.0.1", list="bl") == 200
+        # A reload reaches every worker.
+        (tmp_path / "bl.txt").write_text("tracker.example\nnew.example\n")
+        os.kill(proc.pid, signal.SIGHUP)
+        time.sleep(1.5)
+        for _ in range(10):
+            r = dns.query.udp(dns.message.make_query("new.example", "A"), "127.0.0.1",
+                              port=port, timeout=3)
+            assert r.rcode() == dns.rcode.NXDOMAIN
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        up.close()
+    assert proc.returncode == 0, out
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
