@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import shutil
 import sys
 import tempfile
@@ -99,10 +100,14 @@ async def _measure(server, names, number, parse_query, baseline_server):
     def row(label: str, fn, note: str = "") -> None:
         rows.append((label, per_call_us(fn, number), note))
 
+    # 100k different listed names, as in the benchmark's blocked mix (memos cannot help).
+    many = itertools.cycle([servers.dns_query(n)[1] for n in names[:100_000]])
     row("baseline_server.answer (template reply, the floor)",
         lambda: baseline_server.answer(blocked_pkt), "parse question + reply bytes")
     handle = server.handle
-    row("Server.handle, blocked query (whole Python path)",
+    row("Server.handle, blocked query, 100k names in turn (whole Python path)",
+        lambda: handle(next(many), addr, "udp", sink), "reply to a null sink")
+    row("Server.handle, the same blocked query again and again",
         lambda: handle(blocked_pkt, addr, "udp", sink), "reply to a null sink")
     row("Server.handle, cache-hit query (whole Python path)",
         lambda: handle(hit_pkt, addr, "udp", sink), "reply to a null sink")
@@ -112,7 +117,8 @@ async def _measure(server, names, number, parse_query, baseline_server):
     info = server.clients.lookup(addr[0])
     for r in (req_b, req_h):
         r.client, r.proto, r.info = addr[0], "udp", info
-    row("  parse_query", lambda: parse_query(blocked_pkt))
+    row("  parse_query, a name seen before", lambda: parse_query(blocked_pkt))
+    row("  parse_query, 100k names in turn", lambda: parse_query(next(many)))
     row("  ClientTable.lookup", lambda: server.clients.lookup(addr[0]))
     head = server.head
 
@@ -124,9 +130,11 @@ async def _measure(server, names, number, parse_query, baseline_server):
             return stop.value
         raise RuntimeError("suspended")
 
-    row("  chain resolve, blocked (access->any->blocking)", lambda: drive(req_b))
+    row("  chain resolve, blocked (access->blocking)", lambda: drive(req_b))
     row("  chain resolve, cache hit (...->cache)", lambda: drive(req_h))
-    blocking = head.next.next
+    blocking = head
+    while type(blocking).__name__ != "Blocking":
+        blocking = blocking.next
     cache = server.cache
     idx = blocking.index
     row("    DomainIndex.match (listed name)",
@@ -157,10 +165,87 @@ async def _measure(server, names, number, parse_query, baseline_server):
     stats = server.stats
     row("    Stats.query (dict + histogram)",
         lambda: stats.query(info.label, "A", "blocked", 0.00002))
+    await _miss_pieces(row, req_h, server)
     one, two = _coroutines()
     row("  a coroutine: create + send + StopIteration", one)
     row("  the same with one more awaiting stage", two, "one stage hop = the difference")
     return rows
+
+
+async def _miss_pieces(row, req, server) -> None:
+    """The building blocks of one forwarded query, each timed alone."""
+    import socket
+
+    from resolver.wire import make_query, parse_answer
+
+    loop = asyncio.get_running_loop()
+    up = server.config.upstreams[0]
+    query = make_query(req, 4242)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        s.connect(up)
+        s.send(query)
+        answer = s.recv(4096)
+    c = server.config.cache
+    row("miss path: parse_answer (nsd's answer)",
+        lambda: parse_answer(answer, req, c.min_ttl, c.max_ttl, c.negative_ttl))
+    row("miss path: make_query", lambda: make_query(req, 4242))
+
+    def sock_cycle():
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setblocking(False)
+        s.connect(up)
+        s.close()
+
+    row("miss path: socket() + setblocking + connect + close", sock_cycle,
+        "per upstream query today")
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setblocking(False)
+    s.connect(up)
+    fd = s.fileno()
+
+    def reader_cycle():
+        loop.add_reader(fd, _noop)
+        loop.remove_reader(fd)
+
+    row("miss path: loop.add_reader + remove_reader", reader_cycle, "epoll_ctl x2 + handle")
+    s.close()
+    done = loop.create_future()
+    done.set_result(b"")
+
+    async def with_wait():
+        await asyncio.wait([done], timeout=2.0, return_when=asyncio.FIRST_COMPLETED)
+
+    async def with_timer():
+        h = loop.call_later(2.0, _noop)
+        await done
+        h.cancel()
+
+    row("miss path: asyncio.wait([fut], timeout, FIRST_COMPLETED)", _drive(with_wait),
+        "a done future: the bookkeeping only")
+    row("miss path: await fut + call_later/cancel (the alternative)", _drive(with_timer))
+
+    async def nothing():
+        return None
+
+    def task_cycle():
+        loop.create_task(nothing())
+
+    row("miss path: loop.create_task (Server._later per forwarded query)", task_cycle,
+        "creation only; it runs later")
+    await asyncio.sleep(0)
+
+
+def _noop() -> None:
+    pass
+
+
+def _drive(make):
+    def run():
+        c = make()
+        with contextlib.suppress(StopIteration):
+            c.send(None)
+    return run
 
 
 def _coroutines():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -41,8 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--latency-duration", type=float, default=None,
                     help="seconds per rate-limited latency run (default duration/2)")
     ap.add_argument("--servers", default=None,
-                    help="comma list of unbound,dnsmasq,hushdns,baseline "
-                         "(default: all; hushdns only once resolver/server.py exists)")
+                    help="comma list of unbound,dnsmasq,hushdns,baseline, and hushdns-w<N> "
+                         "for hushdns with workers: N (default: all but hushdns-w<N>)")
     ap.add_argument("--hushdns", action="store_true", help="add hushdns to --servers")
     ap.add_argument("--mixes", default=",".join(MIXES), help="comma list of blocked,hit,miss")
     ap.add_argument("--rounds", type=int, default=2, help="repeat everything; medians reported")
@@ -90,10 +91,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         names = [s for s in args.servers.split(",") if s]
     if args.hushdns and "hushdns" not in names:
         names.insert(0, "hushdns")
-    unknown = set(names) - {"unbound", "dnsmasq", "hushdns", "baseline"}
+    unknown = {n for n in names if not re.fullmatch(r"hushdns-w\d+", n)} - {
+        "unbound", "dnsmasq", "hushdns", "baseline"}
     if unknown:
         ap.error(f"unknown servers: {', '.join(sorted(unknown))}")
-    if "hushdns" in names and not servers.hushdns_available():
+    if any(n.startswith("hushdns") for n in names) and not servers.hushdns_available():
         ap.error("hushdns requested but resolver/server.py is not in this checkout yet")
     args.server_names = names
     args.mix_names = [m for m in args.mixes.split(",") if m]
@@ -180,6 +182,9 @@ class Bench:
             p = servers.dnsmasq(self.dir, self.nsd.port, blocked, ce)
         elif name == "hushdns":
             p = servers.hushdns(self.dir, self.nsd.port, blocklist, ce, name=label or name)
+        elif re.fullmatch(r"hushdns-w\d+", name):  # workers: N (SO_REUSEPORT processes)
+            p = servers.hushdns(self.dir, self.nsd.port, blocklist, ce, name=label or name,
+                                workers=int(name.rsplit("w", 1)[1]))
         elif name == "baseline":
             p = servers.baseline(self.dir)
         else:
@@ -319,7 +324,7 @@ class Bench:
                         continue  # it forwards nothing: a miss is the same template answer
                     rep.measurements.append(self.measure(p, mix, rnd))
         for p in procs:
-            if p.name == "hushdns":
+            if p.name.startswith("hushdns"):
                 rep.notes.append(metrics_note(p))
             self.stop(p)
         if a.scale_sizes:
@@ -338,13 +343,14 @@ def metrics_note(proc: servers.Proc) -> str:
         with urllib.request.urlopen(url, timeout=5) as r:
             text = r.read().decode()
     except OSError as exc:
-        return (f"hushdns metrics: configured on {url} but not answering ({exc.__class__.__name__});"
+        return (f"{proc.name} metrics: configured on {url} but not answering ({exc.__class__.__name__});"
                 " the in-process counters (resolver.stats) were incremented on every query.")
     total = 0.0
     for line in text.splitlines():
         if line.startswith("hushdns_queries_total"):
             total += float(line.rsplit(" ", 1)[1])
-    return f"hushdns metrics: {url} answered after the load, hushdns_queries_total sums to {total:,.0f}."
+    return (f"{proc.name} metrics: {url} answered after the load; hushdns_queries_total sums "
+            f"to {total:,.0f} (every query of this run is counted).")
 
 
 def main(argv: list[str] | None = None) -> int:
