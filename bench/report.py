@@ -226,26 +226,36 @@ def render(rep: Report) -> str:
                 f"| {cratio} | {a['rss'] / 1024:.1f} | {a['answers']} |")
     if rep.scale:
         out += ["", "## List scale: the same server with small and large lists", "",
-                "Blocked mix, queries drawn from the loaded list. `ready` is spawn to first "
-                "answer (interpreter start included).", "",
+                "Both servers run side by side; blocked runs alternate between them (one per "
+                "round). Queries are drawn from the loaded list. `ready` is spawn to first "
+                "answer (interpreter start included); RSS is the largest seen.", "",
                 "| server | listed domains | ready (s) | RSS MiB | blocked qps | CPU µs/query "
                 "| answers |", "|---|---:|---:|---:|---:|---:|---|"]
+        groups: dict[tuple[str, int], list[ScaleRow]] = {}
         for r in rep.scale:
-            out.append(f"| {r.server} | {r.size:,} | {r.ready_s:.2f} | {r.rss_kib / 1024:.1f} "
-                       f"| {r.peak.qps:,.0f} | {r.cpu_us:.1f} "
-                       f"| {_answers('blocked', r.peak.rcodes)} |")
-        by: dict[str, list[ScaleRow]] = {}
-        for r in rep.scale:
-            by.setdefault(r.server, []).append(r)
-        for name, rs in by.items():
-            rs = sorted(rs, key=lambda r: r.size)
-            if len(rs) >= 2:
-                lo, hi = rs[0], rs[-1]
+            groups.setdefault((r.server, r.size), []).append(r)
+        agg: dict[str, list[tuple[int, float, float, float, float]]] = {}
+        for (server, size), rs in groups.items():
+            qps = _med([r.peak.qps for r in rs])
+            cpu = _med([r.cpu_us for r in rs])
+            rss = max(r.rss_kib for r in rs)
+            rcodes: dict[str, int] = {}
+            for r in rs:
+                for k, v in r.peak.rcodes.items():
+                    rcodes[k] = rcodes.get(k, 0) + v
+            out.append(f"| {server} | {size:,} | {rs[0].ready_s:.2f} | {rss / 1024:.1f} "
+                       f"| {qps:,.0f} | {cpu:.1f} | {_answers('blocked', rcodes)} |")
+            agg.setdefault(server, []).append((size, rs[0].ready_s, rss, qps, cpu))
+        for name, rows in agg.items():
+            rows.sort()
+            if len(rows) >= 2:
+                lo, hi = rows[0], rows[-1]
                 out.append("")
                 out.append(
-                    f"{name}: {hi.size:,} vs {lo.size:,} domains: +{hi.ready_s - lo.ready_s:.2f} s "
-                    f"to ready, +{(hi.rss_kib - lo.rss_kib) / 1024:.1f} MiB RSS, blocked qps "
-                    f"x{hi.peak.qps / lo.peak.qps:.2f}, CPU/query x{hi.cpu_us / lo.cpu_us:.2f}.")
+                    f"{name}: {hi[0]:,} vs {lo[0]:,} domains: +{hi[1] - lo[1]:.2f} s to ready, "
+                    f"+{(hi[2] - lo[2]) / 1024:.1f} MiB RSS, blocked qps x{hi[3] / lo[3]:.2f}, "
+                    f"CPU/query x{hi[4] / lo[4]:.2f} (medians of {len(groups[(name, hi[0])])} "
+                    "interleaved runs each).")
     if rep.flood and rep.flood.samples:
         f = rep.flood
         fill_s = f.entries / f.qps if f.qps else float("inf")

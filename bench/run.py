@@ -117,7 +117,8 @@ def estimate_seconds(a: argparse.Namespace) -> float:
     pairs = sum(1 for s in a.server_names for m in a.mix_names
                 if not (s == "baseline" and m == "miss"))
     per_pair = a.duration + (2 * a.latency_duration if a.load > 0 else 0) + 2
-    scale = len(a.scale_names) * sum(a.duration + 4 + size / 200_000 for size in a.scale_sizes)
+    scale = len(a.scale_names) * sum(a.rounds * (a.duration + 1) + 4 + size / 100_000
+                                     for size in a.scale_sizes)
     flood = a.flood_seconds + 3 if "hushdns" in a.server_names else 0
     return a.rounds * pairs * per_pair + scale + flood + 15
 
@@ -233,29 +234,38 @@ class Bench:
         return m
 
     def scale_run(self, rep: Report) -> None:
+        """Each server started once per list size; blocked runs interleaved for every round."""
         a = self.args
         for name in a.scale_names:
-            for size in a.scale_sizes:
-                names = (self.blocked[:size] if size <= len(self.blocked)
-                         else data.blocklist_names(size))
-                path = data.write_blocklist(self.dir / f"list-{size}.txt", names)
-                q = data.write_queries(self.dir / f"blocked-{size}.q",
-                                       data.blocked_queries(names, 100_000))
-                proc = self.make(name, names, path, label=f"{name}-{size}")
-                self.log(f"scale: starting {proc.name}")
-                self.start(proc)
-                try:
-                    c0 = proc.cpu_seconds()
-                    peak = self.perf(proc, q, duration=a.duration)
-                    cpu = proc.cpu_seconds() - c0
-                    row = ScaleRow(server=name, size=size, ready_s=proc.ready_seconds,
-                                   rss_kib=proc.rss_kib(), peak=peak,
-                                   cpu_us=cpu / max(1, peak.completed) * 1e6)
-                finally:
+            procs: list[tuple[int, servers.Proc, Path]] = []
+            try:
+                for size in a.scale_sizes:
+                    names = (self.blocked[:size] if size <= len(self.blocked)
+                             else data.blocklist_names(size))
+                    path = data.write_blocklist(self.dir / f"list-{size}.txt", names)
+                    q = data.write_queries(self.dir / f"blocked-{size}.q",
+                                           data.blocked_queries(names, 100_000))
+                    proc = self.make(name, names, path, label=f"{name}-{size}")
+                    del names
+                    self.log(f"scale: starting {proc.name}")
+                    self.start(proc)
+                    self.log(f"scale: {proc.name} ready in {proc.ready_seconds:.2f} s, "
+                             f"rss {proc.rss_kib() / 1024:.1f} MiB")
+                    procs.append((size, proc, q))
+                for rnd in range(a.rounds):
+                    for size, proc, q in procs[rnd % len(procs):] + procs[:rnd % len(procs)]:
+                        c0 = proc.cpu_seconds()
+                        peak = self.perf(proc, q, duration=a.duration)
+                        cpu = proc.cpu_seconds() - c0
+                        row = ScaleRow(server=name, size=size, ready_s=proc.ready_seconds,
+                                       rss_kib=proc.rss_kib(), peak=peak,
+                                       cpu_us=cpu / max(1, peak.completed) * 1e6)
+                        rep.scale.append(row)
+                        self.log(f"scale {name} {size:>9,}: {peak.qps:,.0f} q/s, "
+                                 f"{row.cpu_us:.1f} µs/q, rss {row.rss_kib / 1024:.1f} MiB")
+            finally:
+                for _, proc, _ in procs:
                     self.stop(proc)
-                rep.scale.append(row)
-                self.log(f"scale {name} {size:>9,}: ready {row.ready_s:.2f} s, rss "
-                         f"{row.rss_kib / 1024:.1f} MiB, {peak.qps:,.0f} q/s, {row.cpu_us:.1f} µs/q")
 
     def flood_run(self, rep: Report) -> None:
         """Unique names past cache.max_entries: RSS must level off once the cache is full."""
