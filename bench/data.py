@@ -56,6 +56,20 @@ def blocked_queries(listed: list[str], count: int, seed: int = 7) -> list[str]:
     return rng.sample(listed, count)
 
 
+def subdomain_queries(listed: list[str], count: int, seed: int = 11) -> list[str]:
+    """`count` distinct names *under* listed ones (``q<i>.<listed>``), spread over the list.
+
+    The list-scale run uses these for every list size, so that the question memo, the
+    number of distinct names and the suffix walk are the same whatever the list size, and
+    only the size of the index differs.
+    """
+    rng = random.Random(seed)
+    picks = (rng.sample(listed, count) if count <= len(listed)
+             else [listed[i % len(listed)] for i in range(count)])
+    rng.shuffle(picks)
+    return [f"q{i:x}.{name}" for i, name in enumerate(picks)]
+
+
 def hit_names(count: int = 1000) -> list[str]:
     """The cache-hit working set: a fixed small set of names under the zone."""
     return [f"hit{i}.{ZONE}" for i in range(count)]

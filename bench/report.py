@@ -227,7 +227,9 @@ def render(rep: Report) -> str:
     if rep.scale:
         out += ["", "## List scale: the same server with small and large lists", "",
                 "Both servers run side by side; blocked runs alternate between them (one per "
-                "round). Queries are drawn from the loaded list. `ready` is spawn to first "
+                "round). Queries are 100k distinct names *under* listed ones "
+                "(`q<n>.<listed>`, blocked as subdomains), for every list size, so only the "
+                "index size differs between the rows. `ready` is spawn to first "
                 "answer (interpreter start included); RSS is the largest seen.", "",
                 "| server | listed domains | ready (s) | RSS MiB | blocked qps | CPU µs/query "
                 "| answers |", "|---|---:|---:|---:|---:|---:|---|"]

@@ -244,7 +244,7 @@ class Bench:
                              else data.blocklist_names(size))
                     path = data.write_blocklist(self.dir / f"list-{size}.txt", names)
                     q = data.write_queries(self.dir / f"blocked-{size}.q",
-                                           data.blocked_queries(names, 100_000))
+                                           data.subdomain_queries(names, 100_000))
                     proc = self.make(name, names, path, label=f"{name}-{size}")
                     del names
                     self.log(f"scale: starting {proc.name}")
