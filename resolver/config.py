@@ -105,7 +105,19 @@ class ServerOptions:
 class RateLimit:
     qps: float = 0.0        # 0 = off
     burst: float = 0.0
-    action: str = "drop"    # drop | refused
+    action: str = "drop"    # drop | refused | tc
+
+
+@dataclass(frozen=True)
+class RebindProtection:
+    """Strip private/loopback addresses from answers for public names (off by default).
+
+    ``allow_zones`` may hold private addresses (a LAN's own zones); forward
+    zones and ``localhost`` are always allowed.
+    """
+
+    enabled: bool = False
+    allow_zones: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -126,6 +138,7 @@ class Config:
     log_level: str = "info"
     log_queries: bool = False
     workers: int = 1
+    rebind_protection: RebindProtection = field(default_factory=RebindProtection)
 
     def all_lists(self) -> list[ListSpec]:
         return [*self.blocking.lists.values(), *self.blocking.allow.values()]
@@ -351,7 +364,8 @@ def _duration(v: Any) -> float | None:
 
 
 TOP_KEYS = ("listen", "upstreams", "forward_zones", "access", "blocking", "clients", "groups",
-            "cache", "metrics", "server", "rate_limit", "state_dir", "log", "workers")
+            "cache", "metrics", "server", "rate_limit", "rebind_protection", "state_dir", "log",
+            "workers")
 
 
 def load_config(path: str | os.PathLike[str] | None = None, text: str | None = None,
@@ -467,7 +481,11 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
     rl = r.section(top.get("rate_limit"), "rate_limit", ("qps", "burst", "action"))
     qps = r.typed(rl, "qps", "rate_limit", float, 0.0, _at_least(0))
     rate = RateLimit(qps, r.typed(rl, "burst", "rate_limit", float, qps * 2, _at_least(0)),
-                     r.typed(rl, "action", "rate_limit", str, "drop", _one_of("drop", "refused")))
+                     r.typed(rl, "action", "rate_limit", str, "drop", _one_of("drop", "refused", "tc")))
+    if rate.qps > 0 and rate.burst < 1:
+        doc.err("rate_limit.burst", "must be at least 1 when rate_limit.qps is set")
+
+    rebind = _rebind(r, top.get("rebind_protection"))
 
     state_default = os.environ.get("STATE_DIRECTORY") or str(
         Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "hushdns")
@@ -498,7 +516,28 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
                           _one_of("debug", "info", "warning", "error")),
         log_queries=r.typed(lg, "queries", "log", bool, False),
         workers=workers,
+        rebind_protection=rebind,
     )
+
+
+def _rebind(r: _Reader, data: Any) -> RebindProtection:
+    """``rebind_protection: true`` or ``{enabled: true, allow_zones: [lan, home.arpa]}``."""
+    if data is None or isinstance(data, bool):
+        return RebindProtection(bool(data))
+    if not isinstance(data, dict):
+        r.doc.err("rebind_protection", f"must be true, false or a mapping with enabled and "
+                  f"allow_zones, not {_tname(data)}")
+        return RebindProtection()
+    rb = r.section(data, "rebind_protection", ("enabled", "allow_zones"))
+    zones = []
+    for i, z in enumerate(r.str_list(rb.get("allow_zones"), "rebind_protection.allow_zones")):
+        name = z.strip().strip(".").lower()
+        labels = name.split(".")
+        if not name or len(name) > 253 or any(not 0 < len(lb) < 64 or " " in lb for lb in labels):
+            r.doc.err(f"rebind_protection.allow_zones[{i}]", f"not a domain name: {z!r}")
+            continue
+        zones.append(name)
+    return RebindProtection(r.typed(rb, "enabled", "rebind_protection", bool, True), tuple(zones))
 
 
 def _blocking(r: _Reader, data: Any, base: Path) -> Blocking:

@@ -119,6 +119,13 @@ class StatsCollector:
             m.add_metric((client, reason), n)
         yield m
 
+        m = CounterMetricFamily(
+            "hushdns_rebind_removed",
+            "Private or loopback addresses removed from answers for public names "
+            "(rebind_protection).")
+        m.add_metric((), getattr(s, "rebind_removed", 0))
+        yield m
+
         h = HistogramMetricFamily(
             "hushdns_request_duration_seconds",
             "Time from receiving a query to sending its answer, by result.",

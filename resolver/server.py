@@ -101,6 +101,7 @@ class TcpConnection(asyncio.Protocol):
         self.frame_started: float | None = None
         self.read_paused = False
         self.write_paused = False
+        self.dispatching = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -117,24 +118,45 @@ class TcpConnection(asyncio.Protocol):
         self.server.tcp_connections.discard(self)
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        now = time.monotonic()
-        self.last = now
-        while len(buf) >= 2:
-            n = buf[0] << 8 | buf[1]
-            if n < 12:   # cannot even hold a header: the stream is garbage
-                self.transport.abort()  # type: ignore[union-attr]
-                return
-            if len(buf) < 2 + n:
-                break
-            msg = bytes(buf[2:2 + n])
-            del buf[:2 + n]
-            self.frame_started = None
-            self.pending += 1
-            self.server.handle(msg, self.peer, "tcp", self)
-        if buf and self.frame_started is None:
-            self.frame_started = now
+        self.buf += data
+        self.last = time.monotonic()
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand complete frames to the server, at most ``tcp_max_pipelined`` in flight.
+
+        Frames beyond the cap wait in the buffer (and reading pauses) until
+        answers go out, even when many arrived in one segment; so do all
+        frames while the client is not reading its answers (write buffer
+        full), or one 256 KB read of questions could queue megabytes of answers.
+        """
+        if self.dispatching:   # re-entered through a synchronous answer
+            return
+        self.dispatching = True
+        try:
+            buf = self.buf
+            limit = self.server.config.server.tcp_max_pipelined
+            while len(buf) >= 2 and self.pending < limit and not self.write_paused:
+                n = buf[0] << 8 | buf[1]
+                if n < 12:   # cannot even hold a header: the stream is garbage
+                    self.transport.abort()  # type: ignore[union-attr]
+                    return
+                if len(buf) < 2 + n:
+                    break
+                msg = bytes(buf[2:2 + n])
+                del buf[:2 + n]
+                self.frame_started = None
+                self.pending += 1
+                self.server.handle(msg, self.peer, "tcp", self)
+                t = self.transport
+                if t is None or t.is_closing():
+                    return
+            if len(buf) >= 2 and len(buf) >= 2 + (buf[0] << 8 | buf[1]):
+                self.frame_started = None   # complete frames waiting for the cap
+            elif buf and self.frame_started is None:
+                self.frame_started = time.monotonic()
+        finally:
+            self.dispatching = False
         self._flow()
 
     def sendto(self, wire: bytes | None, addr: Any = None) -> None:
@@ -143,7 +165,10 @@ class TcpConnection(asyncio.Protocol):
         if wire is not None and t is not None and not t.is_closing():
             t.write(len(wire).to_bytes(2, "big") + wire)
             self.last = time.monotonic()
-        self._flow()
+        if self.buf and not self.dispatching:
+            self._dispatch()
+        else:
+            self._flow()
 
     def pause_writing(self) -> None:
         # The client is not reading its answers: stop reading its questions.
@@ -152,7 +177,10 @@ class TcpConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self._flow()
+        if self.buf and not self.dispatching:
+            self._dispatch()
+        else:
+            self._flow()
 
     def _flow(self) -> None:
         t = self.transport
@@ -264,7 +292,12 @@ class Server:
             self._install(new, lists)
             if metrics_moved:
                 await self._start_metrics(reloading=True)
-            self.stats.config_reload_success = 1
+            failed = lists.failed()
+            # A list that failed keeps its previous rules (loader), but the reload
+            # did not fully succeed: say so in the metric and the log.
+            self.stats.config_reload_success = 0 if failed else 1
+            for info in failed:
+                log.error("reload: list %s failed: %s", info.spec.name, info.error)
             log.info("reloaded: %d lists, %d domains", len(lists.lists), len(lists.index))
             self.on_reload_done()
             return True
@@ -289,7 +322,8 @@ class Server:
         """Swap in a new chain; the cache table carries over when its settings did not change."""
         keep = self.cache is not None and self.config.cache == config.cache and \
             self.config.upstreams == config.upstreams and \
-            self.config.forward_zones == config.forward_zones
+            self.config.forward_zones == config.forward_zones and \
+            self.config.rebind_protection == config.rebind_protection
         entries = self.cache.entries if keep else None  # type: ignore[union-attr]
         head, cache = build_chain(config, lists, self.stats, entries)
         self.labels.limit = config.metrics.max_clients

@@ -77,6 +77,8 @@ class Stats:
         self.config_reload_success = 1
         # Requests turned away by bounds (in-flight cap, rate limit, ...): (client, reason) -> count
         self.limited: dict[tuple[str, str], int] = {}
+        # A/AAAA records with private/loopback addresses removed from public answers
+        self.rebind_removed = 0
 
     def query(self, client: str, qtype: str, result: str, duration: float) -> None:
         """Count one answered (or dropped) query; called once per query at the edge."""

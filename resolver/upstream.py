@@ -16,17 +16,37 @@ import secrets
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .config import Endpoint, ServerOptions, format_endpoint
 from .stats import Stats
-from .wire import FORMERR, NOTIMP, REFUSED, SERVFAIL, Request, make_query, question_matches
+from .wire import (
+    FORMERR,
+    NOTIMP,
+    REFUSED,
+    SERVFAIL,
+    Request,
+    WireError,
+    make_query,
+    question_matches,
+)
 
 MAX_REPLY = 65535
+# Consecutive failures after which an upstream counts as down.
+DOWN_AFTER = 3
+# Longest wait between two probes of a down upstream (seconds).
+MAX_PROBE_INTERVAL = 30.0
 
 
 class UpstreamFailure(Exception):
     """No upstream gave a usable answer in time."""
+
+
+# Parses an accepted reply (raising WireError when it is malformed); its result
+# is handed back with the reply so the caller does not parse twice.
+Check = Callable[[bytes], Any]
 
 
 @dataclass
@@ -36,12 +56,17 @@ class Upstream:
     host: str
     port: int
     label: str = ""
-    failures: int = 0            # consecutive failures
-    down_until: float = 0.0      # monotonic time before which it is only probed
+    failures: int = 0            # consecutive failures (>= DOWN_AFTER: down)
+    down_until: float = 0.0      # while down: monotonic time of the next probe
+    probing: bool = False        # while down: a probe query is in flight
 
     def __post_init__(self) -> None:
         self.label = self.label or format_endpoint((self.host, self.port))
         self.family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+    @property
+    def down(self) -> bool:
+        return self.failures >= DOWN_AFTER
 
     @classmethod
     def of(cls, ep: Endpoint) -> Upstream:
@@ -52,12 +77,14 @@ class _UdpAttempt:
     """One datagram exchange; ``fut`` gets the accepted reply bytes or an OSError."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, up: Upstream, req: Request,
-                 edns: bool, stats: Stats) -> None:
+                 edns: bool, stats: Stats, check: Check | None = None) -> None:
         self.loop = loop
         self.up = up
         self.req = req
         self.edns = edns
         self.stats = stats
+        self.check = check
+        self.parsed: Any = None
         self.qid = secrets.randbits(16)
         self.fut: asyncio.Future[bytes] = loop.create_future()
         self.t0 = time.perf_counter()
@@ -81,7 +108,7 @@ class _UdpAttempt:
             except OSError as exc:   # ICMP port unreachable and friends
                 self.fut.set_exception(exc)
                 return
-            if self._acceptable(data):
+            if self._acceptable(data) and self._well_formed(data):
                 self.fut.set_result(data)
                 return
             self.stats.upstream(self.up.label, "spoof_rejected")
@@ -93,6 +120,17 @@ class _UdpAttempt:
             return True
         # Some servers answer FORMERR/NOTIMP without echoing the question.
         return data[4:6] == b"\x00\x00" and data[3] & 0xF in (FORMERR, NOTIMP)
+
+    def _well_formed(self, data: bytes) -> bool:
+        """A datagram with the right ID and question but a broken body is ignored, and
+        the genuine answer still awaited (TuDoor, CVE-2023-29483), not turned into SERVFAIL."""
+        if self.check is None or data[2] & 0x02 or data[4:6] == b"\x00\x00":
+            return True   # TC answers are re-asked over TCP; question-less errors carry nothing
+        try:
+            self.parsed = self.check(data)
+        except WireError:
+            return False
+        return True
 
     def close(self) -> None:
         with contextlib.suppress(ValueError, OSError):
@@ -120,29 +158,93 @@ async def tcp_exchange(up: Upstream, req: Request, timeout: float, edns: bool = 
 
 class Upstreams:
     """Sends a question to a list of upstreams: next one after ``upstream_timeout``
-    without giving up on the earlier ones, until ``upstream_total_timeout``."""
+    without giving up on the earlier ones, until ``upstream_total_timeout``.
+
+    Health: after DOWN_AFTER consecutive failures an upstream is down.  While
+    any other upstream is up, a down one gets no queries, only a probe (a copy
+    of a real question, its answer used for nothing but the verdict) at most
+    once per back-off interval (1 s, doubling per failed probe up to
+    MAX_PROBE_INTERVAL) and never two at a time; one answer brings it back.
+    When every upstream is down they are all still asked: failing every query
+    fast because of old failures would turn a blip into an outage.
+    """
 
     def __init__(self, opts: ServerOptions, stats: Stats) -> None:
         self.opts = opts
         self.stats = stats
 
-    def order(self, ups: list[Upstream]) -> list[Upstream]:
-        """Healthy upstreams first; ones in back-off still get probed last."""
+    def plan(self, ups: list[Upstream]) -> tuple[list[Upstream], list[Upstream]]:
+        """(upstreams to ask one after another, down upstreams due for a probe)."""
+        healthy = [u for u in ups if not u.down]
+        if not healthy:
+            return sorted(ups, key=lambda u: u.failures), []
         now = time.monotonic()
-        healthy = [u for u in ups if u.down_until <= now]
-        return healthy + [u for u in ups if u.down_until > now] if len(healthy) < len(ups) else ups
+        probes = [u for u in ups if u.down and not u.probing and u.down_until <= now]
+        return healthy, probes
+
+    def order(self, ups: list[Upstream]) -> list[Upstream]:
+        """The upstreams a query is sent to, in order (down ones only when all are)."""
+        return self.plan(ups)[0]
+
+    def _send(self, loop: asyncio.AbstractEventLoop, up: Upstream, req: Request, edns: bool,
+              check: Check | None = None) -> _UdpAttempt | None:
+        try:
+            return _UdpAttempt(loop, up, req, edns, self.stats, check)
+        except OSError:
+            self.stats.upstream(up.label, "error")
+            self._failed(up)
+            return None
+
+    def probe(self, loop: asyncio.AbstractEventLoop, up: Upstream, req: Request) -> None:
+        """Ask a down upstream ``req`` on the side: callbacks and a timer, no Task to track."""
+        a = self._send(loop, up, req, True)
+        if a is None:
+            return
+        up.probing = True
+
+        def verdict(alive: bool) -> None:
+            if not up.probing:
+                return
+            up.probing = False
+            a.close()
+            timer.cancel()
+            if alive:
+                self.stats.upstream(up.label, "ok", time.perf_counter() - a.t0)
+                self._healthy(up)
+            else:
+                self.stats.upstream(up.label, "timeout")
+                self._failed(up, probe=True)
+
+        def done(fut: asyncio.Future[bytes]) -> None:
+            # Any validated answer but SERVFAIL/REFUSED shows the upstream works again.
+            ok = not fut.cancelled() and fut.exception() is None and \
+                fut.result()[3] & 0xF not in (SERVFAIL, REFUSED)
+            verdict(ok)
+
+        timer = loop.call_later(self.opts.upstream_total_timeout, verdict, False)
+        a.fut.add_done_callback(done)
 
     async def query(self, req: Request, ups: list[Upstream]) -> tuple[bytes, Upstream]:
+        data, up, _ = await self.query_checked(req, ups)
+        return data, up
+
+    async def query_checked(self, req: Request, ups: list[Upstream],
+                            check: Check | None = None) -> tuple[bytes, Upstream, Any]:
+        """Like ``query``; a reply that ``check`` rejects is ignored like a spoof, and
+        what ``check`` returned for the accepted reply is the third item (None for a
+        question-less FORMERR/NOTIMP)."""
         loop = asyncio.get_running_loop()
         opts, stats = self.opts, self.stats
-        order = self.order(ups)
+        order, probes = self.plan(ups)
+        for up in probes:
+            self.probe(loop, up, req)
         start = loop.time()
         deadline = start + opts.upstream_total_timeout
         max_sends = max(3, len(order))
         attempts: list[_UdpAttempt] = []
         sends = 0
         next_send = start
-        last_bad: tuple[bytes, Upstream] | None = None
+        last_bad: tuple[bytes, Upstream, Any] | None = None
         no_edns: set[str] = set()
         try:
             while True:
@@ -153,13 +255,11 @@ class Upstreams:
                     up = order[sends % len(order)]
                     sends += 1
                     next_send = now + opts.upstream_timeout
-                    try:
-                        attempts.append(_UdpAttempt(loop, up, req, up.label not in no_edns, stats))
-                    except OSError:
-                        stats.upstream(up.label, "error")
-                        self._failed(up)
+                    a = self._send(loop, up, req, up.label not in no_edns, check)
+                    if a is None:
                         next_send = now
                         continue
+                    attempts.append(a)
                 if not attempts:
                     if sends >= max_sends:
                         break
@@ -174,25 +274,28 @@ class Upstreams:
                     outcome = await self._handle(a, deadline - loop.time())
                     if outcome == "retry-no-edns":
                         no_edns.add(a.up.label)
-                        try:
-                            attempts.append(_UdpAttempt(loop, a.up, req, False, stats))
-                        except OSError:
+                        b = self._send(loop, a.up, req, False, check)
+                        if b is None:
                             next_send = loop.time()
+                        else:
+                            attempts.append(b)
                     elif isinstance(outcome, bytes):
                         rcode = outcome[3] & 0xF
                         if rcode in (SERVFAIL, REFUSED, FORMERR, NOTIMP):
-                            last_bad = (outcome, a.up)
+                            last_bad = (outcome, a.up, a.parsed)
                             next_send = loop.time()   # ask the next upstream now
                         else:
                             self._healthy(a.up)
-                            return outcome, a.up
+                            return outcome, a.up, a.parsed
                     else:
                         next_send = loop.time()
         finally:
             for a in attempts:
                 a.close()
-                stats.upstream(a.up.label, "timeout")
-                self._failed(a.up)
+                # One asked moments ago and overtaken by another's answer did not fail.
+                if time.perf_counter() - a.t0 >= opts.upstream_timeout:
+                    stats.upstream(a.up.label, "timeout")
+                    self._failed(a.up)
         if last_bad is not None:
             return last_bad
         raise UpstreamFailure("no upstream answered")
@@ -209,8 +312,11 @@ class Upstreams:
             stats.upstream(a.up.label, "truncated")
             try:
                 data = await tcp_exchange(a.up, a.req, max(0.1, remaining), a.edns)
-            except (OSError, TimeoutError, asyncio.IncompleteReadError):
+                if a.check is not None:
+                    a.parsed = a.check(data)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, WireError):
                 stats.upstream(a.up.label, "error")
+                self._failed(a.up)
                 return None
         rcode = data[3] & 0xF
         if a.edns and rcode in (FORMERR, NOTIMP):
@@ -219,12 +325,18 @@ class Upstreams:
         stats.upstream(a.up.label, "ok", time.perf_counter() - a.t0)
         return data
 
-    def _failed(self, up: Upstream) -> None:
-        up.failures += 1
-        if up.failures >= 3:
-            # Exponential back-off, capped: probed again after at most 60 s.
-            up.down_until = time.monotonic() + min(60.0, 2.0 ** (up.failures - 3))
-            self.stats.upstream_state[up.label] = 0
+    def _failed(self, up: Upstream, probe: bool = False) -> None:
+        if not up.down:
+            up.failures += 1
+            if up.down:
+                up.down_until = time.monotonic() + 1.0   # first probe in a second
+                self.stats.upstream_state[up.label] = 0
+        elif probe:
+            # Only failed probes lengthen the back-off: a burst of queries that
+            # were in flight when it went down must not push the next probe away.
+            up.failures += 1
+            up.down_until = time.monotonic() + min(
+                MAX_PROBE_INTERVAL, 2.0 ** (up.failures - DOWN_AFTER))
 
     def _healthy(self, up: Upstream) -> None:
         up.failures = 0

@@ -144,6 +144,57 @@ def skip_name(data: bytes, pos: int, n: int) -> int:
         pos += 1 + ln
 
 
+def check_name(data: bytes, pos: int, n: int) -> int:
+    """Like ``read_name`` without building the name: validate pointers and lengths, return the end.
+
+    Why: a record the answer walk only skipped could carry a pointer past the
+    end or a loop; cached and replayed, such a message breaks every client.
+    """
+    end = -1
+    jumps = 0
+    total = 1
+    while True:
+        if pos >= n:
+            raise WireError("name runs past the end")
+        ln = data[pos]
+        if ln == 0:
+            return pos + 1 if end < 0 else end
+        if ln & 0xC0 == 0xC0:
+            if pos + 2 > n:
+                raise WireError("truncated pointer")
+            target = ((ln & 0x3F) << 8) | data[pos + 1]
+            if end < 0:
+                end = pos + 2
+            jumps += 1
+            if jumps > 64 or target >= pos:
+                raise WireError("compression loop or forward pointer")
+            pos = target
+            continue
+        if ln > 63:
+            raise WireError("extended label type")
+        total += ln + 1
+        if total > 255 or pos + 1 + ln > n:
+            raise WireError("bad label")
+        pos += 1 + ln
+
+
+# Types whose rdata holds a (possibly compressed) name, and where it starts (RFC 3597 s4).
+_RDATA_NAME_AT = {T_NS: 0, T_CNAME: 0, T_PTR: 0, T_MX: 2, T_SRV: 6}
+
+
+def _check_rdata(data: bytes, rtype: int, rdata: int, end: int) -> None:
+    """The names inside NS/CNAME/PTR/MX/SRV/SOA rdata are valid and fill it exactly."""
+    if rtype == T_SOA:
+        p = check_name(data, check_name(data, rdata, end), end) + 20
+    else:
+        off = _RDATA_NAME_AT.get(rtype)
+        if off is None:
+            return
+        p = check_name(data, rdata + off, end)
+    if p != end:
+        raise WireError("rdata length does not match its contents")
+
+
 def read_name(data: bytes, pos: int) -> tuple[str, int]:
     """Decompress the name at ``pos`` -> (lower-case dotted name, offset after it in place)."""
     n = len(data)
@@ -335,6 +386,18 @@ def opt_record(udp_size: int, do: bool, ext_rcode: int = 0, ede: int | None = No
     return b"\x00" + _RR.pack(T_OPT, udp_size, ttl, len(rdata)) + rdata
 
 
+_OPTS: dict[tuple[int, bool, int | None], bytes] = {}
+
+
+def _opt_cached(udp_size: int, do: bool, ede: int | None) -> bytes:
+    """The few distinct OPT records a reply can carry, built once each."""
+    key = (udp_size, do, ede)
+    opt = _OPTS.get(key)
+    if opt is None:
+        opt = _OPTS[key] = opt_record(udp_size, do, ede=ede)
+    return opt
+
+
 def reply_flags(req: Request, rcode: int, ad: bool = False) -> int:
     """QR, RA, the client's RD and CD, optional AD, and the rcode."""
     return 0x8080 | (req.flags & 0x0110) | (0x0020 if ad else 0) | (rcode & 0xF)
@@ -345,7 +408,7 @@ def build_reply(req: Request, rcode: int, body: bytes = b"", an: int = 0, ns: in
     """The client's ID and question, then ``body`` (records), then OPT if the query had EDNS."""
     if req.edns:
         if opt is None:
-            opt = opt_record(1232, req.do)
+            opt = _opt_cached(1232, req.do, None)
         ar += 1
         tail = body + opt
     else:
@@ -407,6 +470,9 @@ class Answer:
     ede: int | None = None
     negative: bool = False
     expired_at: float = 0.0   # for a stale copy: when the real data expired (RFC 8767 window)
+    # The body as patched for one age in seconds: a popular name is served many
+    # times a second, and the TTL patch then happens once per second, not per query.
+    _aged: tuple[int, bytes] = (0, b"")
 
     def render(self, req: Request, now: float, udp_cap: int = 1232,
                ede: int | None = None) -> bytes:
@@ -414,15 +480,20 @@ class Answer:
         body = self.body
         age = int(now - self.stored)
         if age > 0 and self.ttl_offsets:
-            buf = bytearray(body)
-            for off in self.ttl_offsets:
-                t = _I.unpack_from(buf, off)[0] - age
-                _I.pack_into(buf, off, t if t > 0 else 0)
-            body = bytes(buf)
+            aged = self._aged
+            if aged[0] == age:
+                body = aged[1]
+            else:
+                buf = bytearray(body)
+                for off in self.ttl_offsets:
+                    t = _I.unpack_from(buf, off)[0] - age
+                    _I.pack_into(buf, off, t if t > 0 else 0)
+                body = bytes(buf)
+                self._aged = (age, body)
         ar = self.ar
         if req.edns:
             code = ede if ede is not None else self.ede
-            body += opt_record(udp_cap, req.do, ede=code)
+            body += _opt_cached(udp_cap, req.do, code)
             ar += 1
         flags = reply_flags(req, self.rcode, self.ad and (req.do or bool(req.flags & 0x20)))
         return _H.pack(req.qid, flags, 1, self.an, self.ns, ar) + req.data[12:req.qend] + body
@@ -468,7 +539,7 @@ def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
         if section == 0:
             owner, pos = read_name(data, pos)
         else:
-            pos = skip_name(data, pos, n)
+            pos = check_name(data, pos, n)
         if pos + 10 > n:
             raise WireError("truncated record")
         rtype, rclass, ttl, rdlen = _RR.unpack_from(data, pos)
@@ -477,6 +548,8 @@ def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
         pos = rdata + rdlen
         if pos > n:
             raise WireError("truncated rdata")
+        if rtype in _RDATA_NAME_AT or rtype == T_SOA:
+            _check_rdata(data, rtype, rdata, pos)
         if rtype == T_OPT:
             records.append((start, pos, 3, rtype, -1))
             continue

@@ -51,3 +51,17 @@ def ask(srv: ServerThread, name: str, qtype: str = "A", *, tcp: bool = False,
 
 kdig_missing = pytest.mark.skipif(shutil.which("kdig") is None,
                                   reason="kdig not installed (Debian package knot-dnsutils; .ci/run installs it)")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true", default=False,
+                     help="run the long soak tests (@pytest.mark.soak, about a minute each)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--soak"):
+        return
+    skip = pytest.mark.skip(reason="long soak test: run with --soak")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)

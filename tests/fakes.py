@@ -65,17 +65,21 @@ class FakeUpstream:
 
     ``answer(q) -> DNSRecord | bytes | None`` builds the reply (None: stay silent).
     ``delay`` seconds before replying; ``before`` bytes (or callables of the query
-    bytes) sent first, e.g. garbage or a wrong-ID reply; ``truncate_udp`` sets TC
-    on UDP replies and drops their records.
+    bytes returning bytes, or None to send nothing) sent first over UDP, e.g.
+    garbage or a wrong-ID reply; ``truncate_udp`` (a bool, or a callable of the
+    parsed query) sets TC on UDP replies and drops their records.  ``on_query``
+    is called with each UDP ``Seen`` before the reply, e.g. to race the genuine
+    answer with a spoofed one from another socket.
     """
 
     answer: Callable[[dnslib.DNSRecord], dnslib.DNSRecord | bytes | None] = default_answer
     delay: float = 0.0
     before: list = field(default_factory=list)
-    truncate_udp: bool = False
+    truncate_udp: bool | Callable[[dnslib.DNSRecord], bool] = False
     silent: bool = False
     host: str = "127.0.0.1"
     seen: list[Seen] = field(default_factory=list)
+    on_query: Callable[[Seen], None] | None = None
 
     def __post_init__(self) -> None:
         fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -117,11 +121,13 @@ class FakeUpstream:
         if self.silent:
             return []
         out = [b(data) if callable(b) else b for b in self.before] if proto == "udp" else []
+        out = [b for b in out if b is not None]
         r = self.answer(q)
         if r is None:
             return out
         wire = r if isinstance(r, bytes) else r.pack()
-        if proto == "udp" and self.truncate_udp:
+        tc = self.truncate_udp(q) if callable(self.truncate_udp) else self.truncate_udp
+        if proto == "udp" and tc:
             rec = dnslib.DNSRecord.parse(wire)
             rec.rr, rec.auth, rec.ar = [], [], []
             rec.header.tc = 1
@@ -134,9 +140,15 @@ class FakeUpstream:
                 data, addr = self.udp.recvfrom(65535)
             except OSError:
                 return
-            self.seen.append(Seen(data, addr, "udp", time.monotonic()))
+            seen = Seen(data, addr, "udp", time.monotonic())
+            self.seen.append(seen)
+            if self.on_query is not None:
+                self.on_query(seen)
             replies = self._reply(data, "udp")
-            threading.Thread(target=self._send_later, args=(replies, addr), daemon=True).start()
+            if self.delay:
+                threading.Thread(target=self._send_later, args=(replies, addr), daemon=True).start()
+            else:   # inline: a thread per reply churns native memory (seen as RSS growth in soaks)
+                self._send_later(replies, addr)
 
     def _send_later(self, replies: list[bytes], addr: tuple) -> None:
         if self.delay:
@@ -225,15 +237,36 @@ def write_config(tmp: Path, text: str, name: str = "config.yaml") -> Path:
 
 def start_server(tmp: Path, upstream: FakeUpstream, extra: str = "",
                  lists: dict[str, str] | None = None, listen: str = "127.0.0.1:0") -> ServerThread:
-    """Write lists and a config into ``tmp`` and start a server using ``upstream``."""
+    """Write lists and a config into ``tmp`` and start a server using ``upstream``.
+
+    A top-level ``upstreams:`` or ``metrics:`` key in ``extra`` replaces the default one.
+    """
     lines = ""
     for name, body in (lists or {}).items():
         (tmp / f"{name}.txt").write_text(body)
         lines += f"    {name}: {name}.txt\n"
-    text = (f'listen: ["{listen}"]\nupstreams: ["{upstream.address}"]\n'
-            f"metrics: {{listen: null}}\n")
+    given = {line.split(":", 1)[0] for line in extra.splitlines() if line[:1].isalpha()}
+    text = f'listen: ["{listen}"]\n'
+    if "upstreams" not in given:
+        text += f'upstreams: ["{upstream.address}"]\n'
+    if "metrics" not in given:
+        text += "metrics: {listen: null}\n"
     if lines:
         text += "blocking:\n  lists:\n" + lines
     text += extra
     path = write_config(tmp, text)
     return ServerThread(load_config(path), reload_config=lambda: load_config(path))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP right now (retries: a random UDP port's TCP twin may be taken)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
+            u.bind((host, 0))
+            port = u.getsockname()[1]
+            try:
+                t.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free UDP+TCP port pair")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import dns.query
 import dns.rcode
 
 from resolver.cli import main
-from tests.fakes import FakeUpstream
+from tests.fakes import FakeUpstream, free_port
 
 
 def _cfg(tmp_path: Path, lists: str = "# vendor\ndata.mistat.xiaomi.com  # analytics\n||tracking.miui.com^\n",
@@ -67,16 +66,12 @@ def test_query_explains_block_allow_and_forward(tmp_path: Path, capsys) -> None:
     assert "refused (client outside access.allow)" in capsys.readouterr().out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_serve_embedded_default_with_a_fake_upstream() -> None:
     """`hushdns serve` with no config: bundled lists, upstream overridden to a local fake."""
     up = FakeUpstream()
-    port, mport = _free_port(), _free_port()
+    port, mport = free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "resolver", "serve", "--listen", f"127.0.0.1:{port}",
          "--upstream", up.address, "--metrics", f"127.0.0.1:{mport}"],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from resolver.stats import Stats
 from resolver.workers import merge, plain_stats
-from tests.fakes import FakeUpstream
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
-        u.bind(("127.0.0.1", 0))
-        port = u.getsockname()[1]
-        t.bind(("127.0.0.1", port))
-        return port
+from tests.fakes import FakeUpstream, free_port
 
 
 def test_merge_adds_counters_and_histograms_and_keeps_list_facts() -> None:
@@ -57,7 +48,7 @@ def _metric(text: str, name: str, **labels: str) -> float:
 
 def test_two_workers_share_the_port_and_metrics_are_exact(tmp_path: Path) -> None:
     up = FakeUpstream()
-    port, mport = _free_port(), _free_port()
+    port, mport = free_port(), free_port()
     (tmp_path / "bl.txt").write_text("tracker.example\n")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f'listen: ["127.0.0.1:{port}"]\nupstreams: ["{up.address}"]\nworkers: 2\n'

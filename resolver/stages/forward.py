@@ -19,7 +19,6 @@ from ..wire import (
     SERVFAIL,
     Answer,
     Request,
-    WireError,
     build_reply,
     parse_answer,
 )
@@ -30,8 +29,12 @@ class Forward:
         self.stats = stats
         self.cache_cfg = config.cache
         self.opts = config.server
-        self.default = [Upstream.of(ep) for ep in config.upstreams]
-        self.zones = {z: [Upstream.of(ep) for ep in eps] for z, eps in config.forward_zones.items()}
+        # One Upstream (and so one health state) per endpoint, shared by zones.
+        pool: dict[tuple[str, int], Upstream] = {}
+        self.default = [pool.setdefault(ep, Upstream.of(ep)) for ep in config.upstreams]
+        self.zones = {z: [pool.setdefault(ep, Upstream.of(ep)) for ep in eps]
+                      for z, eps in config.forward_zones.items()}
+        stats.upstream_state = {u.label: 0 if u.down else 1 for u in pool.values()}
         self.upstreams = Upstreams(config.server, stats)
         self.inflight: dict[bytes, asyncio.Future[tuple[Answer, str]]] = {}
         self.waiters: dict[bytes, int] = {}
@@ -81,15 +84,20 @@ class Forward:
 
     async def _ask(self, req: Request) -> tuple[Answer, str]:
         c = self.cache_cfg
+
+        def check(data: bytes) -> Answer:
+            # Run on each reply that passes ID and question checks, so a malformed
+            # one is ignored while the genuine answer is awaited (TuDoor).
+            return parse_answer(data, req, c.min_ttl, c.max_ttl, c.negative_ttl)
+
         try:
-            data, up = await self.upstreams.query(req, self.route(req.qname))
+            _, up, answer = await self.upstreams.query_checked(req, self.route(req.qname), check)
         except UpstreamFailure:
             return self._servfail(), "none"
-        try:
-            return parse_answer(data, req, c.min_ttl, c.max_ttl, c.negative_ttl), up.label
-        except WireError:
+        if answer is None:   # a FORMERR/NOTIMP that did not even echo the question
             self.stats.upstream(up.label, "error")
             return self._servfail(), up.label
+        return answer, up.label
 
     def _servfail(self) -> Answer:
         return Answer(SERVFAIL, False, 0, 0, 0, b"", (), self.cache_cfg.servfail_ttl,

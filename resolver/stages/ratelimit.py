@@ -1,0 +1,63 @@
+"""Per-client rate limit: a token bucket per client address.
+
+Why: one stuck app or infected device looping on DNS must not starve the rest
+of the LAN (or make hushdns a reflector for spoofed floods).  Each address
+gets ``burst`` tokens refilled at ``qps`` per second; a query without a token
+is dropped, answered REFUSED, or answered TC (over UDP: the client may retry
+over TCP, which proves its address).  The bucket table is bounded: beyond
+``max_buckets`` addresses the oldest bucket is forgotten.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..config import RateLimit as RateLimitConfig
+from ..response import Response
+from ..stats import Stats
+from ..wire import REFUSED, Request, build_reply, truncate
+from . import Stage
+
+MAX_BUCKETS = 65_536
+
+
+class RateLimit:
+    def __init__(self, next: Stage, cfg: RateLimitConfig, stats: Stats,
+                 max_buckets: int = MAX_BUCKETS) -> None:
+        self.next = next
+        self.rate = cfg.qps
+        self.burst = max(cfg.burst, 1.0)
+        self.action = cfg.action
+        self.stats = stats
+        self.max_buckets = max_buckets
+        # address -> [tokens, last refill]; dicts keep insertion order, so the
+        # first key is the oldest bucket.
+        self.buckets: dict[str, list[float]] = {}
+
+    async def resolve(self, req: Request) -> Response:
+        now = time.monotonic()
+        b = self.buckets.get(req.client)
+        if b is None:
+            if len(self.buckets) >= self.max_buckets:
+                del self.buckets[next(iter(self.buckets))]
+            b = self.buckets[req.client] = [self.burst, now]
+        else:
+            tokens = b[0] + (now - b[1]) * self.rate
+            b[0] = tokens if tokens < self.burst else self.burst
+            b[1] = now
+        if b[0] >= 1.0:
+            b[0] -= 1.0
+            return await self.next.resolve(req)
+        return self.limited(req)
+
+    def limited(self, req: Request) -> Response:
+        key = (req.info.label, "ratelimit")
+        self.stats.limited[key] = self.stats.limited.get(key, 0) + 1
+        action = self.action
+        if action == "tc" and req.proto == "udp":
+            return Response("refused", wire=truncate(req, build_reply(req, 0)))
+        if action == "drop" and req.proto == "udp":
+            return Response("dropped")
+        # Over TCP the address is proven and a silent drop would stall the
+        # client's pipelined stream: answer REFUSED instead.
+        return Response("refused", wire=build_reply(req, REFUSED))
