@@ -1,0 +1,393 @@
+"""hushdns vs unbound vs dnsmasq on loopback, same run, interleaved; writes bench/results.md.
+
+    python bench/run.py [--quick] [--duration S] [--servers unbound,dnsmasq,hushdns,baseline]
+
+Every server gets the same nsd upstream (a wildcard zone, so every name resolves), the
+same generated 100k-name blocklist and caching on.  For each mix the servers take turns
+(the order rotates per mix and round) so that background noise falls on all of them.
+Each server/mix gets a peak run (dnsperf, no rate limit) and then a latency run at a
+fraction (default 50%) of that peak with per-query latencies, from which p99 comes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import data
+import dnsperf
+import servers
+from report import Flood, Measurement, Report, ScaleRow, machine, render
+
+MIXES = ("blocked", "hit", "miss")
+ANCHORS = ("unbound", "dnsmasq")
+# Upper bound on cache-miss queries/s any server here reaches; sizes unique-name files.
+MISS_RATE_CAP = 80_000
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="short runs (3 s peak, 2 s latency), one round: a sanity check")
+    ap.add_argument("--duration", type=float, default=None,
+                    help="seconds per peak dnsperf run (default 8, quick 3; max 30)")
+    ap.add_argument("--latency-duration", type=float, default=None,
+                    help="seconds per rate-limited latency run (default duration/2)")
+    ap.add_argument("--servers", default=None,
+                    help="comma list of unbound,dnsmasq,hushdns,baseline, and hushdns-w<N> "
+                         "for hushdns with workers: N (default: all but hushdns-w<N>)")
+    ap.add_argument("--hushdns", action="store_true", help="add hushdns to --servers")
+    ap.add_argument("--mixes", default=",".join(MIXES), help="comma list of blocked,hit,miss")
+    ap.add_argument("--rounds", type=int, default=2, help="repeat everything; medians reported")
+    ap.add_argument("--list-size", type=int, default=100_000, help="blocklist size for the mixes")
+    ap.add_argument("--cache-entries", type=int, default=100_000)
+    ap.add_argument("--clients", type=int, default=4, help="dnsperf -c")
+    ap.add_argument("--outstanding", type=int, default=100, help="dnsperf -q")
+    ap.add_argument("--load", type=float, default=0.5,
+                    help="latency run rate as a fraction of the server's own peak")
+    ap.add_argument("--fixed-rate", type=float, default=5000,
+                    help="queries/s of a second latency run, the same for every server (0: skip)")
+    ap.add_argument("--fixed-rate-miss", type=float, default=1000,
+                    help="the same for the cache-miss mix")
+    ap.add_argument("--scale", default=None,
+                    help="comma list of list sizes for the list-scale run "
+                         "(default 1000,1000000 when hushdns runs; 'none' to skip)")
+    ap.add_argument("--scale-servers", default="hushdns",
+                    help="servers for the list-scale run (unbound works too, slowly)")
+    ap.add_argument("--flood-seconds", type=float, default=None,
+                    help="cache flood run with hushdns (unique names past max_entries; "
+                         "default 20, quick 3; 0: skip)")
+    ap.add_argument("--flood-entries", type=int, default=10_000,
+                    help="cache.max_entries for the flood run (small, so it fills quickly)")
+    ap.add_argument("--pin", action="store_true",
+                    help="pin the server to CPU 0 and dnsperf/nsd to CPU 1")
+    ap.add_argument("--out", type=Path, default=servers.BENCH_DIR / "results.md")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    args = ap.parse_args(argv)
+    if args.duration is None:
+        args.duration = 3.0 if args.quick else 8.0
+    if args.latency_duration is None:
+        args.latency_duration = 2.0 if args.quick else max(1.0, args.duration / 2)
+    if args.flood_seconds is None:
+        args.flood_seconds = 3.0 if args.quick else 20.0
+    if (not 0 < args.duration <= 30 or not 0 < args.latency_duration <= 30
+            or not 0 <= args.flood_seconds <= 30):
+        ap.error("each dnsperf run must be bounded: 0 < duration <= 30")
+    if args.quick:
+        args.rounds = 1
+    if args.servers is None:
+        names = [*ANCHORS, "baseline"]
+        if servers.hushdns_available():
+            names.insert(0, "hushdns")
+    else:
+        names = [s for s in args.servers.split(",") if s]
+    if args.hushdns and "hushdns" not in names:
+        names.insert(0, "hushdns")
+    unknown = {n for n in names if not re.fullmatch(r"hushdns-w\d+", n)} - {
+        "unbound", "dnsmasq", "hushdns", "baseline"}
+    if unknown:
+        ap.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    if any(n.startswith("hushdns") for n in names) and not servers.hushdns_available():
+        ap.error("hushdns requested but resolver/server.py is not in this checkout yet")
+    args.server_names = names
+    args.mix_names = [m for m in args.mixes.split(",") if m]
+    if set(args.mix_names) - set(MIXES):
+        ap.error(f"mixes are {', '.join(MIXES)}")
+    if args.scale is None:
+        args.scale = "1000,1000000" if "hushdns" in names else "none"
+    args.scale_sizes = [] if args.scale == "none" else [int(x) for x in args.scale.split(",")]
+    args.scale_names = [s for s in args.scale_servers.split(",") if s]
+    args.estimate = estimate_seconds(args)
+    if args.estimate > 600:
+        ap.error(f"this run would take about {args.estimate / 60:.0f} min; the bound is 10 min "
+                 "(lower --rounds, --duration or --latency-duration)")
+    return args
+
+
+def estimate_seconds(a: argparse.Namespace) -> float:
+    """Rough wall time: each server/mix pair is a peak run, two latency runs and a warm-up."""
+    pairs = sum(1 for s in a.server_names for m in a.mix_names
+                if not (s == "baseline" and m == "miss"))
+    per_pair = a.duration + (2 * a.latency_duration if a.load > 0 else 0) + 2
+    scale = len(a.scale_names) * sum(a.rounds * (a.duration + 1) + 4 + size / 100_000
+                                     for size in a.scale_sizes)
+    flood = a.flood_seconds + 3 if "hushdns" in a.server_names else 0
+    return a.rounds * pairs * per_pair + scale + flood + 15
+
+
+class Bench:
+    """Holds the temp dir, the generated inputs and the running processes of one run."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.dir = workdir
+        self.procs: list[servers.Proc] = []
+        self.cpu_server = ["taskset", "-c", "0"] if args.pin and (os.cpu_count() or 1) > 1 else []
+        self.cpu_client = ["taskset", "-c", "1"] if self.cpu_server else []
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    def start(self, proc: servers.Proc, client_side: bool = False) -> servers.Proc:
+        pin = self.cpu_client if client_side else self.cpu_server
+        if pin:
+            proc.argv = [*pin, *proc.argv]
+        self.procs.append(proc)
+        proc.start()
+        return proc
+
+    def stop(self, proc: servers.Proc) -> None:
+        proc.stop()
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def stop_all(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+        self.procs.clear()
+
+    # ---- inputs -------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        a = self.args
+        self.zonefile = data.zone_file(self.dir / "bench.zone")
+        self.blocked = data.blocklist_names(a.list_size)
+        self.blocklist = data.write_blocklist(self.dir / "blocklist.txt", self.blocked)
+        self.q_blocked = data.write_queries(self.dir / "blocked.q",
+                                            data.blocked_queries(self.blocked, 100_000))
+        self.q_hit = data.write_queries(self.dir / "hit.q", data.hit_names(1000))
+        self._miss_serial = 0
+
+    def miss_file(self, count: int) -> Path:
+        """A fresh file of never-asked names (a new tag every call)."""
+        self._miss_serial += 1
+        tag = f"{self._miss_serial}{os.getpid() % 1000}"
+        return data.write_queries(self.dir / "miss.q", data.miss_names(tag, max(1000, count)))
+
+    # ---- servers ------------------------------------------------------------------------
+
+    def make(self, name: str, blocked: list[str], blocklist: Path, label: str | None = None
+             ) -> servers.Proc:
+        ce = self.args.cache_entries
+        if name == "unbound":
+            p = servers.unbound(self.dir, self.nsd.port, blocked, ce)
+        elif name == "dnsmasq":
+            p = servers.dnsmasq(self.dir, self.nsd.port, blocked, ce)
+        elif name == "hushdns":
+            p = servers.hushdns(self.dir, self.nsd.port, blocklist, ce, name=label or name)
+        elif re.fullmatch(r"hushdns-w\d+", name):  # workers: N (SO_REUSEPORT processes)
+            p = servers.hushdns(self.dir, self.nsd.port, blocklist, ce, name=label or name,
+                                workers=int(name.rsplit("w", 1)[1]))
+        elif name == "baseline":
+            p = servers.baseline(self.dir)
+        else:
+            raise ValueError(name)
+        if label:
+            p.name = label
+        return p
+
+    # ---- measuring ----------------------------------------------------------------------
+
+    def perf(self, proc: servers.Proc, queries: Path, **kw: object) -> dnsperf.Result:
+        return dnsperf.run(proc.port, queries, clients=self.args.clients,
+                           outstanding=self.args.outstanding, prefix=self.cpu_client, **kw)
+
+    def measure(self, proc: servers.Proc, mix: str, rnd: int) -> Measurement:
+        a = self.args
+        if mix == "hit":  # warm: one pass over the working set
+            self.perf(proc, self.q_hit, duration=10, once=True)
+        if mix == "miss":
+            qfile = self.miss_file(int(a.duration * MISS_RATE_CAP))
+        else:
+            qfile = self.q_blocked if mix == "blocked" else self.q_hit
+        c0 = proc.cpu_seconds()
+        peak = self.perf(proc, qfile, duration=a.duration, once=(mix == "miss"))
+        cpu = proc.cpu_seconds() - c0
+        m = Measurement(server=proc.name, mix=mix, round=rnd, peak=peak,
+                        cpu_us=cpu / max(1, peak.completed) * 1e6, rss_kib=proc.rss_kib())
+        if a.load > 0 and peak.qps > 0:
+            m.rate = max(100.0, peak.qps * a.load)
+            if mix == "miss":
+                qfile = self.miss_file(int(m.rate * a.latency_duration * 1.2))
+            m.latency = self.perf(proc, qfile, duration=a.latency_duration, rate=m.rate,
+                                  verbose=True, once=(mix == "miss"))
+        fixed = a.fixed_rate_miss if mix == "miss" else a.fixed_rate
+        if fixed > 0:  # the same moderate load for every server: comparable p99 and CPU
+            if mix == "miss":
+                qfile = self.miss_file(int(fixed * a.latency_duration * 1.2))
+            c0 = proc.cpu_seconds()
+            m.fixed = self.perf(proc, qfile, duration=a.latency_duration, rate=fixed,
+                                verbose=True, once=(mix == "miss"))
+            m.fixed_cpu_us = (proc.cpu_seconds() - c0) / max(1, m.fixed.completed) * 1e6
+        p99 = m.latency.p99 if m.latency and m.latency.p99 is not None else float("nan")
+        self.log(f"{mix:8s} {proc.name:9s} {peak.qps:10,.0f} q/s lost {peak.lost:<5d} "
+                 f"avg {peak.avg * 1e3:6.2f} ms  cpu {m.cpu_us:5.1f} µs/q  "
+                 f"p99@{m.rate:,.0f} {p99 * 1e3:.2f} ms  rss {m.rss_kib / 1024:.1f} MiB")
+        return m
+
+    def scale_run(self, rep: Report) -> None:
+        """Each server started once per list size; blocked runs interleaved for every round."""
+        a = self.args
+        for name in a.scale_names:
+            procs: list[tuple[int, servers.Proc, Path]] = []
+            try:
+                for size in a.scale_sizes:
+                    names = (self.blocked[:size] if size <= len(self.blocked)
+                             else data.blocklist_names(size))
+                    path = data.write_blocklist(self.dir / f"list-{size}.txt", names)
+                    q = data.write_queries(self.dir / f"blocked-{size}.q",
+                                           data.subdomain_queries(names, 100_000))
+                    proc = self.make(name, names, path, label=f"{name}-{size}")
+                    del names
+                    self.log(f"scale: starting {proc.name}")
+                    self.start(proc)
+                    self.log(f"scale: {proc.name} ready in {proc.ready_seconds:.2f} s, "
+                             f"rss {proc.rss_kib() / 1024:.1f} MiB")
+                    procs.append((size, proc, q))
+                for rnd in range(a.rounds):
+                    for size, proc, q in procs[rnd % len(procs):] + procs[:rnd % len(procs)]:
+                        c0 = proc.cpu_seconds()
+                        peak = self.perf(proc, q, duration=a.duration)
+                        cpu = proc.cpu_seconds() - c0
+                        row = ScaleRow(server=name, size=size, ready_s=proc.ready_seconds,
+                                       rss_kib=proc.rss_kib(), peak=peak,
+                                       cpu_us=cpu / max(1, peak.completed) * 1e6)
+                        rep.scale.append(row)
+                        self.log(f"scale {name} {size:>9,}: {peak.qps:,.0f} q/s, "
+                                 f"{row.cpu_us:.1f} µs/q, rss {row.rss_kib / 1024:.1f} MiB")
+            finally:
+                for _, proc, _ in procs:
+                    self.stop(proc)
+
+    def flood_run(self, rep: Report) -> None:
+        """Unique names past cache.max_entries: RSS must level off once the cache is full."""
+        a = self.args
+        proc = servers.hushdns(self.dir, self.nsd.port, self.blocklist, a.flood_entries,
+                               name="hushdns-flood")
+        self.start(proc)
+        samples: list[tuple[float, int]] = []
+        stop = threading.Event()
+
+        def sample() -> None:
+            t0 = time.monotonic()
+            while not stop.wait(0.5):
+                samples.append((time.monotonic() - t0, proc.rss_kib()))
+
+        q = self.miss_file(int(a.flood_seconds * MISS_RATE_CAP))
+        th = threading.Thread(target=sample, daemon=True)
+        rss0 = proc.rss_kib()
+        th.start()
+        try:
+            res = self.perf(proc, q, duration=a.flood_seconds, once=True)
+        finally:
+            stop.set()
+            th.join()
+            self.stop(proc)
+        rep.flood = Flood(entries=a.flood_entries, answered=res.completed, qps=res.qps,
+                          rss_start_kib=rss0, samples=samples)
+        self.log(f"flood: {res.completed:,} unique names, cache max {a.flood_entries:,}: RSS "
+                 + " ".join(f"{t:.0f}s:{k / 1024:.0f}" for t, k in samples[::4]))
+
+    def run(self) -> Report:
+        a = self.args
+        rep = Report(settings={
+            "servers": ", ".join(a.server_names),
+            "mixes": ", ".join(a.mix_names),
+            "peak run": f"{a.duration:g} s, dnsperf -c {a.clients} -q {a.outstanding}",
+            "latency run": f"{a.latency_duration:g} s at {a.load:.0%} of the server's own peak "
+                           "(dnsperf -Q, -v for per-query latency)",
+            "fixed-rate run": f"{a.latency_duration:g} s at {a.fixed_rate:,.0f} queries/s "
+                              f"({a.fixed_rate_miss:,.0f} for misses), the same for every server",
+            "rounds": f"{a.rounds} (medians when > 1; server order rotates per mix and round)",
+            "blocklist": f"{a.list_size:,} generated names, NXDOMAIN for name and subdomains",
+            "cache": f"{a.cache_entries:,} entries (dnsmasq: its 10,000 maximum)",
+            "CPU pinning": "server CPU 0, dnsperf+nsd CPU 1" if self.cpu_server else "none",
+        }, machine=machine(), fixed_rate=a.fixed_rate, fixed_rate_miss=a.fixed_rate_miss)
+        rep.notes.append("unbound runs with num-threads: 1 (one process, one thread, like hushdns).")
+        if "baseline" in a.server_names:
+            rep.notes.append("baseline = bench/baseline_server.py: uvloop, parse the question, "
+                             "answer A 192.0.2.1 from a template for every name (so its blocked "
+                             "answers are NOERROR, not checked); no lists, cache or metrics. "
+                             "It is the Python ceiling, and sits out the miss mix.")
+        self.log(f"preparing inputs in {self.dir}; about {a.estimate / 60:.1f} min to go")
+        self.prepare()
+        self.nsd = self.start(servers.nsd(self.dir, self.zonefile), client_side=True)
+        procs = []
+        for name in a.server_names:
+            p = self.start(self.make(name, self.blocked, self.blocklist))
+            rep.startup[p.name] = (p.ready_seconds, p.rss_kib())
+            self.log(f"{p.name} ready on 127.0.0.1:{p.port} in {p.ready_seconds:.2f} s")
+            procs.append(p)
+        for rnd in range(a.rounds):
+            for i, mix in enumerate(a.mix_names):
+                k = (i + rnd) % len(procs)
+                for p in procs[k:] + procs[:k]:
+                    if p.name == "baseline" and mix == "miss":
+                        continue  # it forwards nothing: a miss is the same template answer
+                    rep.measurements.append(self.measure(p, mix, rnd))
+        for p in procs:
+            if p.name.startswith("hushdns"):
+                rep.notes.append(metrics_note(p))
+            self.stop(p)
+        if a.scale_sizes:
+            self.scale_run(rep)
+        if a.flood_seconds > 0 and "hushdns" in a.server_names:
+            self.flood_run(rep)
+        rep.machine["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        return rep
+
+
+def metrics_note(proc: servers.Proc) -> str:
+    """Say whether hushdns' /metrics answered after the load (metrics must stay on)."""
+    port = proc.extra.get("metrics_port")
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+    except OSError as exc:
+        return (f"{proc.name} metrics: configured on {url} but not answering ({exc.__class__.__name__});"
+                " the in-process counters (resolver.stats) were incremented on every query.")
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("hushdns_queries_total"):
+            total += float(line.rsplit(" ", 1)[1])
+    return (f"{proc.name} metrics: {url} answered after the load; hushdns_queries_total sums "
+            f"to {total:,.0f} (every query of this run is counted).")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    need = ["dnsperf", "nsd", "nsd-checkconf"] + [s for s in args.server_names
+                                                  if s in ANCHORS]
+    if args.pin:
+        need.append("taskset")
+    missing = servers.require(*need)
+    if missing:
+        print(f"missing programs: {', '.join(missing)} (Debian: apt-get install "
+              "dnsperf nsd unbound dnsmasq-base)", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="hushdns-bench-"))
+    bench = Bench(args, workdir)
+    t0 = time.monotonic()
+    try:
+        rep = bench.run()
+    finally:
+        bench.stop_all()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    rep.settings["wall time"] = f"{time.monotonic() - t0:.0f} s"
+    args.out.write_text(render(rep))
+    bench.log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The benchmark harness still runs and still produces its table (not a timed test).
+
+Why: bench/run.py drives four Debian programs through generated configs; a change in
+hushdns' config keys or in a package's config syntax would otherwise only surface when
+someone sits down to benchmark.  Nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "bench" / "run.py"
+
+sys.path.insert(0, str(ROOT / "bench"))
+import dnsperf  # noqa: E402  (bench/ is scripts, not a package)
+
+
+def _missing(*programs: str) -> list[str]:
+    return [p for p in programs if shutil.which(p) is None]
+
+
+def _run(tmp_path: Path, *args: str) -> str:
+    out = tmp_path / "results.md"
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "--quick", "--duration", "1", "--latency-duration", "1",
+         "--rounds", "1", "--fixed-rate", "1000", "--out", str(out), *args],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out.read_text()
+
+
+def _rows(md: str, section: str) -> dict[str, list[str]]:
+    """Table rows of the section whose heading starts with `section`, keyed by server."""
+    part = md.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in part.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0] not in ("server", "") and not cells[0].startswith("-"):
+            rows[cells[0]] = cells
+    return rows
+
+
+SAMPLE = """\
+[Status] Testing complete (time limit)
+
+Statistics:
+
+  Queries sent:         1500
+  Queries completed:    1498 (99.87%)
+  Queries lost:         2 (0.13%)
+
+  Response codes:       NOERROR 1400 (93.46%), NXDOMAIN 98 (6.54%)
+  Average packet size:  request 33, response 49
+  Run time (s):         1.000130
+  Queries per second:   1497.805286
+
+  Average Latency (s):  0.000080 (min 0.000020, max 0.000950)
+  Latency StdDev (s):   0.000030
+"""
+
+
+def test_dnsperf_summary_and_per_query_latencies_are_parsed() -> None:
+    per_query = "".join(f"> NOERROR n{i}.bench.test A 0.{i:06d}\n" for i in range(1, 101))
+    r = dnsperf.parse(per_query + SAMPLE)
+    assert (r.sent, r.completed, r.lost) == (1500, 1498, 2)
+    assert r.qps == pytest.approx(1497.805286)
+    assert r.avg == pytest.approx(0.00008)
+    assert r.rcodes == {"NOERROR": 1400, "NXDOMAIN": 98}
+    assert r.p50 == pytest.approx(0.000050)
+    assert r.p99 == pytest.approx(0.000099)
+    assert not r.ended_early
+
+
+def test_dnsperf_output_without_summary_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        dnsperf.parse("[Status] Sending queries\n")
+
+
+@pytest.mark.skipif(bool(_missing("dnsperf", "nsd", "unbound")),
+                    reason=f"needs dnsperf, nsd and unbound: missing {_missing('dnsperf', 'nsd', 'unbound')}")
+def test_harness_runs_each_mix_against_unbound(tmp_path: Path) -> None:
+    md = _run(tmp_path, "--servers", "unbound", "--scale", "none")
+    assert "## Machine" in md and "nproc" in md
+    for section in ("blocked", "cache hit", "cache miss"):
+        rows = _rows(md, section)
+        assert set(rows) == {"unbound"}, section
+        cells = rows["unbound"]
+        assert float(cells[1].split()[0].replace(",", "")) > 0, cells  # peak qps parsed
+        assert cells[2] == "1.00"  # ratio to itself
+        assert cells[-1] == "ok", cells  # every answer had the expected RCODE
+
+
+@pytest.mark.skipif(bool(_missing("dnsperf", "nsd")), reason="needs dnsperf and nsd")
+@pytest.mark.skipif(not (ROOT / "resolver" / "server.py").exists(), reason="core not merged yet")
+def test_harness_runs_hushdns_and_the_list_scale_run(tmp_path: Path) -> None:
+    md = _run(tmp_path, "--servers", "hushdns", "--mixes", "blocked,hit", "--scale", "100,1000")
+    assert _rows(md, "blocked")["hushdns"][-1] == "ok"
+    assert _rows(md, "cache hit")["hushdns"][-1] == "ok"
+    scale = md.split("## List scale", 1)[1]
+    sizes = re.findall(r"^\| hushdns \| ([\d,]+) \|.*\| ok \|$", scale, re.M)
+    assert sizes == ["100", "1,000"], scale
+    assert "hushdns: 1,000 vs 100 domains" in scale
