@@ -144,11 +144,11 @@ def skip_name(data: bytes, pos: int, n: int) -> int:
         pos += 1 + ln
 
 
-def check_name(data: bytes, pos: int, n: int) -> int:
-    """Like ``read_name`` without building the name: validate pointers and lengths, return the end.
+def _walk_name(data: bytes, pos: int, n: int, labels: list[str] | None) -> int:
+    """Follow a possibly compressed name, validating pointers and lengths; return its end.
 
-    Why: a record the answer walk only skipped could carry a pointer past the
-    end or a loop; cached and replayed, such a message breaks every client.
+    Collects the lower-cased labels into ``labels`` when given.  Pointers must
+    go backwards (no loops), labels must fit in ``n`` and the name in 255 octets.
     """
     end = -1
     jumps = 0
@@ -175,7 +175,18 @@ def check_name(data: bytes, pos: int, n: int) -> int:
         total += ln + 1
         if total > 255 or pos + 1 + ln > n:
             raise WireError("bad label")
+        if labels is not None:
+            labels.append(data[pos + 1 : pos + 1 + ln].decode("latin-1").lower())
         pos += 1 + ln
+
+
+def check_name(data: bytes, pos: int, n: int) -> int:
+    """Like ``read_name`` without building the name: validate pointers and lengths, return the end.
+
+    Why: a record the answer walk only skipped could carry a pointer past the
+    end or a loop; cached and replayed, such a message breaks every client.
+    """
+    return _walk_name(data, pos, n, None)
 
 
 # Types whose rdata holds a (possibly compressed) name, and where it starts (RFC 3597 s4).
@@ -197,37 +208,8 @@ def _check_rdata(data: bytes, rtype: int, rdata: int, end: int) -> None:
 
 def read_name(data: bytes, pos: int) -> tuple[str, int]:
     """Decompress the name at ``pos`` -> (lower-case dotted name, offset after it in place)."""
-    n = len(data)
     labels: list[str] = []
-    end = -1
-    jumps = 0
-    total = 1
-    while True:
-        if pos >= n:
-            raise WireError("name runs past the end")
-        ln = data[pos]
-        if ln == 0:
-            if end < 0:
-                end = pos + 1
-            break
-        if ln & 0xC0 == 0xC0:
-            if pos + 2 > n:
-                raise WireError("truncated pointer")
-            target = ((ln & 0x3F) << 8) | data[pos + 1]
-            if end < 0:
-                end = pos + 2
-            jumps += 1
-            if jumps > 64 or target >= pos:
-                raise WireError("compression loop or forward pointer")
-            pos = target
-            continue
-        if ln > 63:
-            raise WireError("extended label type")
-        total += ln + 1
-        if total > 255 or pos + 1 + ln > n:
-            raise WireError("bad label")
-        labels.append(data[pos + 1 : pos + 1 + ln].decode("latin-1").lower())
-        pos += 1 + ln
+    end = _walk_name(data, pos, len(data), labels)
     return ".".join(labels), end
 
 
