@@ -156,6 +156,31 @@ async def tcp_exchange(up: Upstream, req: Request, timeout: float, edns: bool = 
             writer.close()
 
 
+async def _first_done(loop: asyncio.AbstractEventLoop, futs: list[asyncio.Future[Any]],
+                      timeout: float) -> None:
+    """Return once one of ``futs`` is done or ``timeout`` has passed.
+
+    ``asyncio.wait(..., FIRST_COMPLETED)`` does the same with sets, a waiter
+    and a timer handle per call; this is the part of it a forwarded query needs,
+    at under half the cost (measured in bench/micro.py).
+    """
+    waiter = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    for f in futs:
+        f.add_done_callback(wake)
+    handle = loop.call_later(timeout, wake)
+    try:
+        await waiter
+    finally:
+        handle.cancel()
+        for f in futs:
+            f.remove_done_callback(wake)
+
+
 class Upstreams:
     """Sends a question to a list of upstreams: next one after ``upstream_timeout``
     without giving up on the earlier ones, until ``upstream_total_timeout``.
@@ -266,8 +291,7 @@ class Upstreams:
                     await asyncio.sleep(max(0.0, min(next_send, deadline) - now))
                     continue
                 wait = max(0.0, min(next_send if sends < max_sends else deadline, deadline) - now)
-                done, _ = await asyncio.wait([a.fut for a in attempts], timeout=wait,
-                                             return_when=asyncio.FIRST_COMPLETED)
+                await _first_done(loop, [a.fut for a in attempts], wait)
                 for a in [a for a in attempts if a.fut.done()]:
                     attempts.remove(a)
                     a.close()

@@ -519,7 +519,11 @@ def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
         start = pos
         section = 0 if i < an else (1 if i < an + ns else 2)
         if section == 0:
-            owner, pos = read_name(data, pos)
+            if pos + 1 < n and data[pos] == 0xC0 and data[pos + 1] == 12:
+                # The usual owner: a pointer to the question name (no decoding needed).
+                owner, pos = req.qname, pos + 2
+            else:
+                owner, pos = read_name(data, pos)
         else:
             pos = check_name(data, pos, n)
         if pos + 10 > n:
