@@ -208,7 +208,14 @@ class Supervisor:
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        reloads: set[asyncio.Task[None]] = set()   # held: the loop keeps only weak references
+
+        def on_hup() -> None:
+            task = asyncio.ensure_future(self.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
         watchdog = asyncio.create_task(self.notifier.watchdog_loop())
         keeper = asyncio.create_task(self._keep_alive())
         await stop.wait()
