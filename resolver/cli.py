@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from . import __version__, sdnotify
 from .config import Config, ConfigError, ListSpec, load_config
+from .lifecycle import handle_signals
 from .lists import loader
 from .lists.parse import Parsed
 
@@ -89,18 +89,7 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
         notifier.status(f"cannot listen: {exc}")
         watchdog.cancel()
         return 1
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    reloads: set[asyncio.Task[bool]] = set()   # held: the loop keeps only weak references
-
-    def on_hup() -> None:
-        task = asyncio.ensure_future(server.reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    stop = handle_signals(server.reload)
     await stop.wait()
     log.info("stopping")
     await server.stop()

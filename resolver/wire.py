@@ -127,23 +127,6 @@ def _read_labels(data: bytes, pos: int, n: int) -> tuple[list[bytes], int]:
         pos += 1 + ln
 
 
-def skip_name(data: bytes, pos: int, n: int) -> int:
-    """Offset just after a possibly compressed name starting at ``pos``."""
-    while True:
-        if pos >= n:
-            raise WireError("name runs past the end")
-        ln = data[pos]
-        if ln == 0:
-            return pos + 1
-        if ln & 0xC0 == 0xC0:
-            if pos + 2 > n:
-                raise WireError("truncated pointer")
-            return pos + 2
-        if ln > 63:
-            raise WireError("extended label type")
-        pos += 1 + ln
-
-
 def _walk_name(data: bytes, pos: int, n: int, labels: list[str] | None) -> int:
     """Follow a possibly compressed name, validating pointers and lengths; return its end.
 
@@ -320,7 +303,7 @@ def _parse_question(data: bytes) -> tuple:
 def _skip_records(data: bytes, pos: int, count: int) -> int:
     n = len(data)
     for _ in range(count):
-        pos = skip_name(data, pos, n)
+        pos = check_name(data, pos, n)
         if pos + 10 > n:
             raise WireError("truncated record")
         rdlen = data[pos + 8] << 8 | data[pos + 9]
@@ -337,7 +320,7 @@ def _read_edns(req: Request, data: bytes, pos: int, skip: int, ar: int) -> None:
     seen = 0
     for _ in range(ar):
         start = pos
-        pos = skip_name(data, pos, n)
+        pos = check_name(data, pos, n)
         if pos + 10 > n:
             raise WireError("truncated record")
         rtype, rclass, ttl, rdlen = _RR.unpack_from(data, pos)
@@ -611,7 +594,7 @@ def _rebuild_in_chain(data: bytes, req: Request, min_ttl: int, max_ttl: int,
 
 def parse_answer_nocheck(data: bytes, req: Request) -> bytes:
     """Put the request's exact question back in a repacked message (dnslib may re-case it)."""
-    qd_end_new = skip_name(data, 12, len(data)) + 4
+    qd_end_new = check_name(data, 12, len(data)) + 4
     return data[:12] + req.data[12:req.qend] + data[qd_end_new:]
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from . import sdnotify
 from .config import Config, ConfigError
+from .lifecycle import handle_signals
 from .metrics import snapshot, start_metrics_server
 from .stats import Histogram, Stats
 
@@ -204,18 +205,7 @@ class Supervisor:
         log.info("%d workers serving", len(self.workers))
         self.notifier.ready()
         self.notifier.status(f"{len(self.workers)} workers serving")
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        reloads: set[asyncio.Task[None]] = set()   # held: the loop keeps only weak references
-
-        def on_hup() -> None:
-            task = asyncio.ensure_future(self.reload())
-            reloads.add(task)
-            task.add_done_callback(reloads.discard)
-
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        stop = handle_signals(self.reload)
         watchdog = asyncio.create_task(self.notifier.watchdog_loop())
         keeper = asyncio.create_task(self._keep_alive())
         await stop.wait()

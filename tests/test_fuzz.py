@@ -31,7 +31,6 @@ from resolver.wire import (
     check_name,
     parse_answer,
     parse_query,
-    skip_name,
 )
 from tests.fakes import FakeUpstream, start_server
 
@@ -59,7 +58,7 @@ def valid_queries(draw) -> bytes:
                                want_dnssec=draw(st.booleans()))
     q.id = draw(st.integers(0, 65535))
     wire = bytearray(q.to_wire())
-    qend = skip_name(bytes(wire), 12, len(wire)) + 4
+    qend = check_name(bytes(wire), 12, len(wire)) + 4
     wire[qend - 4:qend - 2] = draw(qtypes).to_bytes(2, "big")
     return bytes(wire)
 
