@@ -14,15 +14,14 @@ class Response:
     a drop.  ``list``/``rule`` say why a query was blocked; ``upstream`` who answered.
     """
 
-    __slots__ = ("result", "wire", "answer", "list", "rule", "upstream", "ede")
+    __slots__ = ("result", "wire", "answer", "list", "rule", "upstream")
 
     def __init__(self, result: str, wire: bytes | None = None, answer: Answer | None = None,
                  list: str | None = None, rule: str | None = None,
-                 upstream: str | None = None, ede: int | None = None) -> None:
+                 upstream: str | None = None) -> None:
         self.result = result
         self.wire = wire
         self.answer = answer
         self.list = list
         self.rule = rule
         self.upstream = upstream
-        self.ede = ede

@@ -9,7 +9,6 @@ previous rules in the new snapshot; the failure is logged and counted.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,7 +183,3 @@ def changed(snap: Blocklists) -> bool:
     """Has any local list file changed since the snapshot was built?"""
     return any(i.spec.kind != "url" and fingerprint(i.spec) != i.fingerprint
                for i in snap.lists.values())
-
-
-def state_path(state_dir: str, *parts: str) -> str:
-    return os.path.join(state_dir, *parts)
