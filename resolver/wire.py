@@ -442,6 +442,12 @@ class Answer:
     def render(self, req: Request, now: float, udp_cap: int = 1232,
                ede: int | None = None) -> bytes:
         """The answer for ``req``: its ID, flags and question, TTLs counted down to ``now``."""
+        return self.render_for(req.data, req.qend, req.flags, req.edns, req.do, now,
+                               udp_cap, ede)
+
+    def render_for(self, data: bytes, qend: int, qflags: int, edns: bool, do: bool,
+                   now: float, udp_cap: int = 1232, ede: int | None = None) -> bytes:
+        """``render`` from the query's bytes and header fields (the edge fast path has no Request)."""
         body = self.body
         age = int(now - self.stored)
         if age > 0 and self.ttl_offsets:
@@ -456,12 +462,16 @@ class Answer:
                 body = bytes(buf)
                 self._aged = (age, body)
         ar = self.ar
-        if req.edns:
+        if edns:
             code = ede if ede is not None else self.ede
-            body += _opt_cached(udp_cap, req.do, code)
+            body += _opt_cached(udp_cap, do, code)
             ar += 1
-        flags = reply_flags(req, self.rcode, self.ad and (req.do or bool(req.flags & 0x20)))
-        return _H.pack(req.qid, flags, 1, self.an, self.ns, ar) + req.data[12:req.qend] + body
+        # As reply_flags(): QR, RA, the client's RD and CD, AD when asked for (DO or AD).
+        flags = 0x8080 | (qflags & 0x0110) | (self.rcode & 0xF)
+        if self.ad and (do or qflags & 0x20):
+            flags |= 0x0020
+        return (_H.pack(data[0] << 8 | data[1], flags, 1, self.an, self.ns, ar)
+                + data[12:qend] + body)
 
     def with_ttl(self, ttl: int, stored: float) -> Answer:
         """A copy whose TTL fields all read ``ttl`` as of ``stored`` (serve-stale, pinning)."""

@@ -48,7 +48,7 @@ class Blocking:
         self.v4 = [ipaddress.ip_address(a).packed for a in cfg.sinkhole if ":" not in a]
         self.v6 = [ipaddress.ip_address(a).packed for a in cfg.sinkhole if ":" in a]
         self._templates: dict[int, tuple[int, bytes, int, int]] = {}
-        self._opt = {do: opt_record(udp_size, do, ede=EDE_BLOCKED) for do in (False, True)}
+        self.opt = {do: opt_record(udp_size, do, ede=EDE_BLOCKED) for do in (False, True)}
 
     async def resolve(self, req: Request) -> Response:
         info = req.info
@@ -70,15 +70,18 @@ class Blocking:
         list_name = self.by_bit[hit.bit]
         self.stats.block(req.info.label, list_name,
                          hit.rule if hit.bit & self.tracked and not hit.regex else None)
-        t = self._templates.get(req.qtype)
-        if t is None:
-            t = self._templates[req.qtype] = self._template(req.qtype)
-        rcode, body, an, ns = t
-        wire = build_reply(req, rcode, body, an, ns, opt=self._opt[req.do])
+        rcode, body, an, ns = self.template(req.qtype)
+        wire = build_reply(req, rcode, body, an, ns, opt=self.opt[req.do])
         return Response("blocked", wire=wire, list=list_name, rule=hit.rule)
 
+    def template(self, qtype: int) -> tuple[int, bytes, int, int]:
+        """(rcode, record bytes, answer count, authority count) of the block answer, built once per type."""
+        t = self._templates.get(qtype)
+        if t is None:
+            t = self._templates[qtype] = self._template(qtype)
+        return t
+
     def _template(self, qtype: int) -> tuple[int, bytes, int, int]:
-        """(rcode, record bytes, answer count, authority count) of the block answer for a type."""
         if self.mode == "refused":
             return REFUSED, b"", 0, 0
         if self.mode == "nxdomain":

@@ -35,20 +35,25 @@ class RateLimit:
         self.buckets: dict[str, list[float]] = {}
 
     async def resolve(self, req: Request) -> Response:
-        now = time.monotonic()
-        b = self.buckets.get(req.client)
+        if self.take(req.client, time.monotonic()):
+            return await self.next.resolve(req)
+        return self.limited(req)
+
+    def take(self, client: str, now: float) -> bool:
+        """Spend one of ``client``'s tokens; False when it has none left (nothing is spent)."""
+        b = self.buckets.get(client)
         if b is None:
             if len(self.buckets) >= self.max_buckets:
                 del self.buckets[next(iter(self.buckets))]
-            b = self.buckets[req.client] = [self.burst, now]
+            b = self.buckets[client] = [self.burst, now]
         else:
             tokens = b[0] + (now - b[1]) * self.rate
             b[0] = tokens if tokens < self.burst else self.burst
             b[1] = now
         if b[0] >= 1.0:
             b[0] -= 1.0
-            return await self.next.resolve(req)
-        return self.limited(req)
+            return True
+        return False
 
     def limited(self, req: Request) -> Response:
         key = (req.info.label, "ratelimit")

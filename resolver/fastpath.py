@@ -1,0 +1,165 @@
+"""The UDP fast path: blocked answers and cache hits for plain queries, straight from the bytes.
+
+Why it exists: a LAN resolver's commonest answers are "blocked" and "cached",
+and each of them costs the chain a Request, a coroutine per stage and a
+Response: several times the work of the answer itself.  This function does
+what the chain's first stages (access, rate limit, blocking, cache) would do,
+for the queries where that is simple, as flat code over the datagram's bytes.
+
+It is an accelerator, not a second resolver: it only takes the shape of query
+that almost every stub sends (one IN question, at most one OPT, nothing else)
+from a client that is already known, and only answers that the chain would
+give byte for byte (``tests/test_fastpath.py`` checks that on random queries).
+Everything else returns ``False`` and the chain answers it: malformed input
+and its validation, refusals, ANY, misses, truncation, serve-stale, SERVFAIL,
+CNAME cloaking hits.  It is built from the assembled chain and lets the chain
+take every query when the chain holds a stage it does not know.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .clients import ClientTable
+from .stages.access import Access
+from .stages.blocking import Blocking
+from .stages.cache import Cache
+from .stages.ratelimit import RateLimit
+from .stats import Stats
+from .wire import QTYPE_NAMES, SERVFAIL, T_OPT
+
+_H = struct.Struct("!HHHHHH")
+_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
+
+# Cache-key suffix by (DO, CD), as wire._KEY_FLAGS.
+_KEY_FLAGS = (b"\x00", b"\x01", b"\x02", b"\x03")
+
+Send = Callable[[bytes, Any], None]
+
+
+class FastPath:
+    """``answer(data, addr, send)`` -> True when answered here, False for the chain."""
+
+    def __init__(self, head: Any, clients: ClientTable, stats: Stats, udp_cap: int) -> None:
+        self.clients = clients.cache     # address -> ClientInfo, filled by the chain's edge
+        self.stats = stats
+        self.udp_cap = udp_cap
+        self.ratelimit: RateLimit | None = None
+        self.blocking: Blocking | None = None
+        self.cache: Cache | None = None
+        self.enabled = self._adopt(head)
+
+    def _adopt(self, stage: Any) -> bool:
+        """Take the stages the fast path stands in for, in chain order, up to the cache."""
+        if not isinstance(stage, Access):
+            return False
+        stage = stage.next
+        if isinstance(stage, RateLimit):
+            self.ratelimit, stage = stage, stage.next
+        if isinstance(stage, Blocking):
+            self.blocking, stage = stage, stage.next
+        if not isinstance(stage, Cache):
+            return False
+        self.cache = stage
+        return True
+
+    def answer(self, data: bytes, addr: Any, send: Send) -> bool:
+        t0 = time.perf_counter()
+        info = self.clients.get(addr[0])
+        # Known, allowed client; a standard query (QR=0, opcode 0); one question,
+        # no answer or authority records, at most one additional (the OPT).
+        if (info is None or not info.allowed or len(data) < 17 or data[2] & 0xF8
+                or data[4:10] != _ONE_QUESTION or data[10]):
+            return False
+        n = len(data)
+        i = 12
+        labels = []
+        while True:            # the question name: uncompressed labels
+            ln = data[i]
+            if ln == 0:
+                break
+            if ln > 63:
+                return False
+            labels.append(data[i + 1:i + 1 + ln])
+            i += ln + 1
+            if i >= n:
+                return False
+        qend = i + 5
+        if not labels or i > 266 or qend > n or data[i + 3] != 0 or data[i + 4] != 1:
+            return False       # the root, a name over 255 octets, a class other than IN
+        qtype = data[i + 1] << 8 | data[i + 2]
+        if qtype == 0 or qtype == T_OPT or 128 <= qtype <= 255:
+            return False       # meta types, ANY, zone transfers: the chain's decisions
+        edns = do = False
+        udp_size = 512
+        if data[11]:           # one additional record: it must be an OPT at the root, version 0
+            if data[11] != 1 or qend + 11 > n or data[qend] != 0 or data[qend + 1] != 0 \
+                    or data[qend + 2] != T_OPT or data[qend + 6] != 0 \
+                    or qend + 11 + (data[qend + 9] << 8 | data[qend + 10]) != n:
+                return False
+            edns = True
+            udp_size = data[qend + 3] << 8 | data[qend + 4]
+            do = data[qend + 7] & 0x80 != 0
+        elif qend != n:
+            return False
+        qflags = data[2] << 8 | data[3]
+        stats = self.stats
+
+        blocking = self.blocking
+        if blocking is not None and info.block:
+            qname = b".".join(labels).lower().decode("latin-1")   # as wire.parse_query
+            hit = blocking.index.match(qname, info.block, info.allow)
+            if hit is not None:
+                if not self._token(addr[0]):
+                    return False
+                list_name = blocking.by_bit[hit.bit]
+                stats.block(info.label, list_name,
+                            hit.rule if hit.bit & blocking.tracked and not hit.regex else None)
+                rcode, body, an, ns = blocking.template(qtype)
+                if edns:
+                    body += blocking.opt[do]
+                wire = _H.pack(data[0] << 8 | data[1], 0x8080 | (qflags & 0x0110) | rcode,
+                               1, an, ns, 1 if edns else 0) + data[12:qend] + body
+                send(wire, addr)
+                self._count(info.label, qtype, "blocked", t0)
+                return True
+
+        cache = self.cache
+        key = data[12:i + 1].lower() + data[i + 1:qend] + \
+            _KEY_FLAGS[do | ((qflags >> 3) & 2)]
+        entries = cache.entries  # type: ignore[union-attr]
+        entry = entries.get(key)
+        if entry is None or entry.rcode == SERVFAIL:
+            return False
+        now = time.monotonic()
+        if entry.stored + entry.ttl <= now:
+            return False       # expired: refresh or serve-stale, in the chain
+        if entry.cnames and blocking is not None and info.block:
+            match = blocking.index.match
+            for target in entry.cnames:
+                if match(target, info.block, info.allow) is not None:
+                    return False   # CNAME cloaking: the chain blocks it and says why
+        cap = self.udp_cap
+        wire = entry.render_for(data, qend, qflags, edns, do, now, cap)
+        if len(wire) > (min(max(udp_size, 512), cap) if edns else 512):
+            return False       # truncation, in the chain
+        if not self._token(addr[0]):
+            return False
+        entries.move_to_end(key)
+        stats.cache_hits += 1
+        send(wire, addr)
+        self._count(info.label, qtype, "cached", t0)
+        return True
+
+    def _token(self, client: str) -> bool:
+        """The rate limit's verdict, spent only once the answer is certain."""
+        rl = self.ratelimit
+        return rl is None or rl.take(client, time.monotonic())
+
+    def _count(self, label: str, qtype: int, result: str, t0: float) -> None:
+        """``Stats.query`` for this answer, as the edge counts every other one."""
+        self.stats.query(label, QTYPE_NAMES.get(qtype, "other"), result,
+                         time.perf_counter() - t0)
