@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from resolver import fastpath
 from resolver.config import load_config
 from resolver.lists.loader import load_all
 from resolver.server import Server
@@ -98,6 +99,12 @@ def _fill_cache(server: Server) -> None:
                     answer.ttl = 5
                     answer.stored = NOW - 1
                 server.cache.entries[req.key] = answer   # type: ignore[union-attr]
+
+
+def _freeze(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One clock for the chain and the fast path, so TTLs count down alike."""
+    monkeypatch.setattr(time, "monotonic", lambda: NOW)
+    monkeypatch.setattr(fastpath, "monotonic", lambda: NOW)
 
 
 def _snapshot(server: Server) -> tuple:
@@ -180,7 +187,7 @@ def test_fast_path_answers_and_counts_exactly_as_the_chain(tmp_path, monkeypatch
     server = _server(tmp_path, mode)
     _fill_cache(server)
     assert server.fast is not None
-    monkeypatch.setattr(time, "monotonic", lambda: NOW)
+    _freeze(monkeypatch)
     taken = {"fast": 0, "chain": 0}
 
     @settings(max_examples=400, deadline=None, derandomize=True,
@@ -188,18 +195,17 @@ def test_fast_path_answers_and_counts_exactly_as_the_chain(tmp_path, monkeypatch
     @given(data=datagrams(), who=st.sampled_from(CLIENTS))
     def check(data: bytes, who: tuple[str, int]) -> None:
         before = _snapshot(server)
-        out: list[bytes] = []
-        took = server.fast(data, who, lambda wire, addr: out.append(wire))  # type: ignore[misc]
+        wire = server.fast(data, who)  # type: ignore[misc]
         fast_delta = _delta(before, _snapshot(server))
-        if not took:
+        if wire is None:
             taken["chain"] += 1
-            assert out == [] and fast_delta == _delta(before, before)
+            assert fast_delta == _delta(before, before)
             return
         taken["fast"] += 1
         sink = Sink()
         mid = _snapshot(server)
         server.handle(data, who, "udp", sink)
-        assert out == sink.sent
+        assert [wire] == sink.sent
         chain_delta = _delta(mid, _snapshot(server))
         assert fast_delta == chain_delta
 
@@ -211,16 +217,22 @@ def test_fast_path_answers_and_counts_exactly_as_the_chain(tmp_path, monkeypatch
 def test_common_queries_take_the_fast_path(tmp_path, monkeypatch):
     server = _server(tmp_path, "nxdomain")
     _fill_cache(server)
-    monkeypatch.setattr(time, "monotonic", lambda: NOW)
+    _freeze(monkeypatch)
     out: list[bytes] = []
-    send = lambda wire, addr: out.append(wire)  # noqa: E731
+
+    def send(data: bytes, addr: tuple[str, int]) -> bool:
+        wire = server.fast(data, addr)  # type: ignore[misc]
+        if wire is not None:
+            out.append(wire)
+        return wire is not None
+
     listed = bytes(dnslib.DNSRecord.question("sub.tracker.example").pack())
     cached = bytes(dnslib.DNSRecord.question("WWW.example.org").pack())
     q = dnslib.DNSRecord.question("www.example.org", "AAAA")
     q.add_ar(dnslib.EDNS0(udp_len=1232))
-    assert server.fast(listed, CLIENTS[0], send)
-    assert server.fast(cached, CLIENTS[0], send)
-    assert server.fast(bytes(q.pack()), CLIENTS[1], send)
+    assert send(listed, CLIENTS[0])
+    assert send(cached, CLIENTS[0])
+    assert send(bytes(q.pack()), CLIENTS[1])
     blocked, hit, nodata = (dnslib.DNSRecord.parse(w) for w in out)
     assert blocked.header.rcode == 3 and blocked.auth[0].rtype == dnslib.QTYPE.SOA
     assert str(hit.q.qname) == "WWW.example.org." and str(hit.rr[0].rdata) == "192.0.2.1"
@@ -228,10 +240,10 @@ def test_common_queries_take_the_fast_path(tmp_path, monkeypatch):
     assert nodata.header.rcode == 0 and not nodata.rr and nodata.ar[0].rtype == 41
     # Not taken: an unknown client (its first query teaches the edge), a refused one,
     # a CNAME into a list, a miss.
-    assert not server.fast(listed, ("10.9.9.9", 1), send)
-    assert not server.fast(listed, CLIENTS[3], send)
-    assert not server.fast(bytes(dnslib.DNSRecord.question("cloaked.example.com").pack()), CLIENTS[0], send)
-    assert not server.fast(bytes(dnslib.DNSRecord.question("new.example.org").pack()), CLIENTS[0], send)
+    assert not send(listed, ("10.9.9.9", 1))
+    assert not send(listed, CLIENTS[3])
+    assert not send(bytes(dnslib.DNSRecord.question("cloaked.example.com").pack()), CLIENTS[0])
+    assert not send(bytes(dnslib.DNSRecord.question("new.example.org").pack()), CLIENTS[0])
     s = server.stats
     assert s.queries[("127.0.0.1", "A", "blocked")] == 1
     assert s.queries[("127.0.0.1", "A", "cached")] == 1
@@ -243,11 +255,10 @@ def test_common_queries_take_the_fast_path(tmp_path, monkeypatch):
 
 def test_groups_apply_on_the_fast_path(tmp_path):
     server = _server(tmp_path, "nxdomain")
-    out: list[bytes] = []
     q = bytes(dnslib.DNSRecord.question("t.kids.example").pack())
-    assert server.fast(q, ("10.1.2.3", 1), lambda w, a: out.append(w))   # the kids group
-    assert dnslib.DNSRecord.parse(out[0]).header.rcode == 3
-    assert not server.fast(q, ("127.0.0.1", 1), lambda w, a: out.append(w))  # default: not listed
+    wire = server.fast(q, ("10.1.2.3", 1))   # the kids group
+    assert wire is not None and dnslib.DNSRecord.parse(wire).header.rcode == 3
+    assert server.fast(q, ("127.0.0.1", 1)) is None   # default group: not listed
     assert server.stats.blocked == {("kid", "k"): 1}
 
 
@@ -257,7 +268,9 @@ def test_rate_limit_still_applies_to_fast_answers(tmp_path):
     q = bytes(dnslib.DNSRecord.question("tracker.example").pack())
     answered = 0
     for _ in range(5):
-        if server.fast(q, CLIENTS[0], sink.sendto):
+        wire = server.fast(q, CLIENTS[0])
+        if wire is not None:
+            sink.sendto(wire)
             answered += 1
         else:
             server.handle(q, CLIENTS[0], "udp", sink)
@@ -278,10 +291,10 @@ def test_real_clients_over_udp_get_fast_answers(serve, upstream):
     real = srv.server.fast
     calls = {"fast": 0}
 
-    def counting(data, addr, send):   # type: ignore[no-untyped-def]
-        took = real(data, addr, send)
-        calls["fast"] += took
-        return took
+    def counting(data, addr):   # type: ignore[no-untyped-def]
+        wire = real(data, addr)
+        calls["fast"] += wire is not None
+        return wire
 
     srv.server.fast = counting
     for _ in range(3):

@@ -47,7 +47,7 @@ class Blocking:
         self.ttl = cfg.ttl
         self.v4 = [ipaddress.ip_address(a).packed for a in cfg.sinkhole if ":" not in a]
         self.v6 = [ipaddress.ip_address(a).packed for a in cfg.sinkhole if ":" in a]
-        self._templates: dict[int, tuple[int, bytes, int, int]] = {}
+        self.templates: dict[int, tuple[int, bytes, int, int]] = {}
         self.opt = {do: opt_record(udp_size, do, ede=EDE_BLOCKED) for do in (False, True)}
 
     async def resolve(self, req: Request) -> Response:
@@ -76,9 +76,9 @@ class Blocking:
 
     def template(self, qtype: int) -> tuple[int, bytes, int, int]:
         """(rcode, record bytes, answer count, authority count) of the block answer, built once per type."""
-        t = self._templates.get(qtype)
+        t = self.templates.get(qtype)
         if t is None:
-            t = self._templates[qtype] = self._template(qtype)
+            t = self.templates[qtype] = self._template(qtype)
         return t
 
     def _template(self, qtype: int) -> tuple[int, bytes, int, int]:
