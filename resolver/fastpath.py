@@ -10,10 +10,14 @@ It is an accelerator, not a second resolver: it only takes the shape of query
 that almost every stub sends (one IN question, at most one OPT, nothing else)
 from a client that is already known, and only answers that the chain would
 give byte for byte (``tests/test_fastpath.py`` checks that on random queries).
-Everything else returns ``False`` and the chain answers it: malformed input
-and its validation, refusals, ANY, misses, truncation, serve-stale, SERVFAIL,
+Everything else returns None and the chain answers it: malformed input and
+its validation, refusals, ANY, misses, truncation, serve-stale, SERVFAIL,
 CNAME cloaking hits.  It is built from the assembled chain and lets the chain
 take every query when the chain holds a stage it does not know.
+
+A repeated question (the same bytes after the ID, from a client with the
+same lists) is answered from the reply given last time, after checking that
+what it depends on still holds; counters move exactly as for a first answer.
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
 # Cache-key suffix by (DO, CD), as wire._KEY_FLAGS.
 _KEY_FLAGS = (b"\x00", b"\x01", b"\x02", b"\x03")
 
+MAX_REPLIES = 16_384      # remembered replies; the table is cleared when full
+_BLOCKED, _CACHED = "blocked", "cached"
+
+
 class FastPath:
     """``answer(data, addr)`` -> the reply when it can be given here, else None (the chain's)."""
 
@@ -48,6 +56,11 @@ class FastPath:
         self.blocking: Blocking | None = None
         self.cache: Cache | None = None
         self.entries: Any = None
+        # Replies by the query's bytes after its ID, with what they depend on: the
+        # group's list masks; for a cache hit, the entry and its age in seconds.
+        # Devices repeat the same questions, so most queries end at this lookup.
+        # A new FastPath (and so an empty table) comes with every new chain.
+        self.replies: dict[bytes, tuple] = {}
         self.enabled = self._adopt(head)
 
     def _adopt(self, stage: Any) -> bool:
@@ -74,10 +87,17 @@ class FastPath:
         """
         t0 = perf_counter()
         info = self.clients.get(addr[0])
-        # Known, allowed client; a standard query (QR=0, opcode 0); one question,
-        # no answer or authority records, at most one additional (the OPT).
-        if (info is None or not info.allowed or len(data) < 17 or data[2] & 0xF8
-                or data[4:10] != _ONE_QUESTION or data[10]):
+        if info is None or not info.allowed:
+            return None
+        tail = data[2:]
+        seen = self.replies.get(tail)
+        if seen is not None and seen[1] == info.block and seen[2] == info.allow:
+            wire = self._again(seen, info.label, addr[0], t0)
+            if wire is not None:
+                return data[:2] + wire
+        # A standard query (QR=0, opcode 0); one question, no answer or
+        # authority records, at most one additional (the OPT).
+        if len(data) < 17 or data[2] & 0xF8 or data[4:10] != _ONE_QUESTION or data[10]:
             return None
         n = len(data)
         i = 12
@@ -135,8 +155,10 @@ class FastPath:
                     counts = stats.blocked_domains
                     k = (list_name, hit.rule)
                     counts[k] = counts.get(k, 0) + 1
-                result = "blocked"
-                self._observe(label, qtype, result, t0)
+                rule = hit.rule if hit.bit & blocking.tracked and not hit.regex else None
+                self._remember(tail, (_BLOCKED, info.block, info.allow, wire[2:], qtype,
+                                      list_name, rule))
+                self._observe(label, qtype, "blocked", t0)
                 return wire
 
         key = data[12:i + 1].lower() + data[i + 1:qend] + _KEY_FLAGS[do | ((qflags >> 3) & 2)]
@@ -161,8 +183,47 @@ class FastPath:
             return None
         entries.move_to_end(key)
         stats.cache_hits += 1
+        self._remember(tail, (_CACHED, info.block, info.allow, wire[2:], qtype,
+                              entry, key, int(now - entry.stored)))
         self._observe(info.label, qtype, "cached", t0)
         return wire
+
+    def _again(self, seen: tuple, label: str, client: str, t0: float) -> bytes | None:
+        """The remembered reply (without its ID) to the same bytes, if it still holds; counted."""
+        stats = self.stats
+        qtype = seen[4]
+        if seen[0] is _BLOCKED:
+            rl = self.ratelimit
+            if rl is not None and not rl.take(client, monotonic()):
+                return None
+            counts = stats.blocked
+            k = (label, seen[5])
+            counts[k] = counts.get(k, 0) + 1
+            if seen[6] is not None:
+                counts = stats.blocked_domains
+                k = (seen[5], seen[6])
+                counts[k] = counts.get(k, 0) + 1
+            self._observe(label, qtype, "blocked", t0)
+            return seen[3]
+        # A cache hit: the same entry, still fresh, still in the cache, the same age in seconds.
+        entry = seen[5]
+        now = monotonic()
+        if (entry.stored + entry.ttl <= now or int(now - entry.stored) != seen[7]
+                or self.entries.get(seen[6]) is not entry):
+            return None
+        rl = self.ratelimit
+        if rl is not None and not rl.take(client, now):
+            return None
+        self.entries.move_to_end(seen[6])
+        stats.cache_hits += 1
+        self._observe(label, qtype, "cached", t0)
+        return seen[3]
+
+    def _remember(self, tail: bytes, reply: tuple) -> None:
+        replies = self.replies
+        if len(replies) >= MAX_REPLIES:
+            replies.clear()
+        replies[tail] = reply
 
     def _observe(self, label: str, qtype: int, result: str, t0: float) -> None:
         """``Stats.query``, inlined: the query and its duration up to the answer being ready."""

@@ -192,22 +192,27 @@ def test_fast_path_answers_and_counts_exactly_as_the_chain(tmp_path, monkeypatch
 
     @settings(max_examples=400, deadline=None, derandomize=True,
               suppress_health_check=[HealthCheck.function_scoped_fixture])
-    @given(data=datagrams(), who=st.sampled_from(CLIENTS))
-    def check(data: bytes, who: tuple[str, int]) -> None:
-        before = _snapshot(server)
-        wire = server.fast(data, who)  # type: ignore[misc]
-        fast_delta = _delta(before, _snapshot(server))
-        if wire is None:
-            taken["chain"] += 1
-            assert fast_delta == _delta(before, before)
-            return
-        taken["fast"] += 1
-        sink = Sink()
-        mid = _snapshot(server)
-        server.handle(data, who, "udp", sink)
-        assert [wire] == sink.sent
-        chain_delta = _delta(mid, _snapshot(server))
-        assert fast_delta == chain_delta
+    @given(data=datagrams(), who=st.sampled_from(CLIENTS),
+           again=st.tuples(st.integers(0, len(CLIENTS) - 1), st.integers(0, 0xFFFF)))
+    def check(data: bytes, who: tuple[str, int], again: tuple[int, int]) -> None:
+        # The same question twice (the second time a remembered reply can answer
+        # it), the second time perhaps from another client and with another ID.
+        for n, client in enumerate((who, CLIENTS[again[0]])):
+            if n:
+                data = again[1].to_bytes(2, "big") + data[2:]
+            before = _snapshot(server)
+            wire = server.fast(data, client)  # type: ignore[misc]
+            fast_delta = _delta(before, _snapshot(server))
+            if wire is None:
+                taken["chain"] += 1
+                assert fast_delta == _delta(before, before)
+                continue
+            taken["fast"] += 1
+            sink = Sink()
+            mid = _snapshot(server)
+            server.handle(data, client, "udp", sink)
+            assert [wire] == sink.sent
+            assert fast_delta == _delta(mid, _snapshot(server))
 
     check()
     # Both paths were really exercised.
@@ -309,3 +314,36 @@ def test_real_clients_over_udp_get_fast_answers(serve, upstream):
     assert q[("127.0.0.1", "A", "cached")] == 2
     assert q[("127.0.0.1", "A", "forwarded")] == 1
     assert len(upstream.seen) == 1
+
+
+def test_remembered_replies_follow_the_clock_and_the_cache(tmp_path, monkeypatch):
+    """A repeated question is answered from the last reply only while that reply still holds."""
+    server = _server(tmp_path, "nxdomain")
+    _fill_cache(server)
+    clock = [NOW]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(fastpath, "monotonic", lambda: clock[0])
+    q = bytes(dnslib.DNSRecord.question("www.example.org").pack())
+
+    def ask_fast() -> dnslib.DNSRecord | None:
+        wire = server.fast(q, CLIENTS[0])  # type: ignore[misc]
+        return None if wire is None else dnslib.DNSRecord.parse(wire)
+
+    assert ask_fast().rr[0].ttl == 293
+    assert ask_fast().rr[0].ttl == 293           # remembered
+    clock[0] += 2.0
+    assert ask_fast().rr[0].ttl == 291           # a second later: counted down again
+    key = parse_query(q).key
+    fresh = dnslib.DNSRecord.parse(q).reply()
+    fresh.add_answer(dnslib.RR("www.example.org", 1, ttl=60, rdata=dnslib.A("198.51.100.7")))
+    answer = parse_answer(bytes(fresh.pack()), parse_query(q), 0, 86400, 3600)
+    answer.stored = clock[0]
+    server.cache.entries[key] = answer           # type: ignore[union-attr]
+    r = ask_fast()
+    assert str(r.rr[0].rdata) == "198.51.100.7" and r.rr[0].ttl == 60   # the new entry
+    del server.cache.entries[key]                # type: ignore[union-attr]
+    assert ask_fast() is None                    # gone from the cache: the chain forwards
+    clock[0] += 10_000
+    assert server.fast(bytes(dnslib.DNSRecord.question("tracker.example").pack()),
+                       CLIENTS[0]) is not None   # blocked answers do not expire
+    assert server.stats.cache_hits == 4
