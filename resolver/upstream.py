@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import _socket
 import asyncio
+import collections
 import contextlib
 import os
 import secrets
@@ -99,7 +100,56 @@ if hasattr(os, "register_at_fork"):
 _DGRAM = _socket.SOCK_DGRAM | getattr(_socket, "SOCK_NONBLOCK", 0) | getattr(_socket, "SOCK_CLOEXEC", 0)
 
 
-class _Mux:
+class _Timeouts:
+    """The waits of in-flight queries, timed by one event-loop timer instead of one each.
+
+    Why: uvloop's ``call_later`` + ``cancel`` per query allocate and free a libuv
+    timer; nearly every query wakes up because its answer came, not its timer.
+    A query's wait almost always ends ``upstream_timeout`` after it started, so
+    the deadlines arrive in order: a FIFO, whose head one timer waits for.  A wait
+    that ended early is left in place (its future is done) and dropped when it
+    reaches the head.  A deadline earlier than the last one queued (rare: the
+    end of ``upstream_total_timeout`` cutting a wait short) gets its own timer.
+    Timeouts fire up to ``TICK`` late, so that one timer serves a burst of them.
+    """
+
+    TICK = 0.01
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.fifo: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def wake_at(self, when: float, fut: asyncio.Future[None]) -> asyncio.TimerHandle | None:
+        """Set ``fut``'s result at ``when`` unless it is done by then; a handle to cancel, or None."""
+        fifo = self.fifo
+        if fifo and when < fifo[-1][0]:
+            return self.loop.call_at(when, _wake, fut)
+        fifo.append((when, fut))
+        if self.timer is None:
+            self.timer = self.loop.call_at(when + self.TICK, self._expire)
+        return None
+
+    def _expire(self) -> None:
+        self.timer = None
+        fifo = self.fifo
+        now = self.loop.time()
+        while fifo:
+            when, fut = fifo[0]
+            if not fut.done():
+                if when > now:
+                    self.timer = self.loop.call_at(when + self.TICK, self._expire)
+                    return
+                fut.set_result(None)
+            fifo.popleft()
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class _Mux(_Timeouts):
     """Readiness for every upstream UDP socket of one event loop, through one private epoll.
 
     Why: ``loop.add_reader``/``remove_reader`` per socket cost uvloop a poll handle,
@@ -110,6 +160,7 @@ class _Mux:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
         self.waiting: dict[int, _UdpAttempt] = {}
         self.ep = select.epoll()
         loop.add_reader(self.ep.fileno(), self._ready)
@@ -130,11 +181,8 @@ class _Mux:
                 a.readable()
 
 
-class _ReaderMux:
+class _ReaderMux(_Timeouts):
     """The portable fallback (no epoll): one event-loop reader per socket."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
 
     def watch(self, fd: int, a: _UdpAttempt) -> None:
         self.loop.add_reader(fd, a.readable)
@@ -402,14 +450,14 @@ class Upstreams:
                     if a.done:
                         break
                 else:
-                    wait = max(0.0, min(next_send if sends < max_sends else deadline,
-                                        deadline) - now)
+                    when = min(next_send if sends < max_sends else deadline, deadline)
                     waker.fut = fut = loop.create_future()
-                    timer = loop.call_later(wait, wake)
+                    timer = mux.wake_at(when, fut)
                     try:
                         await fut
                     finally:
-                        timer.cancel()
+                        if timer is not None:
+                            timer.cancel()
                         waker.fut = None
                 for a in [a for a in attempts if a.done]:
                     attempts.remove(a)
