@@ -119,6 +119,29 @@ class _Timeouts:
         self.loop = loop
         self.fifo: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
         self.timer: asyncio.TimerHandle | None = None
+        self.outbox: list[tuple[_UdpAttempt, bytes]] = []
+
+    def send_soon(self, a: _UdpAttempt, msg: bytes) -> None:
+        """Send ``msg`` on ``a``'s socket once this loop iteration's callbacks have run.
+
+        Why: the upstream is woken by every datagram that finds it asleep, and on
+        loopback the sender pays for that wakeup.  The queries of one burst of
+        client packets go out back to back, so it wakes once per burst.
+        """
+        outbox = self.outbox
+        if not outbox:
+            self.loop.call_soon(self._flush)
+        outbox.append((a, msg))
+
+    def _flush(self) -> None:
+        outbox, self.outbox = self.outbox, []
+        for a, msg in outbox:
+            try:
+                a.sock.send(msg)
+            except OSError as exc:   # includes a socket closed meanwhile (query gone)
+                if not a.done:
+                    a.error = exc
+                    a._end()
 
     def wake_at(self, when: float, fut: asyncio.Future[None]) -> asyncio.TimerHandle | None:
         """Set ``fut``'s result at ``when`` unless it is done by then; a handle to cancel, or None."""
@@ -235,13 +258,13 @@ class _UdpAttempt:
                 sock.setblocking(False)
             # Connected: the kernel picks a random source port and drops other sources.
             sock.connect(up.addr)
-            sock.send(make_query(req, qid, edns))
             self.fd = fd = sock.fileno()
             mux.watch(fd, self)
         except OSError:
             sock.close()
             raise
         self.sock = sock
+        mux.send_soon(self, make_query(req, qid, edns))
 
     def readable(self) -> None:
         sock = self.sock
