@@ -6,16 +6,26 @@ picks a random source port and drops datagrams from any other address), an ID
 from ``secrets``, and a reply is accepted only if its ID and question match;
 anything else -- garbage included -- is counted and ignored while the
 genuine answer is still awaited.
+
+Why it looks low-level: a cache miss is mostly this module's work.  The sockets
+are the C ``_socket.socket`` type, created non-blocking, and watched through one
+private epoll per event loop instead of an event-loop reader each (see ``_Mux``);
+an attempt that ends wakes its query directly, without a Future of its own.
 """
 
 from __future__ import annotations
 
+import _socket
 import asyncio
+import collections
 import contextlib
+import os
 import secrets
+import select
 import socket
 import struct
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +73,7 @@ class Upstream:
     def __post_init__(self) -> None:
         self.label = self.label or format_endpoint((self.host, self.port))
         self.family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        self.addr = (self.host, self.port)
 
     @property
     def down(self) -> bool:
@@ -73,45 +84,209 @@ class Upstream:
         return cls(ep[0], ep[1])
 
 
-class _UdpAttempt:
-    """One datagram exchange; ``fut`` gets the accepted reply bytes or an OSError."""
+def _query_id() -> int:
+    """A random 16-bit query ID from ``secrets``, drawn 256 at a time (one getrandom per 256 queries)."""
+    if not _IDS:
+        _IDS.extend(memoryview(secrets.token_bytes(512)).cast("H"))
+    return _IDS.pop()
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, up: Upstream, req: Request,
-                 edns: bool, stats: Stats, check: Check | None = None) -> None:
+
+_IDS: list[int] = []
+if hasattr(os, "register_at_fork"):
+    # A forked child must not replay the IDs its parent has yet to use.
+    os.register_at_fork(after_in_child=_IDS.clear)
+
+# Non-blocking from birth: no separate ioctl per upstream socket.
+_DGRAM = _socket.SOCK_DGRAM | getattr(_socket, "SOCK_NONBLOCK", 0) | getattr(_socket, "SOCK_CLOEXEC", 0)
+
+
+class _Timeouts:
+    """The waits of in-flight queries, timed by one event-loop timer instead of one each.
+
+    Why: uvloop's ``call_later`` + ``cancel`` per query allocate and free a libuv
+    timer; nearly every query wakes up because its answer came, not its timer.
+    A query's wait almost always ends ``upstream_timeout`` after it started, so
+    the deadlines arrive in order: a FIFO, whose head one timer waits for.  A wait
+    that ended early is left in place (its future is done) and dropped when it
+    reaches the head.  A deadline earlier than the last one queued (rare: the
+    end of ``upstream_total_timeout`` cutting a wait short) gets its own timer.
+    Timeouts fire up to ``TICK`` late, so that one timer serves a burst of them.
+    """
+
+    TICK = 0.01
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self.fifo: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
+        self.timer: asyncio.TimerHandle | None = None
+        self.outbox: list[tuple[_UdpAttempt, bytes]] = []
+
+    def send_soon(self, a: _UdpAttempt, msg: bytes) -> None:
+        """Send ``msg`` on ``a``'s socket once this loop iteration's callbacks have run.
+
+        Why: the upstream is woken by every datagram that finds it asleep, and on
+        loopback the sender pays for that wakeup.  The queries of one burst of
+        client packets go out back to back, so it wakes once per burst.
+        """
+        outbox = self.outbox
+        if not outbox:
+            self.loop.call_soon(self._flush)
+        outbox.append((a, msg))
+
+    def _flush(self) -> None:
+        outbox, self.outbox = self.outbox, []
+        for a, msg in outbox:
+            try:
+                a.sock.send(msg)
+            except OSError as exc:   # includes a socket closed meanwhile (query gone)
+                if not a.done:
+                    a.error = exc
+                    a._end()
+
+    def wake_at(self, when: float, fut: asyncio.Future[None]) -> asyncio.TimerHandle | None:
+        """Set ``fut``'s result at ``when`` unless it is done by then; a handle to cancel, or None."""
+        fifo = self.fifo
+        if fifo and when < fifo[-1][0]:
+            return self.loop.call_at(when, _wake, fut)
+        fifo.append((when, fut))
+        if self.timer is None:
+            self.timer = self.loop.call_at(when + self.TICK, self._expire)
+        return None
+
+    def _expire(self) -> None:
+        self.timer = None
+        fifo = self.fifo
+        now = self.loop.time()
+        while fifo:
+            when, fut = fifo[0]
+            if not fut.done():
+                if when > now:
+                    self.timer = self.loop.call_at(when + self.TICK, self._expire)
+                    return
+                fut.set_result(None)
+            fifo.popleft()
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class _Mux(_Timeouts):
+    """Readiness for every upstream UDP socket of one event loop, through one private epoll.
+
+    Why: ``loop.add_reader``/``remove_reader`` per socket cost uvloop a poll handle,
+    a test ``epoll_ctl`` pair, an ioctl and three more ``epoll_ctl`` calls per query
+    (strace).  Here a socket costs one ``epoll_ctl(ADD)``; closing it removes it
+    from the epoll set, and one wakeup of the loop drains every answer that is ready.
+    Each socket is still used for exactly one query.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.waiting: dict[int, _UdpAttempt] = {}
+        self.ep = select.epoll()
+        loop.add_reader(self.ep.fileno(), self._ready)
+
+    def watch(self, fd: int, a: _UdpAttempt) -> None:
+        self.ep.register(fd, select.EPOLLIN)
+        self.waiting[fd] = a
+
+    def forget(self, fd: int) -> None:
+        # Called just before the socket is closed, which takes it out of the epoll set.
+        self.waiting.pop(fd, None)
+
+    def _ready(self) -> None:
+        waiting = self.waiting
+        for fd, _ in self.ep.poll(0, 512):
+            a = waiting.get(fd)
+            if a is not None:
+                a.readable()
+
+
+class _ReaderMux(_Timeouts):
+    """The portable fallback (no epoll): one event-loop reader per socket."""
+
+    def watch(self, fd: int, a: _UdpAttempt) -> None:
+        self.loop.add_reader(fd, a.readable)
+
+    def forget(self, fd: int) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self.loop.remove_reader(fd)
+
+
+_MUXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mux | _ReaderMux] = \
+    weakref.WeakKeyDictionary()
+
+
+def _mux_for(loop: asyncio.AbstractEventLoop) -> _Mux | _ReaderMux:
+    mux = _MUXES.get(loop)
+    if mux is None:
+        mux = _MUXES[loop] = _Mux(loop) if hasattr(select, "epoll") else _ReaderMux(loop)
+    return mux
+
+
+class _UdpAttempt:
+    """One datagram exchange on its own fresh socket.
+
+    When it ends (``done``), ``data`` holds the accepted reply or ``error`` the
+    OSError, the socket is already closed, and ``notify()`` has been called.
+    """
+
+    __slots__ = ("mux", "up", "req", "edns", "stats", "check", "notify", "parsed", "qid",
+                 "t0", "sock", "fd", "done", "data", "error")
+
+    def __init__(self, mux: _Mux | _ReaderMux, up: Upstream, req: Request, edns: bool,
+                 stats: Stats, check: Check | None, notify: Callable[[], None]) -> None:
+        self.mux = mux
         self.up = up
         self.req = req
         self.edns = edns
         self.stats = stats
         self.check = check
+        self.notify = notify
         self.parsed: Any = None
-        self.qid = secrets.randbits(16)
-        self.fut: asyncio.Future[bytes] = loop.create_future()
+        self.done = False
+        self.data: bytes | None = None
+        self.error: OSError | None = None
+        self.qid = qid = _query_id()
         self.t0 = time.perf_counter()
-        sock = socket.socket(up.family, socket.SOCK_DGRAM)
-        self.sock = sock
+        # The C socket type: socket.socket's Python __init__ costs more than the syscall.
+        sock = _socket.socket(up.family, _DGRAM)
         try:
-            sock.setblocking(False)
-            sock.connect((up.host, up.port))
-            sock.send(make_query(req, self.qid, edns))
+            if not _DGRAM & getattr(_socket, "SOCK_NONBLOCK", 0):
+                sock.setblocking(False)
+            # Connected: the kernel picks a random source port and drops other sources.
+            sock.connect(up.addr)
+            self.fd = fd = sock.fileno()
+            mux.watch(fd, self)
         except OSError:
             sock.close()
             raise
-        loop.add_reader(sock.fileno(), self._readable)
+        self.sock = sock
+        mux.send_soon(self, make_query(req, qid, edns))
 
-    def _readable(self) -> None:
-        while not self.fut.done():
+    def readable(self) -> None:
+        sock = self.sock
+        while not self.done:
             try:
-                data = self.sock.recv(MAX_REPLY)
+                data = sock.recv(MAX_REPLY)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:   # ICMP port unreachable and friends
-                self.fut.set_exception(exc)
+                self.error = exc
+                self._end()
                 return
             if self._acceptable(data) and self._well_formed(data):
-                self.fut.set_result(data)
+                self.data = data
+                self._end()
                 return
             self.stats.upstream(self.up.label, "spoof_rejected")
+
+    def _end(self) -> None:
+        self.done = True
+        self.close()
+        self.notify()
 
     def _acceptable(self, data: bytes) -> bool:
         if len(data) < 12 or not data[2] & 0x80 or (data[0] << 8 | data[1]) != self.qid:
@@ -133,9 +308,10 @@ class _UdpAttempt:
         return True
 
     def close(self) -> None:
-        with contextlib.suppress(ValueError, OSError):
-            self.loop.remove_reader(self.sock.fileno())
-        self.sock.close()
+        sock = self.sock
+        if sock.fileno() >= 0:
+            self.mux.forget(self.fd)
+            sock.close()
 
 
 async def tcp_exchange(up: Upstream, req: Request, timeout: float, edns: bool = True) -> bytes:
@@ -156,29 +332,18 @@ async def tcp_exchange(up: Upstream, req: Request, timeout: float, edns: bool = 
             writer.close()
 
 
-async def _first_done(loop: asyncio.AbstractEventLoop, futs: list[asyncio.Future[Any]],
-                      timeout: float) -> None:
-    """Return once one of ``futs`` is done or ``timeout`` has passed.
+class _Waker:
+    """What a query waits on: any of its attempts ending, or its timer, wakes it."""
 
-    ``asyncio.wait(..., FIRST_COMPLETED)`` does the same with sets, a waiter
-    and a timer handle per call; this is the part of it a forwarded query needs,
-    at under half the cost (measured in bench/micro.py).
-    """
-    waiter = loop.create_future()
+    __slots__ = ("fut",)
 
-    def wake(_: object = None) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
+    def __init__(self) -> None:
+        self.fut: asyncio.Future[None] | None = None
 
-    for f in futs:
-        f.add_done_callback(wake)
-    handle = loop.call_later(timeout, wake)
-    try:
-        await waiter
-    finally:
-        handle.cancel()
-        for f in futs:
-            f.remove_done_callback(wake)
+    def wake(self) -> None:
+        fut = self.fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
 
 class Upstreams:
@@ -197,6 +362,14 @@ class Upstreams:
     def __init__(self, opts: ServerOptions, stats: Stats) -> None:
         self.opts = opts
         self.stats = stats
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._mux: _Mux | _ReaderMux | None = None
+
+    def _mux_of(self, loop: asyncio.AbstractEventLoop) -> _Mux | _ReaderMux:
+        if loop is not self._loop:
+            self._mux = _mux_for(loop)
+            self._loop = loop
+        return self._mux  # type: ignore[return-value]
 
     def plan(self, ups: list[Upstream]) -> tuple[list[Upstream], list[Upstream]]:
         """(upstreams to ask one after another, down upstreams due for a probe)."""
@@ -211,10 +384,10 @@ class Upstreams:
         """The upstreams a query is sent to, in order (down ones only when all are)."""
         return self.plan(ups)[0]
 
-    def _send(self, loop: asyncio.AbstractEventLoop, up: Upstream, req: Request, edns: bool,
-              check: Check | None = None) -> _UdpAttempt | None:
+    def _send(self, mux: _Mux | _ReaderMux, up: Upstream, req: Request, edns: bool,
+              check: Check | None, notify: Callable[[], None]) -> _UdpAttempt | None:
         try:
-            return _UdpAttempt(loop, up, req, edns, self.stats, check)
+            return _UdpAttempt(mux, up, req, edns, self.stats, check, notify)
         except OSError:
             self.stats.upstream(up.label, "error")
             self._failed(up)
@@ -222,7 +395,12 @@ class Upstreams:
 
     def probe(self, loop: asyncio.AbstractEventLoop, up: Upstream, req: Request) -> None:
         """Ask a down upstream ``req`` on the side: callbacks and a timer, no Task to track."""
-        a = self._send(loop, up, req, True)
+        def done() -> None:
+            # Any validated answer but SERVFAIL/REFUSED shows the upstream works again.
+            data = a.data   # type: ignore[union-attr]
+            verdict(data is not None and data[3] & 0xF not in (SERVFAIL, REFUSED))
+
+        a = self._send(self._mux_of(loop), up, req, True, None, done)
         if a is None:
             return
         up.probing = True
@@ -240,14 +418,7 @@ class Upstreams:
                 self.stats.upstream(up.label, "timeout")
                 self._failed(up, probe=True)
 
-        def done(fut: asyncio.Future[bytes]) -> None:
-            # Any validated answer but SERVFAIL/REFUSED shows the upstream works again.
-            ok = not fut.cancelled() and fut.exception() is None and \
-                fut.result()[3] & 0xF not in (SERVFAIL, REFUSED)
-            verdict(ok)
-
         timer = loop.call_later(self.opts.upstream_total_timeout, verdict, False)
-        a.fut.add_done_callback(done)
 
     async def query(self, req: Request, ups: list[Upstream]) -> tuple[bytes, Upstream]:
         data, up, _ = await self.query_checked(req, ups)
@@ -259,10 +430,18 @@ class Upstreams:
         what ``check`` returned for the accepted reply is the third item (None for a
         question-less FORMERR/NOTIMP)."""
         loop = asyncio.get_running_loop()
+        mux = self._mux_of(loop)
         opts, stats = self.opts, self.stats
-        order, probes = self.plan(ups)
-        for up in probes:
-            self.probe(loop, up, req)
+        for u in ups:
+            if u.failures >= DOWN_AFTER:
+                order, probes = self.plan(ups)
+                for up in probes:
+                    self.probe(loop, up, req)
+                break
+        else:
+            order = ups   # all healthy: the common case, no lists built
+        waker = _Waker()
+        wake = waker.wake
         start = loop.time()
         deadline = start + opts.upstream_total_timeout
         max_sends = max(3, len(order))
@@ -280,7 +459,7 @@ class Upstreams:
                     up = order[sends % len(order)]
                     sends += 1
                     next_send = now + opts.upstream_timeout
-                    a = self._send(loop, up, req, up.label not in no_edns, check)
+                    a = self._send(mux, up, req, up.label not in no_edns, check, wake)
                     if a is None:
                         next_send = now
                         continue
@@ -290,15 +469,28 @@ class Upstreams:
                         break
                     await asyncio.sleep(max(0.0, min(next_send, deadline) - now))
                     continue
-                wait = max(0.0, min(next_send if sends < max_sends else deadline, deadline) - now)
-                await _first_done(loop, [a.fut for a in attempts], wait)
-                for a in [a for a in attempts if a.fut.done()]:
+                for a in attempts:
+                    if a.done:
+                        break
+                else:
+                    when = min(next_send if sends < max_sends else deadline, deadline)
+                    waker.fut = fut = loop.create_future()
+                    timer = mux.wake_at(when, fut)
+                    try:
+                        await fut
+                    finally:
+                        if timer is not None:
+                            timer.cancel()
+                        waker.fut = None
+                for a in [a for a in attempts if a.done]:
                     attempts.remove(a)
-                    a.close()
-                    outcome = await self._handle(a, deadline - loop.time())
+                    if a.data is not None and a.data[2] & 0x02:   # TC: the rare TCP path
+                        outcome = await self._over_tcp(a, deadline - loop.time())
+                    else:
+                        outcome = self._outcome(a)
                     if outcome == "retry-no-edns":
                         no_edns.add(a.up.label)
-                        b = self._send(loop, a.up, req, False, check)
+                        b = self._send(mux, a.up, req, False, check, wake)
                         if b is None:
                             next_send = loop.time()
                         else:
@@ -324,30 +516,33 @@ class Upstreams:
             return last_bad
         raise UpstreamFailure("no upstream answered")
 
-    async def _handle(self, a: _UdpAttempt, remaining: float) -> bytes | str | None:
+    def _outcome(self, a: _UdpAttempt) -> bytes | str | None:
+        """An ended attempt -> the reply, "retry-no-edns", or None (it failed)."""
         stats = self.stats
-        exc = a.fut.exception()
-        if exc is not None:
+        data = a.data
+        if data is None:
             stats.upstream(a.up.label, "error")
             self._failed(a.up)
             return None
-        data = a.fut.result()
-        if data[2] & 0x02:   # TC: the full answer only fits over TCP
-            stats.upstream(a.up.label, "truncated")
-            try:
-                data = await tcp_exchange(a.up, a.req, max(0.1, remaining), a.edns)
-                if a.check is not None:
-                    a.parsed = a.check(data)
-            except (OSError, TimeoutError, asyncio.IncompleteReadError, WireError):
-                stats.upstream(a.up.label, "error")
-                self._failed(a.up)
-                return None
-        rcode = data[3] & 0xF
-        if a.edns and rcode in (FORMERR, NOTIMP):
+        if a.edns and data[3] & 0xF in (FORMERR, NOTIMP):
             stats.upstream(a.up.label, "error")
             return "retry-no-edns"
         stats.upstream(a.up.label, "ok", time.perf_counter() - a.t0)
         return data
+
+    async def _over_tcp(self, a: _UdpAttempt, remaining: float) -> bytes | str | None:
+        """TC: the full answer only fits over TCP."""
+        self.stats.upstream(a.up.label, "truncated")
+        try:
+            data = await tcp_exchange(a.up, a.req, max(0.1, remaining), a.edns)
+            if a.check is not None:
+                a.parsed = a.check(data)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, WireError):
+            self.stats.upstream(a.up.label, "error")
+            self._failed(a.up)
+            return None
+        a.data = data
+        return self._outcome(a)
 
     def _failed(self, up: Upstream, probe: bool = False) -> None:
         if not up.down:

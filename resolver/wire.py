@@ -176,19 +176,6 @@ def check_name(data: bytes, pos: int, n: int) -> int:
 _RDATA_NAME_AT = {T_NS: 0, T_CNAME: 0, T_PTR: 0, T_MX: 2, T_SRV: 6}
 
 
-def _check_rdata(data: bytes, rtype: int, rdata: int, end: int) -> None:
-    """The names inside NS/CNAME/PTR/MX/SRV/SOA rdata are valid and fill it exactly."""
-    if rtype == T_SOA:
-        p = check_name(data, check_name(data, rdata, end), end) + 20
-    else:
-        off = _RDATA_NAME_AT.get(rtype)
-        if off is None:
-            return
-        p = check_name(data, rdata + off, end)
-    if p != end:
-        raise WireError("rdata length does not match its contents")
-
-
 def read_name(data: bytes, pos: int) -> tuple[str, int]:
     """Decompress the name at ``pos`` -> (lower-case dotted name, offset after it in place)."""
     labels: list[str] = []
@@ -491,34 +478,131 @@ def question_matches(data: bytes, req: Request) -> bool:
             and data[qend - 4 : qend] == req.data[qend - 4 : qend])
 
 
+def _name_end(data: bytes, pos: int, n: int, known: dict[int, int]) -> int:
+    """Validate the (possibly compressed) name at ``pos`` like ``check_name``; return its end.
+
+    ``known`` remembers, for this one message, where valid names start: position ->
+    (wire length << 7 | pointer jumps).  Answers point at the same few names over and
+    over (the question, a zone name, an NS target), so each is walked once; a pointer to
+    a known name adds its length and jumps to this name's and stops there, which gives
+    the same verdict as walking it again (255 octets, 64 jumps, backward pointers only).
+    """
+    start = pos
+    total = 0            # label octets so far, without the final root byte
+    jumps = 0
+    end = -1
+    seen: list[tuple[int, int, int]] | None = None   # (pointer target, total, jumps) on the way
+    while True:
+        if pos >= n:
+            raise WireError("name runs past the end")
+        ln = data[pos]
+        if ln == 0:
+            total += 1
+            if end < 0:
+                end = pos + 1
+            break
+        if ln & 0xC0 == 0xC0:
+            if pos + 2 > n:
+                raise WireError("truncated pointer")
+            target = ((ln & 0x3F) << 8) | data[pos + 1]
+            if end < 0:
+                end = pos + 2
+            jumps += 1
+            if jumps > 64 or target >= pos:
+                raise WireError("compression loop or forward pointer")
+            v = known.get(target)
+            if v is not None:
+                total += v >> 7
+                jumps += v & 127
+                if total > 255 or jumps > 64:
+                    raise WireError("bad label")
+                break
+            if seen is None:
+                seen = []
+            seen.append((target, total, jumps))
+            pos = target
+            continue
+        if ln > 63:
+            raise WireError("extended label type")
+        total += ln + 1
+        if total > 254 or pos + 1 + ln > n:
+            raise WireError("bad label")
+        pos += 1 + ln
+    known[start] = total << 7 | jumps
+    if seen is not None:
+        for target, t, j in seen:
+            known[target] = (total - t) << 7 | (jumps - j)
+    return end
+
+
+def _rdata_names(data: bytes, rtype: int, rdata: int, end: int, known: dict[int, int]) -> None:
+    """The names inside NS/CNAME/PTR/MX/SRV/SOA rdata are valid and fill it exactly."""
+    if rtype == T_SOA:
+        p = _name_end(data, _name_end(data, rdata, end, known), end, known) + 20
+    else:
+        p = _name_end(data, rdata + _RDATA_NAME_AT[rtype], end, known)
+    if p != end:
+        raise WireError("rdata length does not match its contents")
+
+
+_NAME_RDATA = frozenset(_RDATA_NAME_AT) | {T_SOA}
+
+
 def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
                  negative_ttl: int) -> Answer:
     """Walk an upstream answer once: TTL offsets, CNAME chain, negative TTL; clamp TTLs.
 
-    The caller has checked ID and question.  Records in the answer section that
-    are neither the question name nor on its CNAME chain are removed (they
-    would be cache poison), which is the one path that rebuilds the message.
+    The caller has checked ID and question.  Every name is validated (pointers,
+    lengths), so that what is cached replays safely to any client.  Records in the
+    answer section that are neither the question name nor on its CNAME chain are
+    removed (they would be cache poison), which is the one path that rebuilds the
+    message.  An OPT record and anything after it are left out of the body.
     """
     n = len(data)
-    _, flags, qd, an, ns, ar = _H.unpack_from(data)
+    if n < 12:
+        raise WireError("shorter than a header")
+    flags = data[2] << 8 | data[3]
+    an = data[6] << 8 | data[7]
+    ns_end = an + (data[8] << 8 | data[9])
+    count = ns_end + (data[10] << 8 | data[11])
     rcode = flags & 0xF
-    pos = req.qend
-    records: list[tuple[int, int, int, int, int]] = []  # start, end, section, type, ttl_off
-    chain = {req.qname}
+    qname = req.qname
+    qtype = req.qtype
+    base = pos = req.qend
+    # The question (the client's, as every reply carries it) is a valid name.
+    known = {12: (base - 16) << 7}
+    chain = {qname}
     cnames: list[str] = []
+    cname_at: dict[int, str] = {}    # where a CNAME target starts -> its name
     soa_ttl = None
     out_of_chain = False
-    for i in range(an + ns + ar):
-        start = pos
-        section = 0 if i < an else (1 if i < an + ns else 2)
-        if section == 0:
-            if pos + 1 < n and data[pos] == 0xC0 and data[pos + 1] == 12:
-                # The usual owner: a pointer to the question name (no decoding needed).
-                owner, pos = req.qname, pos + 2
-            else:
-                owner, pos = read_name(data, pos)
+    opt = False                      # an OPT was seen: it and what follows stay out
+    has_answer = False
+    offsets: list[int] = []          # TTL offsets (in the body) of the records kept
+    ttls: list[int] = []
+    counts = [0, 0, 0]
+    end = base                       # end of the last record kept
+    for i in range(count):
+        section = 0 if i < an else (1 if i < ns_end else 2)
+        # The owner name; the usual ones without a full walk.
+        if pos + 1 >= n:
+            raise WireError("truncated record")
+        b = data[pos]
+        owner = None
+        if b == 0xC0 and data[pos + 1] == 12:
+            owner = qname
+            pos += 2
+        elif b == 0:
+            owner = ""
+            pos += 1
+        elif section == 0:
+            if b & 0xC0 == 0xC0:
+                owner = cname_at.get((b & 0x3F) << 8 | data[pos + 1])
+            if owner is None:
+                owner = read_name(data, pos)[0]
+            pos = _name_end(data, pos, n, known)
         else:
-            pos = check_name(data, pos, n)
+            pos = _name_end(data, pos, n, known)
         if pos + 10 > n:
             raise WireError("truncated record")
         rtype, rclass, ttl, rdlen = _RR.unpack_from(data, pos)
@@ -527,63 +611,59 @@ def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
         pos = rdata + rdlen
         if pos > n:
             raise WireError("truncated rdata")
-        if rtype in _RDATA_NAME_AT or rtype == T_SOA:
-            _check_rdata(data, rtype, rdata, pos)
+        if rtype in _NAME_RDATA:
+            _rdata_names(data, rtype, rdata, pos, known)
         if rtype == T_OPT:
-            records.append((start, pos, 3, rtype, -1))
+            opt = True
             continue
         if section == 0:
             if owner not in chain:
                 out_of_chain = True
                 continue
             if rtype == T_CNAME and rclass == C_IN:
-                target, _ = read_name(data, rdata)
+                target = read_name(data, rdata)[0]
                 chain.add(target)
                 cnames.append(target)
+                cname_at[rdata] = target
+            if not opt and (rtype in (qtype, T_CNAME) or qtype == T_ANY):
+                has_answer = True
         elif section == 1 and rtype == T_SOA and rdlen >= 22:
             minimum = _I.unpack_from(data, pos - 4)[0]
             soa_ttl = min(ttl, minimum)
-        records.append((start, pos, section, rtype, ttl_off))
+        if not opt:
+            counts[section] += 1
+            offsets.append(ttl_off - base)
+            ttls.append(ttl)
+            end = pos
     if out_of_chain:
         return _rebuild_in_chain(data, req, min_ttl, max_ttl, negative_ttl, chain)
-    base = req.qend
-    kept = [r for r in records if r[2] != 3]
-    # Anything after an OPT in the additional section is dropped with it, so the
-    # body stays one contiguous slice and every pointer in it stays valid.
-    opt_at = next((r[0] for r in records if r[2] == 3), None)
-    if opt_at is not None:
-        kept = [r for r in kept if r[1] <= opt_at]
-    end = kept[-1][1] if kept else base
-    body = bytearray(data[base:end])
-    counts = [0, 0, 0]
-    offsets: list[int] = []
-    answer_ttls: list[int] = []
-    for _start, _end, section, _rtype, ttl_off in kept:
-        counts[section] += 1
-        offsets.append(ttl_off - base)
-    negative = rcode == NXDOMAIN or (rcode == NOERROR and not _has_answer(kept, req.qtype))
-    for _start, _end, section, _rtype, ttl_off in kept:
-        t = _I.unpack_from(data, ttl_off)[0]
-        if negative and section == 1 and soa_ttl is not None:
-            t = min(t, soa_ttl, negative_ttl)
-        t = max(min(t, max_ttl), min_ttl)
-        _I.pack_into(body, ttl_off - base, t)
-        if section != 2:
-            answer_ttls.append(t)
+    body = data[base:end]
+    negative = rcode == NXDOMAIN or (rcode == NOERROR and not has_answer)
+    n_ans = counts[0] + counts[1]    # answer and authority: what the entry's TTL comes from
+    if ttls and (min(ttls) < min_ttl or max(ttls) > max_ttl
+                 or (negative and soa_ttl is not None and counts[1])):
+        buf = bytearray(body)
+        lo, hi = counts[0], n_ans
+        cap = min(soa_ttl, negative_ttl) if negative and soa_ttl is not None else None
+        for j, t in enumerate(ttls):
+            if cap is not None and lo <= j < hi and t > cap:
+                t = cap
+            if t > max_ttl:
+                t = max_ttl
+            if t < min_ttl:
+                t = min_ttl
+            ttls[j] = t
+            _I.pack_into(buf, offsets[j], t)
+        body = bytes(buf)
     if negative:
         ttl = min(soa_ttl, negative_ttl) if soa_ttl is not None else min(negative_ttl, 30)
         ttl = max(min(ttl, max_ttl), min_ttl)
-    elif answer_ttls:
-        ttl = min(answer_ttls)
+    elif n_ans:
+        ttl = min(ttls[:n_ans])
     else:
         ttl = min_ttl
-    return Answer(rcode, bool(flags & 0x20), counts[0], counts[1], counts[2], bytes(body),
+    return Answer(rcode, bool(flags & 0x20), counts[0], counts[1], counts[2], body,
                   tuple(offsets), ttl, tuple(cnames), negative=negative)
-
-
-def _has_answer(records: list[tuple[int, int, int, int, int]], qtype: int) -> bool:
-    return any(r[2] == 0 and (r[3] == qtype or qtype == T_ANY or r[3] == T_CNAME)
-               for r in records)
 
 
 def _rebuild_in_chain(data: bytes, req: Request, min_ttl: int, max_ttl: int,
@@ -593,11 +673,11 @@ def _rebuild_in_chain(data: bytes, req: Request, min_ttl: int, max_ttl: int,
 
     try:
         msg = dnslib.DNSRecord.parse(data)
-    except Exception as exc:  # dnslib raises several types on bad input
+        msg.rr = [r for r in msg.rr if str(r.rname).rstrip(".").lower() in chain]
+        msg.questions = msg.questions[:1]
+        rebuilt = msg.pack()
+    except Exception as exc:  # dnslib raises several types on bad input, parsing or packing
         raise WireError(f"unparseable answer: {exc}") from None
-    msg.rr = [r for r in msg.rr if str(r.rname).rstrip(".").lower() in chain]
-    msg.questions = msg.questions[:1]
-    rebuilt = msg.pack()
     clean = parse_answer_nocheck(rebuilt, req)
     return parse_answer(clean, req, min_ttl, max_ttl, negative_ttl)
 

@@ -36,8 +36,8 @@ class Forward:
                       for z, eps in config.forward_zones.items()}
         stats.upstream_state = {u.label: 0 if u.down else 1 for u in pool.values()}
         self.upstreams = Upstreams(config.server, stats)
-        self.inflight: dict[bytes, asyncio.Future[tuple[Answer, str]]] = {}
-        self.waiters: dict[bytes, int] = {}
+        # Questions in flight -> futures of the queries waiting for the same answer.
+        self.inflight: dict[bytes, list[asyncio.Future[tuple[Answer, str]]]] = {}
 
     def route(self, qname: str) -> list[Upstream]:
         """The servers for a name: the longest matching forward zone, else the upstreams."""
@@ -56,29 +56,38 @@ class Forward:
 
     async def resolve(self, req: Request) -> Response:
         key = req.key
-        fut = self.inflight.get(key)
-        if fut is not None:
-            n = self.waiters.get(key, 0)
-            if n >= self.opts.max_waiters:
-                return self._limited(req, "waiters")
-            self.waiters[key] = n + 1
-            answer, label = await asyncio.shield(fut)
-            return Response("servfail" if answer.rcode == SERVFAIL else "forwarded",
-                            answer=answer, upstream=label)
-        if len(self.inflight) >= self.opts.max_inflight:
+        inflight = self.inflight
+        waiting = inflight.get(key)
+        if waiting is not None:
+            return await self._join(req, waiting)
+        if len(inflight) >= self.opts.max_inflight:
             return self._limited(req, "inflight")
-        fut = asyncio.get_running_loop().create_future()
-        self.inflight[key] = fut
+        # The waiters' futures, if any join: none is made for the usual lone question.
+        inflight[key] = waiting = []
         try:
             answer, label = await self._ask(req)
-            fut.set_result((answer, label))
         except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()   # retrieved: waiters (if any) get it too
+            for fut in waiting:
+                if not fut.done():
+                    fut.set_exception(exc)
+                    fut.exception()   # retrieved: a waiter that went away must not log it
             raise
         finally:
-            del self.inflight[key]
-            self.waiters.pop(key, None)
+            del inflight[key]
+        for fut in waiting:
+            if not fut.done():
+                fut.set_result((answer, label))
+        return Response("servfail" if answer.rcode == SERVFAIL else "forwarded",
+                        answer=answer, upstream=label)
+
+    async def _join(self, req: Request,
+                    waiting: list[asyncio.Future[tuple[Answer, str]]]) -> Response:
+        """Wait for the answer to the same question already in flight."""
+        if len(waiting) >= self.opts.max_waiters:
+            return self._limited(req, "waiters")
+        fut = asyncio.get_running_loop().create_future()
+        waiting.append(fut)
+        answer, label = await fut
         return Response("servfail" if answer.rcode == SERVFAIL else "forwarded",
                         answer=answer, upstream=label)
 
