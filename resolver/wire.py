@@ -451,7 +451,7 @@ class Answer:
         ar = self.ar
         if edns:
             code = ede if ede is not None else self.ede
-            body += _opt_cached(udp_cap, do, code)
+            body = body + _opt_cached(udp_cap, do, code)   # never in place: body is shared
             ar += 1
         # As reply_flags(): QR, RA, the client's RD and CD, AD when asked for (DO or AD).
         flags = 0x8080 | (qflags & 0x0110) | (self.rcode & 0xF)
@@ -558,6 +558,10 @@ def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
     removed (they would be cache poison), which is the one path that rebuilds the
     message.  An OPT record and anything after it are left out of the body.
     """
+    if type(data) is not bytes:
+        # The body is kept as a slice of it and must be immutable: dnslib packs
+        # bytearrays (the rebuild path), and render() appends to a copy of the body.
+        data = bytes(data)
     n = len(data)
     if n < 12:
         raise WireError("shorter than a header")

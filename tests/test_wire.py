@@ -165,6 +165,25 @@ def test_out_of_chain_records_are_stripped() -> None:
     assert [str(rr.rname) for rr in out.rr] == ["www.example.com."]
 
 
+def test_rebuilt_answers_replay_the_same_bytes_every_time() -> None:
+    """The rebuild path hands parse_answer a bytearray; the cached body must not grow
+    with every EDNS reply rendered from it (it once did: an OPT appended in place)."""
+    data = bytes(dnslib.DNSRecord.question("www.example.com").pack())
+    q_edns = dnslib.DNSRecord.question("www.example.com")
+    q_edns.add_ar(dnslib.EDNS0(udp_len=1232))
+    req, req_edns = parse_query(data), parse_query(bytes(q_edns.pack()))
+    up = _upstream_answer(data, lambda r: (
+        r.add_answer(dnslib.RR("www.example.com", 1, ttl=60, rdata=dnslib.A("192.0.2.1"))),
+        r.add_answer(dnslib.RR("bank.example.org", 1, ttl=60, rdata=dnslib.A("203.0.113.66")))))
+    for given in (up, bytearray(up)):
+        ans = parse_answer(given, req, 0, 86400, 3600)
+        assert type(ans.body) is bytes
+        first = [ans.render(req_edns, ans.stored), ans.render(req, ans.stored)]
+        again = [ans.render(req_edns, ans.stored), ans.render(req, ans.stored)]
+        assert first == again
+        assert len(dnslib.DNSRecord.parse(first[1]).ar) == 0
+
+
 def test_truncated_answers_are_errors() -> None:
     data = q("www.example.com")
     req = parse_query(data)
