@@ -93,8 +93,11 @@ class UdpEdge:
         self.sock = sock
         self.fd = sock.fileno()
         self.out: list[tuple[bytes, Any]] | None = None   # replies of the batch being read
+        self.later: list[tuple[bytes, Any]] = []          # replies of answers that waited
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         self.sock.setblocking(False)
         loop.add_reader(self.fd, self._readable)
 
@@ -104,16 +107,33 @@ class UdpEdge:
         self.sock.close()
 
     def sendto(self, wire: bytes | None, addr: Any = None) -> None:
-        """The chain's sink: queued during a batch, else sent now."""
+        """The chain's sink: queued during a batch, else sent once this loop iteration ends.
+
+        Why not at once: forwarded answers complete in bursts (one wakeup drains
+        every upstream reply that is ready), and on loopback the sender pays for
+        waking a sleeping client; sent back to back, a burst wakes it once.
+        """
         if wire is None:
             return
         if self.out is not None:
             self.out.append((wire, addr))
             return
-        try:
-            self.sock.sendto(wire, addr)
-        except OSError as exc:
-            log.debug("udp send to %s: %s", addr, exc)
+        later = self.later
+        if not later:
+            self.loop.call_soon(self._flush_later)  # type: ignore[union-attr]
+        later.append((wire, addr))
+
+    def _flush_later(self) -> None:
+        later, self.later = self.later, []
+        self._send_all(later)
+
+    def _send_all(self, replies: list[tuple[bytes, Any]]) -> None:
+        sendto = self.sock.sendto
+        for wire, addr in replies:
+            try:
+                sendto(wire, addr)
+            except OSError as exc:
+                log.debug("udp send to %s: %s", addr, exc)
 
     def _readable(self) -> None:
         recvfrom = self.sock.recvfrom
@@ -143,12 +163,7 @@ class UdpEdge:
                     out.append((wire, addr))
         finally:
             self.out = None
-            sendto = self.sock.sendto
-            for wire, addr in out:
-                try:
-                    sendto(wire, addr)
-                except OSError as exc:
-                    log.debug("udp send to %s: %s", addr, exc)
+            self._send_all(out)
 
 
 class TcpConnection(asyncio.Protocol):
