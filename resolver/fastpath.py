@@ -33,7 +33,7 @@ from .stages.blocking import Blocking
 from .stages.cache import Cache
 from .stages.ratelimit import RateLimit
 from .stats import Histogram, Stats
-from .wire import QTYPE_NAMES, SERVFAIL, T_OPT
+from .wire import QTYPE_NAMES, SERVFAIL, T_OPT, Request
 
 _H = struct.Struct("!HHHHHH")
 _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
@@ -46,7 +46,7 @@ _BLOCKED, _CACHED = "blocked", "cached"
 
 
 class FastPath:
-    """``answer(data, addr)`` -> the reply when it can be given here, else None (the chain's)."""
+    """``answer(data, addr)`` -> the reply when it can be given here; a miss's Request; else None."""
 
     def __init__(self, head: Any, clients: ClientTable, stats: Stats, udp_cap: int) -> None:
         self.clients = clients.cache     # address -> ClientInfo, filled by the chain's edge
@@ -78,8 +78,11 @@ class FastPath:
         self.entries = stage.entries
         return True
 
-    def answer(self, data: bytes, addr: Any) -> bytes | None:
+    def answer(self, data: bytes, addr: Any) -> bytes | Request | None:
         """The reply to ``data`` from ``addr``, counted; None leaves the query to the chain.
+
+        A cache miss comes back as the parsed ``Request`` for the chain to forward,
+        so the question is not read twice.
 
         Nothing is counted or changed before the answer is certain, so a None
         costs the chain nothing twice.  Stats and rate-limit calls are inlined:
@@ -133,9 +136,9 @@ class FastPath:
         qflags = data[2] << 8 | data[3]
         stats = self.stats
 
+        qname = b".".join(labels).lower().decode("latin-1")   # as wire.parse_query
         blocking = self.blocking
         if blocking is not None and info.block:
-            qname = b".".join(labels).lower().decode("latin-1")   # as wire.parse_query
             hit = blocking.index.match(qname, info.block, info.allow)
             if hit is not None:
                 rl = self.ratelimit
@@ -164,7 +167,23 @@ class FastPath:
         key = data[12:i + 1].lower() + data[i + 1:qend] + _KEY_FLAGS[do | ((qflags >> 3) & 2)]
         entries = self.entries
         entry = entries.get(key)
-        if entry is None or entry.rcode == SERVFAIL:
+        if entry is None:
+            # A miss: the chain forwards it.  Hand it the question as read here
+            # (what parse_query would build), and that no list blocks it.
+            req = Request(data)
+            req.qid = data[0] << 8 | data[1]
+            req.flags = qflags
+            req.qend = qend
+            req.qtype = qtype
+            req.qclass = 1
+            req.qname = qname
+            req.key = key
+            req.edns = edns
+            req.udp_size = udp_size
+            req.do = do
+            req.unlisted = blocking is not None and info.block != 0
+            return req
+        if entry.rcode == SERVFAIL:
             return None
         now = monotonic()
         if entry.stored + entry.ttl <= now:

@@ -159,8 +159,10 @@ class UdpEdge:
                         log.exception("fast path failed; the chain answers")
                 if wire is None:
                     server.handle(data, addr, "udp", self)
-                else:
+                elif type(wire) is bytes:
                     out.append((wire, addr))
+                else:   # a cache miss, already parsed
+                    server.handle_parsed(wire, addr, self)
         finally:
             self.out = None
             self._send_all(out)
@@ -298,7 +300,7 @@ class Server:
         self.clients: ClientTable | None = None
         self.cache = None
         # FastPath.answer of the current chain, or None (see resolver/fastpath.py).
-        self.fast: Callable[[bytes, Any], bytes | None] | None = None
+        self.fast: Callable[[bytes, Any], bytes | Request | None] | None = None
         self.udp_edges: list[UdpEdge] = []
         self.tcp_servers: list[asyncio.AbstractServer] = []
         self.tcp_connections: set[TcpConnection] = set()
@@ -479,6 +481,17 @@ class Server:
         req.client = addr[0]
         req.proto = proto
         req.info = info
+        self._run(req, addr, sink, t0)
+
+    def handle_parsed(self, req: Request, addr: tuple[Any, ...], sink: Any) -> None:
+        """Answer a UDP query the fast path has already read (a cache miss)."""
+        t0 = time.perf_counter()
+        req.client = addr[0]
+        req.info = self.clients.lookup(addr[0])  # type: ignore[union-attr]
+        self._run(req, addr, sink, t0)
+
+    def _run(self, req: Request, addr: tuple[Any, ...], sink: Any, t0: float) -> None:
+        """Drive the chain; a query that must wait (for an upstream) becomes a Task."""
         coro = self.head.resolve(req)  # type: ignore[union-attr]
         try:
             fut = coro.send(None)

@@ -87,7 +87,7 @@ class Request:
 
     __slots__ = (
         "data", "qid", "flags", "qend", "qname", "qtype", "qclass", "key",
-        "edns", "edns_bad", "udp_size", "do", "client", "proto", "info", "group",
+        "edns", "edns_bad", "udp_size", "do", "client", "proto", "info", "group", "unlisted",
     )
 
     def __init__(self, data: bytes) -> None:
@@ -100,6 +100,9 @@ class Request:
         self.proto = "udp"
         self.info = None
         self.group = None
+        # Set by the UDP fast path when it already found no list entry for this
+        # client's lists, so the blocking stage need not look again.
+        self.unlisted = False
 
     def max_udp(self, cap: int) -> int:
         """Largest UDP reply the client accepts: 512 without EDNS, else its size up to ``cap``."""

@@ -24,7 +24,7 @@ from resolver import fastpath
 from resolver.config import load_config
 from resolver.lists.loader import load_all
 from resolver.server import Server
-from resolver.wire import SERVFAIL, parse_answer, parse_query
+from resolver.wire import SERVFAIL, Request, parse_answer, parse_query
 from tests.conftest import ask
 
 NOW = 50_000.0
@@ -105,6 +105,19 @@ def _freeze(monkeypatch: pytest.MonkeyPatch) -> None:
     """One clock for the chain and the fast path, so TTLs count down alike."""
     monkeypatch.setattr(time, "monotonic", lambda: NOW)
     monkeypatch.setattr(fastpath, "monotonic", lambda: NOW)
+
+
+def _same_request(server: Server, req: Request, data: bytes, client: tuple[str, int]) -> None:
+    """A miss handed to the chain: the Request parse_query would build, and truly unlisted."""
+    want = parse_query(data)
+    for slot in Request.__slots__:
+        if slot != "unlisted":
+            assert getattr(req, slot, None) == getattr(want, slot, None), slot
+    assert req.key not in server.cache.entries   # type: ignore[union-attr]
+    info = server.clients.lookup(client[0])   # type: ignore[union-attr]
+    if req.unlisted:
+        blocking = server.fast.__self__.blocking   # type: ignore[union-attr]
+        assert blocking.index.match(req.qname, info.block, info.allow) is None
 
 
 def _snapshot(server: Server) -> tuple:
@@ -203,9 +216,11 @@ def test_fast_path_answers_and_counts_exactly_as_the_chain(tmp_path, monkeypatch
             before = _snapshot(server)
             wire = server.fast(data, client)  # type: ignore[misc]
             fast_delta = _delta(before, _snapshot(server))
-            if wire is None:
+            if wire is None or isinstance(wire, Request):
                 taken["chain"] += 1
                 assert fast_delta == _delta(before, before)
+                if wire is not None:
+                    _same_request(server, wire, data, client)
                 continue
             taken["fast"] += 1
             sink = Sink()
@@ -227,9 +242,9 @@ def test_common_queries_take_the_fast_path(tmp_path, monkeypatch):
 
     def send(data: bytes, addr: tuple[str, int]) -> bool:
         wire = server.fast(data, addr)  # type: ignore[misc]
-        if wire is not None:
+        if isinstance(wire, bytes):
             out.append(wire)
-        return wire is not None
+        return isinstance(wire, bytes)
 
     listed = bytes(dnslib.DNSRecord.question("sub.tracker.example").pack())
     cached = bytes(dnslib.DNSRecord.question("WWW.example.org").pack())
@@ -248,7 +263,8 @@ def test_common_queries_take_the_fast_path(tmp_path, monkeypatch):
     assert not send(listed, ("10.9.9.9", 1))
     assert not send(listed, CLIENTS[3])
     assert not send(bytes(dnslib.DNSRecord.question("cloaked.example.com").pack()), CLIENTS[0])
-    assert not send(bytes(dnslib.DNSRecord.question("new.example.org").pack()), CLIENTS[0])
+    miss = server.fast(bytes(dnslib.DNSRecord.question("new.example.org").pack()), CLIENTS[0])
+    assert isinstance(miss, Request) and miss.unlisted and miss.qname == "new.example.org"
     s = server.stats
     assert s.queries[("127.0.0.1", "A", "blocked")] == 1
     assert s.queries[("127.0.0.1", "A", "cached")] == 1
@@ -263,7 +279,8 @@ def test_groups_apply_on_the_fast_path(tmp_path):
     q = bytes(dnslib.DNSRecord.question("t.kids.example").pack())
     wire = server.fast(q, ("10.1.2.3", 1))   # the kids group
     assert wire is not None and dnslib.DNSRecord.parse(wire).header.rcode == 3
-    assert server.fast(q, ("127.0.0.1", 1)) is None   # default group: not listed
+    miss = server.fast(q, ("127.0.0.1", 1))   # default group: not listed, so forwarded
+    assert isinstance(miss, Request) and miss.unlisted
     assert server.stats.blocked == {("kid", "k"): 1}
 
 
@@ -298,7 +315,7 @@ def test_real_clients_over_udp_get_fast_answers(serve, upstream):
 
     def counting(data, addr):   # type: ignore[no-untyped-def]
         wire = real(data, addr)
-        calls["fast"] += wire is not None
+        calls["fast"] += isinstance(wire, bytes)
         return wire
 
     srv.server.fast = counting
@@ -325,9 +342,8 @@ def test_remembered_replies_follow_the_clock_and_the_cache(tmp_path, monkeypatch
     monkeypatch.setattr(fastpath, "monotonic", lambda: clock[0])
     q = bytes(dnslib.DNSRecord.question("www.example.org").pack())
 
-    def ask_fast() -> dnslib.DNSRecord | None:
-        wire = server.fast(q, CLIENTS[0])  # type: ignore[misc]
-        return None if wire is None else dnslib.DNSRecord.parse(wire)
+    def ask_fast() -> dnslib.DNSRecord:
+        return dnslib.DNSRecord.parse(server.fast(q, CLIENTS[0]))  # type: ignore[misc]
 
     assert ask_fast().rr[0].ttl == 293
     assert ask_fast().rr[0].ttl == 293           # remembered
@@ -342,7 +358,7 @@ def test_remembered_replies_follow_the_clock_and_the_cache(tmp_path, monkeypatch
     r = ask_fast()
     assert str(r.rr[0].rdata) == "198.51.100.7" and r.rr[0].ttl == 60   # the new entry
     del server.cache.entries[key]                # type: ignore[union-attr]
-    assert ask_fast() is None                    # gone from the cache: the chain forwards
+    assert isinstance(server.fast(q, CLIENTS[0]), Request)   # gone from the cache: forwarded
     clock[0] += 10_000
     assert server.fast(bytes(dnslib.DNSRecord.question("tracker.example").pack()),
                        CLIENTS[0]) is not None   # blocked answers do not expire

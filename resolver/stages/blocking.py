@@ -52,7 +52,7 @@ class Blocking:
 
     async def resolve(self, req: Request) -> Response:
         info = req.info
-        if info.block:
+        if info.block and not req.unlisted:
             hit = self.index.match(req.qname, info.block, info.allow)
             if hit is not None:
                 return self.blocked(req, hit)
