@@ -11,7 +11,7 @@ from typing import Any
 
 from . import __version__, sdnotify
 from .config import Config, ConfigError, ListSpec, load_config
-from .lifecycle import handle_signals
+from .lifecycle import handle_signals, tune_gc
 from .lists import loader
 from .lists.parse import Parsed
 
@@ -89,6 +89,7 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
         notifier.status(f"cannot listen: {exc}")
         watchdog.cancel()
         return 1
+    tune_gc()
     stop = handle_signals(server.reload)
     await stop.wait()
     log.info("stopping")

@@ -30,7 +30,7 @@ from typing import Any
 
 from . import sdnotify
 from .config import Config, ConfigError
-from .lifecycle import handle_signals
+from .lifecycle import handle_signals, tune_gc
 from .metrics import snapshot, start_metrics_server
 from .stats import Histogram, Stats
 
@@ -117,6 +117,7 @@ async def run_worker(config: Config, reload_config: Any, fd: int) -> int:
 
     server = Server(cfg, reload_config=reload_cfg, reuse_port=True)
     await server.start()
+    tune_gc()
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_connection(sock=sock)
     loop = asyncio.get_running_loop()

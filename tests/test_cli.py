@@ -98,3 +98,13 @@ def test_serve_embedded_default_with_a_fake_upstream() -> None:
         out, _ = proc.communicate(timeout=10)
         up.close()
     assert proc.returncode == 0, out
+
+
+def test_serving_processes_tune_the_garbage_collector() -> None:
+    """tune_gc (called by `serve` and each worker once listening): larger young generation,
+    start-up objects frozen out of later collections. In a subprocess: it is process-wide."""
+    code = ("import gc; from resolver.lifecycle import tune_gc, GC_YOUNG_THRESHOLD; "
+            "tune_gc(); print(gc.get_threshold()[0] == GC_YOUNG_THRESHOLD, gc.get_freeze_count() > 1000)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split() == ["True", "True"], out.stderr
