@@ -315,21 +315,28 @@ class _UdpAttempt:
 
 
 async def tcp_exchange(up: Upstream, req: Request, timeout: float, edns: bool = True) -> bytes:
-    """One query over TCP (after a truncated UDP answer); validated like UDP."""
+    """One query over TCP (after a truncated UDP answer); validated like UDP.
+
+    ``wait_for``, not ``asyncio.timeout``: the chain is not run inside a Task
+    (server._Waiting), and ``asyncio.timeout`` needs one.
+    """
+    return await asyncio.wait_for(_tcp_exchange(up, req, edns), timeout)
+
+
+async def _tcp_exchange(up: Upstream, req: Request, edns: bool) -> bytes:
     qid = secrets.randbits(16)
     msg = make_query(req, qid, edns)
-    async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection(up.host, up.port)
-        try:
-            writer.write(struct.pack("!H", len(msg)) + msg)
-            while True:
-                n = struct.unpack("!H", await reader.readexactly(2))[0]
-                data = await reader.readexactly(n)
-                if (len(data) >= 12 and data[2] & 0x80 and (data[0] << 8 | data[1]) == qid
-                        and question_matches(data, req)):
-                    return data
-        finally:
-            writer.close()
+    reader, writer = await asyncio.open_connection(up.host, up.port)
+    try:
+        writer.write(struct.pack("!H", len(msg)) + msg)
+        while True:
+            n = struct.unpack("!H", await reader.readexactly(2))[0]
+            data = await reader.readexactly(n)
+            if (len(data) >= 12 and data[2] & 0x80 and (data[0] << 8 | data[1]) == qid
+                    and question_matches(data, req)):
+                return data
+    finally:
+        writer.close()
 
 
 class _Waker:

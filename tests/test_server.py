@@ -294,3 +294,27 @@ def test_kdig_udp_tcp_and_blocked(serve) -> None:
     assert out.strip() == "192.0.2.1"
     out = kdig("data.mistat.xiaomi.com", "A", "+edns")
     assert "NXDOMAIN" in out and "EDE: 15 (Blocked)" in out
+
+
+def test_stop_with_queries_waiting_for_the_upstream_cleans_up(serve, upstream) -> None:
+    """Queries waiting for a silent upstream are resumed by hand, not by Tasks: stop()
+    must close them, run their clean-up (in-flight table, upstream sockets) and log no error."""
+    upstream.silent = True
+    srv = serve()
+    sockets = []
+    for i in range(5):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.sendto(dnslib.DNSRecord.question(f"w{i}.example").pack(), (srv.host, srv.port))
+        sockets.append(s)
+    deadline = time.monotonic() + 5
+    while len(srv.server.waiting) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(srv.server.waiting) == 5
+    forward = srv.server.cache.next
+    while not hasattr(forward, "inflight"):
+        forward = forward.next
+    assert len(forward.inflight) == 5
+    srv.stop()
+    assert not srv.server.waiting and not forward.inflight
+    for s in sockets:
+        s.close()
