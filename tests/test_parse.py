@@ -88,6 +88,11 @@ def test_most_specific_block_rule_is_reported_and_regex_applies() -> None:
     idx = _index("example.com\nads.example.com\n/^adserv[0-9]+\\./\n")
     m = idx.match("x.ads.example.com", 1, 2)
     assert m is not None and m.rule == "ads.example.com"
+    for allow in (0, 2):   # without allow lists the walk stops at the first rule found
+        m = idx.match("x.ads.example.com", 1, allow)
+        assert m is not None and m.rule == "ads.example.com" and not m.regex
+    m = idx.match("adserv7.ads.example.com", 1, 0)   # a domain rule wins over a regex
+    assert m is not None and m.rule == "ads.example.com"
     r = idx.match("adserv7.other.net", 1, 2)
     assert r is not None and r.regex
     assert idx.match("adservx.other.net", 1, 2) is None

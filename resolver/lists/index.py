@@ -52,7 +52,10 @@ class DomainIndex:
         """The block that applies to ``name`` for a group, or None when allowed or unlisted.
 
         An allow rule anywhere on the name's suffix path wins over any block rule;
-        among block rules the most specific (longest) one is reported.
+        among block rules the most specific (longest) one is reported.  With no
+        allow list for the group, the walk ends at that first (longest) block rule:
+        the parents cannot change the verdict (a million-entry index makes each
+        probe a CPU cache miss).
         """
         d = self.domains
         found = 0
@@ -66,6 +69,8 @@ class DomainIndex:
                 if not found and v & block:
                     found = v & block
                     rule = s
+                    if not allow:
+                        break
             i = s.find(".")
             if i < 0:
                 break
