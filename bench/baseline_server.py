@@ -1,8 +1,9 @@
-"""The Python ceiling: a bare asyncio(+uvloop) UDP loop that answers from a template.
+"""The Python floor of per-packet work: a bare asyncio(+uvloop) UDP loop answering from a template.
 
 Why it exists: it does the least per-packet work a Python DNS server can do (read the
 question straight from the bytes, copy it into a prebuilt answer), so its queries/s on
-this machine is the upper bound for hushdns' blocked and cache-hit paths.  No cache, no
+this machine was the upper bound for a callback-per-datagram server (hushdns' batched edge,
+which reads many datagrams before sending, now passes it on cache hits).  No cache, no
 lists, no metrics: the gap between this and hushdns is hushdns' own per-packet cost.
 
     python bench/baseline_server.py --port 5300 [--no-uvloop]

@@ -305,7 +305,7 @@ def hushdns(workdir: Path, upstream_port: int, blocklist: Path, cache_entries: i
 
 
 def baseline(workdir: Path) -> Proc:
-    """The Python ceiling: bench/baseline_server.py (uvloop, parse question, template answer)."""
+    """The Python reference: bench/baseline_server.py (uvloop, parse question, template answer)."""
     port = free_port()
     return Proc("baseline", port,
                 [sys.executable, str(BENCH_DIR / "baseline_server.py"), "--port", str(port)],
