@@ -22,8 +22,6 @@ what it depends on still holds; counters move exactly as for a first answer.
 
 from __future__ import annotations
 
-import struct
-from bisect import bisect_left
 from time import monotonic, perf_counter
 from typing import Any
 
@@ -32,10 +30,9 @@ from .stages.access import Access
 from .stages.blocking import Blocking
 from .stages.cache import Cache
 from .stages.ratelimit import RateLimit
-from .stats import Histogram, Stats
-from .wire import QTYPE_NAMES, SERVFAIL, T_OPT, Request
+from .stats import Stats
+from .wire import QTYPE_NAMES, SERVFAIL, T_OPT, Request, reply_for
 
-_H = struct.Struct("!HHHHHH")
 _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
 
 # Cache-key suffix by (DO, CD), as wire._KEY_FLAGS.
@@ -54,7 +51,6 @@ class FastPath:
         self.udp_cap = udp_cap
         self.ratelimit: RateLimit | None = None
         self.blocking: Blocking | None = None
-        self.cache: Cache | None = None
         self.entries: Any = None
         # Replies by the query's bytes after its ID, with what they depend on: the
         # group's list masks; for a cache hit, the entry and its age in seconds.
@@ -74,7 +70,6 @@ class FastPath:
             self.blocking, stage = stage, stage.next
         if not isinstance(stage, Cache):
             return False
-        self.cache = stage
         self.entries = stage.entries
         return True
 
@@ -85,8 +80,7 @@ class FastPath:
         so the question is not read twice.
 
         Nothing is counted or changed before the answer is certain, so a None
-        costs the chain nothing twice.  Stats and rate-limit calls are inlined:
-        this runs for nearly every query.
+        costs the chain nothing twice.
         """
         t0 = perf_counter()
         info = self.clients.get(addr[0])
@@ -144,24 +138,15 @@ class FastPath:
                 rl = self.ratelimit
                 if rl is not None and not rl.take(addr[0], monotonic()):
                     return None
-                t = blocking.templates.get(qtype) or blocking.template(qtype)
-                body = t[1] + blocking.opt[do] if edns else t[1]
-                wire = _H.pack(data[0] << 8 | data[1], 0x8080 | (qflags & 0x0110) | t[0],
-                               1, t[2], t[3], 1 if edns else 0) + data[12:qend] + body
-                # Stats.block and Stats.query, inlined.
-                label = info.label
+                rcode, body, an, ns = blocking.template(qtype)
+                wire = reply_for(data, qend, qflags, rcode, body, an, ns,
+                                 blocking.opt[do] if edns else None)
                 list_name = blocking.by_bit[hit.bit]
-                counts = stats.blocked
-                k = (label, list_name)
-                counts[k] = counts.get(k, 0) + 1
-                if hit.bit & blocking.tracked and not hit.regex:
-                    counts = stats.blocked_domains
-                    k = (list_name, hit.rule)
-                    counts[k] = counts.get(k, 0) + 1
                 rule = hit.rule if hit.bit & blocking.tracked and not hit.regex else None
+                stats.block(info.label, list_name, rule)
                 self._remember(tail, (_BLOCKED, info.block, info.allow, wire[2:], qtype,
                                       list_name, rule))
-                self._observe(label, qtype, "blocked", t0)
+                stats.query(info.label, _qtype_label(qtype), "blocked", perf_counter() - t0)
                 return wire
 
         key = data[12:i + 1].lower() + data[i + 1:qend] + _KEY_FLAGS[do | ((qflags >> 3) & 2)]
@@ -204,7 +189,7 @@ class FastPath:
         stats.cache_hits += 1
         self._remember(tail, (_CACHED, info.block, info.allow, wire[2:], qtype,
                               entry, key, int(now - entry.stored)))
-        self._observe(info.label, qtype, "cached", t0)
+        stats.query(info.label, _qtype_label(qtype), "cached", perf_counter() - t0)
         return wire
 
     def _again(self, seen: tuple, label: str, client: str, t0: float) -> bytes | None:
@@ -215,14 +200,8 @@ class FastPath:
             rl = self.ratelimit
             if rl is not None and not rl.take(client, monotonic()):
                 return None
-            counts = stats.blocked
-            k = (label, seen[5])
-            counts[k] = counts.get(k, 0) + 1
-            if seen[6] is not None:
-                counts = stats.blocked_domains
-                k = (seen[5], seen[6])
-                counts[k] = counts.get(k, 0) + 1
-            self._observe(label, qtype, "blocked", t0)
+            stats.block(label, seen[5], seen[6])
+            stats.query(label, _qtype_label(qtype), "blocked", perf_counter() - t0)
             return seen[3]
         # A cache hit: the same entry, still fresh, still in the cache, the same age in seconds.
         entry = seen[5]
@@ -235,7 +214,7 @@ class FastPath:
             return None
         self.entries.move_to_end(seen[6])
         stats.cache_hits += 1
-        self._observe(label, qtype, "cached", t0)
+        stats.query(label, _qtype_label(qtype), "cached", perf_counter() - t0)
         return seen[3]
 
     def _remember(self, tail: bytes, reply: tuple) -> None:
@@ -244,16 +223,7 @@ class FastPath:
             replies.clear()
         replies[tail] = reply
 
-    def _observe(self, label: str, qtype: int, result: str, t0: float) -> None:
-        """``Stats.query``, inlined: the query and its duration up to the answer being ready."""
-        stats = self.stats
-        q = stats.queries
-        k = (label, QTYPE_NAMES.get(qtype, "other"), result)
-        q[k] = q.get(k, 0) + 1
-        h = stats.request_duration.get(result)
-        if h is None:
-            h = stats.request_duration[result] = Histogram()
-        d = perf_counter() - t0
-        h.counts[bisect_left(h.bounds, d)] += 1
-        h.total += d
-        h.n += 1
+
+def _qtype_label(qtype: int) -> str:
+    # Bounded, as at the edge: a client sending random types must not create series.
+    return QTYPE_NAMES.get(qtype, "other")

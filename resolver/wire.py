@@ -130,11 +130,12 @@ def _read_labels(data: bytes, pos: int, n: int) -> tuple[list[bytes], int]:
         pos += 1 + ln
 
 
-def _walk_name(data: bytes, pos: int, n: int, labels: list[str] | None) -> int:
+def _walk_name(data: bytes, pos: int, n: int, labels: list[str]) -> int:
     """Follow a possibly compressed name, validating pointers and lengths; return its end.
 
-    Collects the lower-cased labels into ``labels`` when given.  Pointers must
-    go backwards (no loops), labels must fit in ``n`` and the name in 255 octets.
+    Collects the lower-cased labels into ``labels`` (``_name_end`` validates
+    without collecting).  Pointers must go backwards (no loops), labels must fit
+    in ``n`` and the name in 255 octets.
     """
     end = -1
     jumps = 0
@@ -161,8 +162,7 @@ def _walk_name(data: bytes, pos: int, n: int, labels: list[str] | None) -> int:
         total += ln + 1
         if total > 255 or pos + 1 + ln > n:
             raise WireError("bad label")
-        if labels is not None:
-            labels.append(data[pos + 1 : pos + 1 + ln].decode("latin-1").lower())
+        labels.append(data[pos + 1 : pos + 1 + ln].decode("latin-1").lower())
         pos += 1 + ln
 
 
@@ -172,7 +172,7 @@ def check_name(data: bytes, pos: int, n: int) -> int:
     Why: a record the answer walk only skipped could carry a pointer past the
     end or a loop; cached and replayed, such a message breaks every client.
     """
-    return _walk_name(data, pos, n, None)
+    return _name_end(data, pos, n, {})
 
 
 # Types whose rdata holds a (possibly compressed) name, and where it starts (RFC 3597 s4).
@@ -361,15 +361,21 @@ def reply_flags(req: Request, rcode: int, ad: bool = False) -> int:
 def build_reply(req: Request, rcode: int, body: bytes = b"", an: int = 0, ns: int = 0,
                 ar: int = 0, opt: bytes | None = None) -> bytes:
     """The client's ID and question, then ``body`` (records), then OPT if the query had EDNS."""
-    if req.edns:
-        if opt is None:
-            opt = _opt_cached(1232, req.do, None)
+    if req.edns and opt is None:
+        opt = _opt_cached(1232, req.do, None)
+    return reply_for(req.data, req.qend, req.flags, rcode, body, an, ns,
+                     opt if req.edns else None, ar)
+
+
+def reply_for(data: bytes, qend: int, qflags: int, rcode: int, body: bytes = b"", an: int = 0,
+              ns: int = 0, opt: bytes | None = None, ar: int = 0) -> bytes:
+    """``build_reply`` from the query's bytes (the UDP fast path has no Request): ID and
+    question of ``data``, then ``body``, then ``opt`` when given."""
+    if opt is not None:
+        body += opt
         ar += 1
-        tail = body + opt
-    else:
-        tail = body
-    flags = 0x8080 | (req.flags & 0x0110) | (rcode & 0xF)   # as reply_flags(), inlined: hot path
-    return _H.pack(req.qid, flags, 1, an, ns, ar) + req.data[12:req.qend] + tail
+    flags = 0x8080 | (qflags & 0x0110) | (rcode & 0xF)   # as reply_flags(), inlined: hot path
+    return _H.pack(data[0] << 8 | data[1], flags, 1, an, ns, ar) + data[12:qend] + body
 
 
 def truncate(req: Request, wire: bytes) -> bytes:
@@ -482,7 +488,7 @@ def question_matches(data: bytes, req: Request) -> bool:
 
 
 def _name_end(data: bytes, pos: int, n: int, known: dict[int, int]) -> int:
-    """Validate the (possibly compressed) name at ``pos`` like ``check_name``; return its end.
+    """Validate the (possibly compressed) name at ``pos``; return its end (``check_name``).
 
     ``known`` remembers, for this one message, where valid names start: position ->
     (wire length << 7 | pointer jumps).  Answers point at the same few names over and
