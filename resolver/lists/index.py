@@ -1,14 +1,22 @@
-"""The domain matcher: one dict from domain to a bit mask of the lists that contain it.
+"""The domain matcher: a set of every listed domain, and which lists each one is on.
 
-Why a mask: groups choose different lists, and one shared dict (instead of one
-per group) keeps a million-domain list in memory once.  A lookup walks the
-name's parent suffixes, one dict probe per label, and never scans rules.
-Regex rules are the exception: one compiled alternation per list.
+Why a set, and masks only for the exceptions: a million-entry table cannot
+stay in the CPU caches, so every probe of the suffix walk costs memory
+reads, and under load those are most of what a bigger list adds per query.
+A set probe reads one entry (its hash is stored beside the key) where a dict
+keyed by str reads an index slot, an entry and the key object.  Which lists
+a name is on is a bit mask: the mask most names share is ``common`` and
+only the others are stored (with one list, none), so the set alone answers
+the walk and one shared table still keeps a million-domain list in memory
+once for every group.  A lookup is one probe per label of the name and never
+scans rules.  Regex rules are the exception: one compiled alternation per list.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .parse import Parsed
@@ -28,19 +36,17 @@ class DomainIndex:
     """All loaded lists, each owning one bit."""
 
     def __init__(self) -> None:
-        self.domains: dict[str, int] = {}
+        self.names: set[str] = set()        # every listed domain
+        self.masks: dict[str, int] = {}     # lists of the names not on exactly ``common``
+        self.common = 0
         self.regexes: list[tuple[int, re.Pattern[str]]] = []
         self.regex_mask = 0
         self.allow_bits = 0
-        self._masks: dict[int, int] = {}
+        self._interned: dict[int, int] = {}
 
     def add(self, bit: int, parsed: Parsed, allow: bool = False) -> None:
         """Add one list's rules under ``bit`` (a power of two)."""
-        d = self.domains
-        intern = self._masks.setdefault
-        for name in parsed.domains:
-            new = d.get(name, 0) | bit
-            d[name] = intern(new, new)
+        self._add_domains(bit, parsed.domains)
         sources = parsed.regexes
         if sources:
             self.regexes.append((bit, re.compile("|".join(f"(?:{s})" for s in sources))))
@@ -48,22 +54,66 @@ class DomainIndex:
         if allow:
             self.allow_bits |= bit
 
+    def _add_domains(self, bit: int, domains: Iterable[str]) -> None:
+        names, masks, common = self.names, self.masks, self.common
+        if not names:
+            names.update(domains)
+            self.common = bit
+            return
+        intern = self._interned.setdefault
+        for name in domains:
+            if name in names:
+                new = masks.get(name, common) | bit
+            else:
+                names.add(name)
+                new = bit
+            masks[name] = intern(new, new)
+        if len(masks) > len(names) // 2:
+            self._rebalance()
+
+    def _rebalance(self) -> None:
+        """Make the commonest mask the implicit one, so that ``masks`` holds the minority."""
+        masks, common = self.masks, self.common
+        counts = Counter(masks.values())
+        counts[common] += len(self.names) - len(masks)
+        best = counts.most_common(1)[0][0]
+        if best == common:
+            return
+        full = {name: masks.get(name, common) for name in self.names}
+        self.masks = {name: m for name, m in full.items() if m != best}
+        self.common = best
+
+    def mask_of(self, name: str) -> int:
+        """The bits of the lists ``name`` itself is on (0 when on none)."""
+        if name not in self.names:
+            return 0
+        return self.masks.get(name, self.common)
+
+    def domains_of(self, bit: int) -> list[str]:
+        """Every domain on the list with ``bit``."""
+        if self.common & bit:
+            masks = self.masks
+            common = self.common
+            return [n for n in self.names if masks.get(n, common) & bit]
+        return [n for n, m in self.masks.items() if m & bit]
+
     def match(self, name: str, block: int, allow: int) -> Match | None:
         """The block that applies to ``name`` for a group, or None when allowed or unlisted.
 
         An allow rule anywhere on the name's suffix path wins over any block rule;
         among block rules the most specific (longest) one is reported.  With no
         allow list for the group, the walk ends at that first (longest) block rule:
-        the parents cannot change the verdict (a million-entry index makes each
-        probe a CPU cache miss).
+        the parents cannot change the verdict.
         """
-        d = self.domains
+        names = self.names
+        masks = self.masks
+        common = self.common
         found = 0
         rule = ""
         s = name
         while True:
-            v = d.get(s)
-            if v is not None:
+            if s in names:
+                v = masks.get(s, common) if masks else common
                 if v & allow:
                     return None
                 if not found and v & block:
@@ -89,12 +139,11 @@ class DomainIndex:
 
     def explain(self, name: str, block: int, allow: int) -> Match | None:
         """Like ``match`` but also reports the allow rule that let a listed name through."""
-        d = self.domains
         s = name
         while True:
-            v = d.get(s)
-            if v is not None and v & allow:
-                return Match((v & allow) & -(v & allow), s, True)
+            v = self.mask_of(s) & allow
+            if v:
+                return Match(v & -v, s, True)
             i = s.find(".")
             if i < 0:
                 break
@@ -105,4 +154,4 @@ class DomainIndex:
         return self.match(name, block, allow)
 
     def __len__(self) -> int:
-        return len(self.domains)
+        return len(self.names)

@@ -162,7 +162,7 @@ def _keep_old(snap: Blocklists, info: ListInfo, previous: Blocklists | None) -> 
               info.spec.name, info.error, old.entries)
     assert previous is not None
     parsed = Parsed()
-    parsed.domains = [d for d, m in previous.index.domains.items() if m & old.bit]
+    parsed.domains = previous.index.domains_of(old.bit)
     for bit, rx in previous.index.regexes:
         if bit == old.bit:
             parsed.regexes = [rx.pattern]
