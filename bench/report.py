@@ -54,6 +54,7 @@ class ScaleRow:
     rss_kib: int
     peak: Result
     cpu_us: float
+    round: int = 0
 
 
 @dataclass
@@ -226,38 +227,17 @@ def render(rep: Report) -> str:
                 f"| {cratio} | {a['rss'] / 1024:.1f} | {a['answers']} |")
     if rep.scale:
         out += ["", "## List scale: the same server with small and large lists", "",
-                "Both servers run side by side; blocked runs alternate between them (one per "
-                "round). Queries are 100k distinct names *under* listed ones "
-                "(`q<n>.<listed>`, blocked as subdomains), for every list size, so only the "
-                "index size differs between the rows. `ready` is spawn to first "
-                "answer (interpreter start included); RSS is the largest seen.", "",
+                "The servers run side by side; short blocked runs alternate between them, round "
+                "after round (the first run of each server is an unmeasured warm-up). Queries "
+                "are 100k distinct names *under* listed ones (`q<n>.<listed>`, blocked as "
+                "subdomains), for every list size, so only the index size differs between the "
+                "rows. `ready` is spawn to first answer (interpreter start included); RSS is "
+                "the largest seen. The ratios are taken within each round, between runs "
+                "seconds apart, because load from elsewhere on a shared machine changes over "
+                "seconds: median and range over the rounds.", "",
                 "| server | listed domains | ready (s) | RSS MiB | blocked qps | CPU µs/query "
                 "| answers |", "|---|---:|---:|---:|---:|---:|---|"]
-        groups: dict[tuple[str, int], list[ScaleRow]] = {}
-        for r in rep.scale:
-            groups.setdefault((r.server, r.size), []).append(r)
-        agg: dict[str, list[tuple[int, float, float, float, float]]] = {}
-        for (server, size), rs in groups.items():
-            qps = _med([r.peak.qps for r in rs])
-            cpu = _med([r.cpu_us for r in rs])
-            rss = max(r.rss_kib for r in rs)
-            rcodes: dict[str, int] = {}
-            for r in rs:
-                for k, v in r.peak.rcodes.items():
-                    rcodes[k] = rcodes.get(k, 0) + v
-            out.append(f"| {server} | {size:,} | {rs[0].ready_s:.2f} | {rss / 1024:.1f} "
-                       f"| {qps:,.0f} | {cpu:.1f} | {_answers('blocked', rcodes)} |")
-            agg.setdefault(server, []).append((size, rs[0].ready_s, rss, qps, cpu))
-        for name, rows in agg.items():
-            rows.sort()
-            if len(rows) >= 2:
-                lo, hi = rows[0], rows[-1]
-                out.append("")
-                out.append(
-                    f"{name}: {hi[0]:,} vs {lo[0]:,} domains: +{hi[1] - lo[1]:.2f} s to ready, "
-                    f"+{(hi[2] - lo[2]) / 1024:.1f} MiB RSS, blocked qps x{hi[3] / lo[3]:.2f}, "
-                    f"CPU/query x{hi[4] / lo[4]:.2f} (medians of {len(groups[(name, hi[0])])} "
-                    "interleaved runs each).")
+        out += _scale_rows(rep.scale)
     if rep.flood and rep.flood.samples:
         f = rep.flood
         fill_s = f.entries / f.qps if f.qps else float("inf")
@@ -278,3 +258,41 @@ def render(rep: Report) -> str:
                     f"({(full[-1] - full[0]) / 1024:+.1f} MiB)."]
     out.append("")
     return "\n".join(out)
+
+
+def _scale_rows(scale: list[ScaleRow]) -> list[str]:
+    """One row per (server, size) with medians, then per server the largest vs smallest list."""
+    out: list[str] = []
+    groups: dict[tuple[str, int], list[ScaleRow]] = {}
+    for r in scale:
+        groups.setdefault((r.server, r.size), []).append(r)
+    sizes: dict[str, list[int]] = {}
+    for (server, size), rs in groups.items():
+        rcodes: dict[str, int] = {}
+        for r in rs:
+            for k, v in r.peak.rcodes.items():
+                rcodes[k] = rcodes.get(k, 0) + v
+        out.append(f"| {server} | {size:,} | {rs[0].ready_s:.2f} "
+                   f"| {max(r.rss_kib for r in rs) / 1024:.1f} "
+                   f"| {_med([r.peak.qps for r in rs]):,.0f} | {_med([r.cpu_us for r in rs]):.1f} "
+                   f"| {_answers('blocked', rcodes)} |")
+        sizes.setdefault(server, []).append(size)
+    for server, ss in sizes.items():
+        if len(ss) < 2:
+            continue
+        lo, hi = groups[(server, min(ss))], groups[(server, max(ss))]
+        by_round = {r.round: r for r in lo}
+        pairs = [(h, by_round[h.round]) for h in hi if h.round in by_round]
+        qps = sorted(h.peak.qps / low.peak.qps for h, low in pairs if low.peak.qps)
+        cpu = sorted(h.cpu_us / low.cpu_us for h, low in pairs if low.cpu_us)
+        if not qps or not cpu:
+            continue
+        out.append("")
+        out.append(
+            f"{server}: {max(ss):,} vs {min(ss):,} domains: "
+            f"+{hi[0].ready_s - lo[0].ready_s:.2f} s to ready, "
+            f"+{(max(r.rss_kib for r in hi) - max(r.rss_kib for r in lo)) / 1024:.1f} MiB RSS, "
+            f"blocked qps x{_med(qps):.2f} (x{qps[0]:.2f}-{qps[-1]:.2f}), "
+            f"CPU/query x{_med(cpu):.2f} (x{cpu[0]:.2f}-{cpu[-1]:.2f}): "
+            f"medians and ranges of {len(pairs)} rounds.")
+    return out

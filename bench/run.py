@@ -62,6 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "(default 1000,1000000 when hushdns runs; 'none' to skip)")
     ap.add_argument("--scale-servers", default="hushdns",
                     help="servers for the list-scale run (unbound works too, slowly)")
+    ap.add_argument("--scale-rounds", type=int, default=None,
+                    help="alternating blocked runs per list size (default 8, quick 2)")
+    ap.add_argument("--scale-duration", type=float, default=3.0,
+                    help="seconds per list-scale run (short and many: the ratio is taken "
+                         "per round, between runs seconds apart)")
     ap.add_argument("--flood-seconds", type=float, default=None,
                     help="cache flood run with hushdns (unique names past max_entries; "
                          "default 20, quick 3; 0: skip)")
@@ -83,6 +88,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("each dnsperf run must be bounded: 0 < duration <= 30")
     if args.quick:
         args.rounds = 1
+    if args.scale_rounds is None:
+        args.scale_rounds = 2 if args.quick else 8
+    if not 0 < args.scale_duration <= 30 or args.scale_rounds < 1:
+        ap.error("--scale-duration must be in (0, 30] and --scale-rounds at least 1")
     if args.servers is None:
         names = [*ANCHORS, "baseline"]
         if servers.hushdns_available():
@@ -117,8 +126,8 @@ def estimate_seconds(a: argparse.Namespace) -> float:
     pairs = sum(1 for s in a.server_names for m in a.mix_names
                 if not (s == "baseline" and m == "miss"))
     per_pair = a.duration + (2 * a.latency_duration if a.load > 0 else 0) + 2
-    scale = len(a.scale_names) * sum(a.rounds * (a.duration + 1) + 4 + size / 100_000
-                                     for size in a.scale_sizes)
+    scale = len(a.scale_names) * sum(
+        a.scale_rounds * (a.scale_duration + 1) + 6 + size / 100_000 for size in a.scale_sizes)
     flood = a.flood_seconds + 3 if "hushdns" in a.server_names else 0
     warmup = len(a.server_names) * min(2.0, a.duration)
     return a.rounds * pairs * per_pair + scale + flood + warmup + 15
@@ -235,7 +244,13 @@ class Bench:
         return m
 
     def scale_run(self, rep: Report) -> None:
-        """Each server started once per list size; blocked runs interleaved for every round."""
+        """Each server started once per list size; blocked runs alternate, round after round.
+
+        Why many short rounds: on a shared machine the load from elsewhere changes
+        over seconds, so two long runs minutes apart differ by 20-30% whatever the
+        list.  The report takes the ratio within each round (runs seconds apart)
+        and gives the median and range of those.
+        """
         a = self.args
         for name in a.scale_names:
             procs: list[tuple[int, servers.Proc, Path]] = []
@@ -253,14 +268,16 @@ class Bench:
                     self.log(f"scale: {proc.name} ready in {proc.ready_seconds:.2f} s, "
                              f"rss {proc.rss_kib() / 1024:.1f} MiB")
                     procs.append((size, proc, q))
-                for rnd in range(a.rounds):
+                for _, proc, q in procs:      # warm-up, not measured (as for the mixes)
+                    self.perf(proc, q, duration=min(2.0, a.scale_duration))
+                for rnd in range(a.scale_rounds):
                     for size, proc, q in procs[rnd % len(procs):] + procs[:rnd % len(procs)]:
                         c0 = proc.cpu_seconds()
-                        peak = self.perf(proc, q, duration=a.duration)
+                        peak = self.perf(proc, q, duration=a.scale_duration)
                         cpu = proc.cpu_seconds() - c0
                         row = ScaleRow(server=name, size=size, ready_s=proc.ready_seconds,
                                        rss_kib=proc.rss_kib(), peak=peak,
-                                       cpu_us=cpu / max(1, peak.completed) * 1e6)
+                                       cpu_us=cpu / max(1, peak.completed) * 1e6, round=rnd)
                         rep.scale.append(row)
                         self.log(f"scale {name} {size:>9,}: {peak.qps:,.0f} q/s, "
                                  f"{row.cpu_us:.1f} µs/q, rss {row.rss_kib / 1024:.1f} MiB")
