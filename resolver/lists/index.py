@@ -55,19 +55,41 @@ class DomainIndex:
             self.allow_bits |= bit
 
     def _add_domains(self, bit: int, domains: Iterable[str]) -> None:
-        names, masks, common = self.names, self.masks, self.common
+        """Merge one list's names; set operations keep a big list's cost in C, not per name.
+
+        After the merge the implicit mask is whichever of three covers most names:
+        the old common one, the old common one plus this list, or this list alone.
+        """
+        names = self.names
         if not names:
             names.update(domains)
             self.common = bit
             return
+        masks, common = self.masks, self.common
         intern = self._interned.setdefault
-        for name in domains:
-            if name in names:
-                new = masks.get(name, common) | bit
+        new = set(domains)
+        both = new & names
+        new -= both
+        joined = both.difference(masks) if masks else both   # on exactly ``common`` so far
+        if len(joined) < len(both):
+            for name in both.intersection(masks):            # names with a stored mask
+                m = masks[name] | bit
+                masks[name] = intern(m, m)
+        m = common | bit
+        stay = len(names) - len(masks) - len(joined)         # stay on exactly ``common``
+        if stay >= len(joined) and stay >= len(new):
+            masks.update(dict.fromkeys(joined, intern(m, m)))
+            masks.update(dict.fromkeys(new, bit))
+        else:
+            if stay:
+                masks.update(dict.fromkeys(names.difference(masks).difference(joined), common))
+            if len(joined) >= len(new):
+                masks.update(dict.fromkeys(new, bit))
+                self.common = intern(m, m)
             else:
-                names.add(name)
-                new = bit
-            masks[name] = intern(new, new)
+                masks.update(dict.fromkeys(joined, intern(m, m)))
+                self.common = bit
+        names |= new
         if len(masks) > len(names) // 2:
             self._rebalance()
 
@@ -79,8 +101,9 @@ class DomainIndex:
         best = counts.most_common(1)[0][0]
         if best == common:
             return
-        full = {name: masks.get(name, common) for name in self.names}
-        self.masks = {name: m for name, m in full.items() if m != best}
+        implicit = self.names.difference(masks)
+        self.masks = {name: m for name, m in masks.items() if m != best}
+        self.masks.update(dict.fromkeys(implicit, common))
         self.common = best
 
     def mask_of(self, name: str) -> int:
