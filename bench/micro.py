@@ -272,14 +272,7 @@ def _coroutines():
     async def level():
         return await leaf()
 
-    def drive(make):
-        def run():
-            c = make()
-            with contextlib.suppress(StopIteration):
-                c.send(None)
-        return run
-
-    return drive(leaf), drive(level)
+    return _drive(leaf), _drive(level)
 
 
 def render(rows: list[tuple[str, float, str]], number: int) -> str:

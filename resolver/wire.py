@@ -130,38 +130,16 @@ def _read_labels(data: bytes, pos: int, n: int) -> tuple[list[bytes], int]:
         pos += 1 + ln
 
 
-def _walk_name(data: bytes, pos: int, n: int, labels: list[str]) -> int:
-    """Follow a possibly compressed name, validating pointers and lengths; return its end.
-
-    Collects the lower-cased labels into ``labels`` (``_name_end`` validates
-    without collecting).  Pointers must go backwards (no loops), labels must fit
-    in ``n`` and the name in 255 octets.
-    """
-    end = -1
-    jumps = 0
-    total = 1
+def _dotted(data: bytes, pos: int) -> str:
+    """The lower-case dotted name at ``pos``, which ``_name_end`` has already validated."""
+    labels: list[str] = []
     while True:
-        if pos >= n:
-            raise WireError("name runs past the end")
         ln = data[pos]
         if ln == 0:
-            return pos + 1 if end < 0 else end
-        if ln & 0xC0 == 0xC0:
-            if pos + 2 > n:
-                raise WireError("truncated pointer")
-            target = ((ln & 0x3F) << 8) | data[pos + 1]
-            if end < 0:
-                end = pos + 2
-            jumps += 1
-            if jumps > 64 or target >= pos:
-                raise WireError("compression loop or forward pointer")
-            pos = target
+            return ".".join(labels)
+        if ln >= 0xC0:
+            pos = (ln & 0x3F) << 8 | data[pos + 1]
             continue
-        if ln > 63:
-            raise WireError("extended label type")
-        total += ln + 1
-        if total > 255 or pos + 1 + ln > n:
-            raise WireError("bad label")
         labels.append(data[pos + 1 : pos + 1 + ln].decode("latin-1").lower())
         pos += 1 + ln
 
@@ -180,10 +158,12 @@ _RDATA_NAME_AT = {T_NS: 0, T_CNAME: 0, T_PTR: 0, T_MX: 2, T_SRV: 6}
 
 
 def read_name(data: bytes, pos: int) -> tuple[str, int]:
-    """Decompress the name at ``pos`` -> (lower-case dotted name, offset after it in place)."""
-    labels: list[str] = []
-    end = _walk_name(data, pos, len(data), labels)
-    return ".".join(labels), end
+    """Decompress the name at ``pos`` -> (lower-case dotted name, offset after it in place).
+
+    Validated by the one name validator (``_name_end``) before its labels are read.
+    """
+    end = _name_end(data, pos, len(data), {})
+    return _dotted(data, pos), end
 
 
 def _error_reply(data: bytes, rcode: int, qend: int = 12, opt: bytes = b"") -> bytes:
@@ -611,9 +591,10 @@ def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
         elif section == 0:
             if b & 0xC0 == 0xC0:
                 owner = cname_at.get((b & 0x3F) << 8 | data[pos + 1])
+            end = _name_end(data, pos, n, known)
             if owner is None:
-                owner = read_name(data, pos)[0]
-            pos = _name_end(data, pos, n, known)
+                owner = _dotted(data, pos)
+            pos = end
         else:
             pos = _name_end(data, pos, n, known)
         if pos + 10 > n:
@@ -634,7 +615,7 @@ def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
                 out_of_chain = True
                 continue
             if rtype == T_CNAME and rclass == C_IN:
-                target = read_name(data, rdata)[0]
+                target = _dotted(data, rdata)   # validated by _rdata_names
                 chain.add(target)
                 cnames.append(target)
                 cname_at[rdata] = target
