@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from . import upstream
 from .chain import build_chain
 from .clients import ClientTable, LabelBound
 from .config import Config, ConfigError, Endpoint, format_endpoint
@@ -373,6 +374,7 @@ class Server:
                 c.transport.abort()
         for w in list(self.waiting):
             w.close()
+        upstream.close_idle_sockets(asyncio.get_running_loop())
         await asyncio.gather(*self._background, return_exceptions=True)
         for s in self.tcp_servers:
             with contextlib.suppress(Exception):

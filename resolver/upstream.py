@@ -1,16 +1,20 @@
-"""Talking to upstream resolvers: one fresh socket, random source port and random ID per query.
+"""Talking to upstream resolvers: a fresh random source port and a random ID per query.
 
 Why so careful (RFC 5452, DNSpooq, TuDoor): a forwarder is the classic cache
-poisoning target.  Each UDP query gets its own connected socket (the kernel
-picks a random source port and drops datagrams from any other address), an ID
-from ``secrets``, and a reply is accepted only if its ID and question match;
-anything else -- garbage included -- is counted and ignored while the
-genuine answer is still awaited.
+poisoning target.  Each UDP query is sent from a socket connected for it alone
+(the kernel picks a random source port and drops datagrams from any other
+address), with an ID from ``secrets``, and a reply is accepted only if its ID
+and question match; anything else -- garbage included -- is counted and
+ignored while the genuine answer is still awaited.
 
 Why it looks low-level: a cache miss is mostly this module's work.  The sockets
 are the C ``_socket.socket`` type, created non-blocking, and watched through one
 private epoll per event loop instead of an event-loop reader each (see ``_Mux``);
-an attempt that ends wakes its query directly, without a Future of its own.
+an attempt that ends wakes its query directly, without a Future of its own.  On
+Linux a socket whose query got its answer is disconnected, which gives its port
+back, and kept for a later query, whose ``connect`` draws a new random port
+(see ``_Mux.recycle``): the same port per query as a new socket, without the
+``socket``/``close``/``epoll_ctl`` calls.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import secrets
 import select
 import socket
 import struct
+import sys
 import time
 import weakref
 from collections.abc import Callable
@@ -98,6 +103,37 @@ if hasattr(os, "register_at_fork"):
 
 # Non-blocking from birth: no separate ioctl per upstream socket.
 _DGRAM = _socket.SOCK_DGRAM | getattr(_socket, "SOCK_NONBLOCK", 0) | getattr(_socket, "SOCK_CLOEXEC", 0)
+# Disconnected sockets kept per address family and event loop for later queries.
+# They hold no port (so nothing can be sent to them), only a file descriptor each.
+POOL_MAX = 256
+
+
+def _disconnector() -> Callable[[int], bool] | None:
+    """``connect(fd, AF_UNSPEC)`` through libc, or None where it is not known to free the port.
+
+    Why libc: Python's ``socket.connect`` only takes an address of the socket's
+    own family, and dissolving a UDP association needs an ``AF_UNSPEC`` one.
+    On Linux that also unbinds a port the kernel chose at ``connect`` time, so
+    the next ``connect`` draws a new random one (``_Mux.recycle`` checks that
+    once per family before it trusts it).  Elsewhere: None, a socket per query.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        connect = ctypes.CDLL(None, use_errno=True).connect
+    except (ImportError, OSError, AttributeError):
+        return None
+    unspec = ctypes.create_string_buffer(16)   # all zeros: sa_family = AF_UNSPEC
+
+    def disconnect(fd: int) -> bool:
+        return connect(fd, unspec, 16) == 0
+
+    return disconnect
+
+
+_disconnect = _disconnector()
 
 
 class _Timeouts:
@@ -136,9 +172,12 @@ class _Timeouts:
     def _flush(self) -> None:
         outbox, self.outbox = self.outbox, []
         for a, msg in outbox:
+            sock = a.sock
+            if sock is None:   # the query went away before its turn
+                continue
             try:
-                a.sock.send(msg)
-            except OSError as exc:   # includes a socket closed meanwhile (query gone)
+                sock.send(msg)
+            except OSError as exc:
                 if not a.done:
                     a.error = exc
                     a._end()
@@ -177,9 +216,15 @@ class _Mux(_Timeouts):
 
     Why: ``loop.add_reader``/``remove_reader`` per socket cost uvloop a poll handle,
     a test ``epoll_ctl`` pair, an ioctl and three more ``epoll_ctl`` calls per query
-    (strace).  Here a socket costs one ``epoll_ctl(ADD)``; closing it removes it
+    (strace).  Here a socket is added once, when it is made; closing it removes it
     from the epoll set, and one wakeup of the loop drains every answer that is ready.
-    Each socket is still used for exactly one query.
+
+    Sockets are recycled (``recycle``): one whose query got its answer is
+    drained, disconnected -- which frees its port -- and kept, still in the epoll
+    set, for a later query.  A socket is connected for one query at a time, and
+    each ``connect`` draws a new random port, so an upstream sees what it saw
+    with a new socket per query, and a reply to an earlier query cannot reach a
+    later one (its port is gone, and nothing it sent is left queued).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -187,14 +232,70 @@ class _Mux(_Timeouts):
         self.waiting: dict[int, _UdpAttempt] = {}
         self.ep = select.epoll()
         loop.add_reader(self.ep.fileno(), self._ready)
+        self.free: dict[int, list[Any]] = {}
+        # Per family: None until a disconnect was seen to free the port, then True/False.
+        self.frees_port: dict[int, bool] = {}
+
+    def open(self, family: int) -> Any:
+        free = self.free.get(family)
+        if free:
+            return free.pop()
+        sock = _socket.socket(family, _DGRAM)
+        try:
+            self.ep.register(sock.fileno(), select.EPOLLIN)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     def watch(self, fd: int, a: _UdpAttempt) -> None:
-        self.ep.register(fd, select.EPOLLIN)
         self.waiting[fd] = a
 
     def forget(self, fd: int) -> None:
         # Called just before the socket is closed, which takes it out of the epoll set.
         self.waiting.pop(fd, None)
+
+    def recycle(self, sock: Any, fd: int, family: int) -> None:
+        """Keep the socket of an answered query for another one, or close it.
+
+        Drained first: a duplicate or forged datagram that reached this port after
+        the answer must not be read by the next query on the socket, whose port
+        differs.  Closed instead when anything is unusual (a pending error, a full
+        pool, a kernel where disconnecting does not free the port).
+        """
+        self.waiting.pop(fd, None)
+        free = self.free.setdefault(family, [])
+        verdict = self.frees_port.get(family)
+        if _disconnect is None or verdict is False or len(free) >= POOL_MAX:
+            sock.close()
+            return
+        try:
+            while True:
+                sock.recv(MAX_REPLY)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            sock.close()
+            return
+        if not _disconnect(fd):
+            sock.close()
+            return
+        if verdict is None:
+            try:
+                verdict = self.frees_port[family] = sock.getsockname()[1] == 0
+            except OSError:
+                verdict = False
+            if not verdict:
+                sock.close()
+                return
+        free.append(sock)
+
+    def close_idle(self) -> None:
+        """Close the sockets kept for later queries (queries in flight keep theirs)."""
+        for free in self.free.values():
+            for sock in free:
+                sock.close()
+            free.clear()
 
     def _ready(self) -> None:
         waiting = self.waiting
@@ -205,7 +306,10 @@ class _Mux(_Timeouts):
 
 
 class _ReaderMux(_Timeouts):
-    """The portable fallback (no epoll): one event-loop reader per socket."""
+    """The portable fallback (no epoll): one event-loop reader per socket, a socket per query."""
+
+    def open(self, family: int) -> Any:
+        return _socket.socket(family, _DGRAM)
 
     def watch(self, fd: int, a: _UdpAttempt) -> None:
         self.loop.add_reader(fd, a.readable)
@@ -213,6 +317,13 @@ class _ReaderMux(_Timeouts):
     def forget(self, fd: int) -> None:
         with contextlib.suppress(ValueError, OSError):
             self.loop.remove_reader(fd)
+
+    def recycle(self, sock: Any, fd: int, family: int) -> None:
+        self.forget(fd)
+        sock.close()
+
+    def close_idle(self) -> None:
+        pass
 
 
 _MUXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mux | _ReaderMux] = \
@@ -226,11 +337,19 @@ def _mux_for(loop: asyncio.AbstractEventLoop) -> _Mux | _ReaderMux:
     return mux
 
 
+def close_idle_sockets(loop: asyncio.AbstractEventLoop) -> None:
+    """Close the upstream sockets this loop keeps for later queries (at shutdown)."""
+    mux = _MUXES.get(loop)
+    if mux is not None:
+        mux.close_idle()
+
+
 class _UdpAttempt:
-    """One datagram exchange on its own fresh socket.
+    """One datagram exchange on a socket connected for it alone (a fresh random port).
 
     When it ends (``done``), ``data`` holds the accepted reply or ``error`` the
-    OSError, the socket is already closed, and ``notify()`` has been called.
+    OSError, the socket is already closed or recycled (``sock`` is None), and
+    ``notify()`` has been called.
     """
 
     __slots__ = ("mux", "up", "req", "edns", "stats", "check", "notify", "parsed", "qid",
@@ -252,7 +371,7 @@ class _UdpAttempt:
         self.qid = qid = _query_id()
         self.t0 = time.perf_counter()
         # The C socket type: socket.socket's Python __init__ costs more than the syscall.
-        sock = _socket.socket(up.family, _DGRAM)
+        sock = mux.open(up.family)
         try:
             if not _DGRAM & getattr(_socket, "SOCK_NONBLOCK", 0):
                 sock.setblocking(False)
@@ -263,11 +382,13 @@ class _UdpAttempt:
         except OSError:
             sock.close()
             raise
-        self.sock = sock
+        self.sock: Any = sock
         mux.send_soon(self, make_query(req, qid, edns))
 
     def readable(self) -> None:
         sock = self.sock
+        if sock is None:
+            return
         while not self.done:
             try:
                 data = sock.recv(MAX_REPLY)
@@ -285,7 +406,11 @@ class _UdpAttempt:
 
     def _end(self) -> None:
         self.done = True
-        self.close()
+        if self.data is not None:   # answered: the socket can serve another query
+            sock, self.sock = self.sock, None
+            self.mux.recycle(sock, self.fd, self.up.family)
+        else:
+            self.close()
         self.notify()
 
     def _acceptable(self, data: bytes) -> bool:
@@ -309,7 +434,8 @@ class _UdpAttempt:
 
     def close(self) -> None:
         sock = self.sock
-        if sock.fileno() >= 0:
+        if sock is not None:
+            self.sock = None
             self.mux.forget(self.fd)
             sock.close()
 
