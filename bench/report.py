@@ -42,6 +42,7 @@ class Measurement:
     rate: float = 0.0  # the -Q of the latency run
     fixed: Result | None = None  # a run at the same -Q for every server
     fixed_cpu_us: float = 0.0  # server CPU per query in that run
+    fixed_steal: float | None = None  # share of the machine's CPU time stolen during it
 
 
 @dataclass
@@ -225,6 +226,15 @@ def render(rep: Report) -> str:
                 f"| {_ms(a['p99'])} | {_num(a['fixed_qps'])} | {_int(a['fixed_lost'])} "
                 f"| {_ms(a['fixed_p50'])} | {_ms(a['fixed_p99'])} | {_num(a['fixed_cpu'], 1)} "
                 f"| {cratio} | {a['rss'] / 1024:.1f} | {a['answers']} |")
+        steals = {s: [m.fixed_steal for m in rep.measurements
+                      if m.server == s and m.mix == mix and m.fixed_steal is not None]
+                  for s in rows}
+        if any(steals.values()):
+            out += ["", "CPU steal during the @fixed runs (share of the machine's CPU time the "
+                    "hypervisor gave to other guests; a stolen millisecond is a millisecond of "
+                    "latency for whatever was in flight, whichever server it was): "
+                    + ", ".join(f"{s} {', '.join(f'{x:.0%}' for x in v)}"
+                                for s, v in steals.items() if v) + "."]
     if rep.scale:
         out += ["", "## List scale: the same server with small and large lists", "",
                 "The servers run side by side; short blocked runs alternate between them, round "

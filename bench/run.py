@@ -233,10 +233,11 @@ class Bench:
         if fixed > 0:  # the same moderate load for every server: comparable p99 and CPU
             if mix == "miss":
                 qfile = self.miss_file(int(fixed * a.latency_duration * 1.2))
-            c0 = proc.cpu_seconds()
+            c0, t0 = proc.cpu_seconds(), servers.machine_cpu_ticks()
             m.fixed = self.perf(proc, qfile, duration=a.latency_duration, rate=fixed,
                                 verbose=True, once=(mix == "miss"))
             m.fixed_cpu_us = (proc.cpu_seconds() - c0) / max(1, m.fixed.completed) * 1e6
+            m.fixed_steal = servers.steal_share(t0, servers.machine_cpu_ticks())
         p99 = m.latency.p99 if m.latency and m.latency.p99 is not None else float("nan")
         self.log(f"{mix:8s} {proc.name:9s} {peak.qps:10,.0f} q/s lost {peak.lost:<5d} "
                  f"avg {peak.avg * 1e3:6.2f} ms  cpu {m.cpu_us:5.1f} µs/q  "
@@ -336,6 +337,7 @@ class Bench:
                              "answers are NOERROR, not checked); no lists, cache or metrics. "
                              "It is the Python reference (one callback per datagram), and sits out the miss mix.")
         self.log(f"preparing inputs in {self.dir}; about {a.estimate / 60:.1f} min to go")
+        ticks0 = servers.machine_cpu_ticks()
         self.prepare()
         self.nsd = self.start(servers.nsd(self.dir, self.zonefile), client_side=True)
         procs = []
@@ -365,6 +367,11 @@ class Bench:
         if a.flood_seconds > 0 and "hushdns" in a.server_names:
             self.flood_run(rep)
         rep.machine["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        steal = servers.steal_share(ticks0, servers.machine_cpu_ticks())
+        if steal is not None:
+            rep.machine["CPU steal during the run"] = (
+                f"{steal:.1%} of all CPU time (/proc/stat: the hypervisor ran other guests "
+                "while this VM's vCPUs had work)")
         return rep
 
 

@@ -87,6 +87,26 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def machine_cpu_ticks() -> list[int] | None:
+    """The machine's CPU time by kind (user, nice, system, idle, iowait, irq, softirq, steal),
+    in ticks since boot, from /proc/stat; None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_share(before: list[int] | None, after: list[int] | None) -> float | None:
+    """Share of all CPU time between two ``machine_cpu_ticks`` that the hypervisor gave to
+    other guests (steal): this VM's vCPUs were runnable but not running."""
+    if before is None or after is None or len(before) < 8 or len(after) < 8:
+        return None
+    d = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(d)
+    return d[7] / total if total > 0 else None
+
+
 def cpu_seconds(pid: int) -> float:
     """User+system CPU time of `pid` and its children, from /proc (for CPU-per-query)."""
     tick = os.sysconf("SC_CLK_TCK")
