@@ -99,6 +99,7 @@ class ServerOptions:
     upstream_total_timeout: float = 4.0
     max_inflight: int = 4096
     max_waiters: int = 256
+    minimal_responses: bool = True
 
 
 @dataclass(frozen=True)
@@ -476,6 +477,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         upstream_total_timeout=r.typed(s, "upstream_total_timeout", "server", float, d.upstream_total_timeout, _positive),
         max_inflight=r.typed(s, "max_inflight", "server", int, d.max_inflight, _at_least(1)),
         max_waiters=r.typed(s, "max_waiters", "server", int, d.max_waiters, _at_least(1)),
+        minimal_responses=r.typed(s, "minimal_responses", "server", bool, d.minimal_responses),
     )
 
     rl = r.section(top.get("rate_limit"), "rate_limit", ("qps", "burst", "action"))

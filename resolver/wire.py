@@ -538,7 +538,7 @@ _NAME_RDATA = frozenset(_RDATA_NAME_AT) | {T_SOA}
 
 
 def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
-                 negative_ttl: int) -> Answer:
+                 negative_ttl: int, minimal: bool = False) -> Answer:
     """Walk an upstream answer once: TTL offsets, CNAME chain, negative TTL; clamp TTLs.
 
     The caller has checked ID and question.  Every name is validated (pointers,
@@ -546,6 +546,11 @@ def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
     answer section that are neither the question name nor on its CNAME chain are
     removed (they would be cache poison), which is the one path that rebuilds the
     message.  An OPT record and anything after it are left out of the body.
+
+    ``minimal``: a NOERROR answer whose answer section holds a record of the
+    asked type ends there -- authority and additional are neither kept nor read
+    (unbound's ``minimal-responses``).  Negative answers keep their SOA, and a
+    CNAME chain that ends without the asked type keeps everything.
     """
     if type(data) is not bytes:
         # The body is kept as a slice of it and must be immutable: dnslib packs
@@ -575,7 +580,12 @@ def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
     ttls: list[int] = []
     counts = [0, 0, 0]
     end = base                       # end of the last record kept
+    # Minimal responses: a positive answer ends with its answer section.
+    stop = an if minimal and rcode == NOERROR else -1
+    has_final = False
     for i in range(count):
+        if i == stop and has_final:
+            break
         section = 0 if i < an else (1 if i < ns_end else 2)
         # The owner name; the usual ones without a full walk.
         if pos + 1 >= n:
@@ -621,6 +631,7 @@ def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
                 cname_at[rdata] = target
             if not opt and (rtype in (qtype, T_CNAME) or qtype == T_ANY):
                 has_answer = True
+                has_final = has_final or rtype == qtype or qtype == T_ANY
         elif section == 1 and rtype == T_SOA and rdlen >= 22:
             minimum = _I.unpack_from(data, pos - 4)[0]
             soa_ttl = min(ttl, minimum)
@@ -630,7 +641,7 @@ def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
             ttls.append(ttl)
             end = pos
     if out_of_chain:
-        return _rebuild_in_chain(data, req, min_ttl, max_ttl, negative_ttl, chain)
+        return _rebuild_in_chain(data, req, min_ttl, max_ttl, negative_ttl, chain, minimal)
     body = data[base:end]
     negative = rcode == NXDOMAIN or (rcode == NOERROR and not has_answer)
     n_ans = counts[0] + counts[1]    # answer and authority: what the entry's TTL comes from
@@ -661,7 +672,7 @@ def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
 
 
 def _rebuild_in_chain(data: bytes, req: Request, min_ttl: int, max_ttl: int,
-                      negative_ttl: int, chain: set[str]) -> Answer:
+                      negative_ttl: int, chain: set[str], minimal: bool = False) -> Answer:
     """Rare path: repack the answer without out-of-chain records, then walk it again."""
     import dnslib
 
@@ -673,7 +684,7 @@ def _rebuild_in_chain(data: bytes, req: Request, min_ttl: int, max_ttl: int,
     except Exception as exc:  # dnslib raises several types on bad input, parsing or packing
         raise WireError(f"unparseable answer: {exc}") from None
     clean = parse_answer_nocheck(rebuilt, req)
-    return parse_answer(clean, req, min_ttl, max_ttl, negative_ttl)
+    return parse_answer(clean, req, min_ttl, max_ttl, negative_ttl, minimal)
 
 
 def parse_answer_nocheck(data: bytes, req: Request) -> bytes:

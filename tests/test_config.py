@@ -92,6 +92,7 @@ def test_missing_list_file_names_key_and_line(tmp_path: Path) -> None:
     ("groups: {kids: {clients: [nobody]}}\n", "groups.kids.clients[0]: 'nobody' is neither a name"),
     ("groups: {kids: {clients: ['10.0.0.0/8'], lists: [ads]}}\n", "groups.kids.lists[0]: no list named 'ads'"),
     ("metrics: {max_clients: true}\n", "metrics.max_clients: must be a number, not a boolean"),
+    ("server:\n  minimal_responses: 2\n", "server.minimal_responses: must be a boolean, not a number ({f}:2)"),
     ("listen: ['127.0.0.1:53']\nlisten: ['127.0.0.1:54']\n", "listen: duplicate key ({f}:2)"),
 ])
 def test_errors_name_the_key_path_and_line(tmp_path: Path, snippet: str, expected: str) -> None:

@@ -44,6 +44,34 @@ def test_forwarded_answer_echoes_id_and_question_case(serve, upstream) -> None:
     assert up_q.header.id != q.id   # a fresh ID upstream, never the client's
 
 
+def _with_referral(q: dnslib.DNSRecord) -> dnslib.DNSRecord:
+    """An authoritative-style answer: the A record, the zone's NS, and its glue."""
+    r = q.reply()
+    r.add_answer(dnslib.RR(q.q.qname, dnslib.QTYPE.A, ttl=300, rdata=dnslib.A("192.0.2.1")))
+    r.add_auth(dnslib.RR("example.org", dnslib.QTYPE.NS, ttl=300, rdata=dnslib.NS("ns.example.org")))
+    r.add_ar(dnslib.RR("ns.example.org", dnslib.QTYPE.A, ttl=300, rdata=dnslib.A("192.0.2.53")))
+    return r
+
+
+@pytest.mark.parametrize("setting, minimal", [("", True), ("server: {minimal_responses: false}\n", False)])
+def test_minimal_responses_leave_out_authority_and_additional_unless_do(
+        serve, setting: str, minimal: bool) -> None:
+    up = FakeUpstream(answer=_with_referral)
+    try:
+        srv = serve(setting, up=up)
+        for _ in range(2):   # forwarded, then from the cache
+            r = ask(srv, "www.example.org", edns=True)
+            assert [rr.address for rr in r.answer[0]] == ["192.0.2.1"]
+            assert bool(r.authority) is not minimal and bool(r.additional) is not minimal
+            # A DNSSEC-aware client (DO) gets every section, whatever the setting.
+            d = ask(srv, "www.example.org", dnssec=True)
+            assert [rr.target.to_text() for rr in d.authority[0]] == ["ns.example.org."]
+            assert [rr.address for rr in d.additional[0]] == ["192.0.2.53"]
+        assert len(up.queries()) == 2   # one per DO bit: they are separate cache entries
+    finally:
+        up.close()
+
+
 def test_blocked_names_and_subdomains_get_nxdomain_with_soa_and_ede(serve, upstream) -> None:
     srv = serve(lists={"xiaomi": BLOCK})
     for name in ("data.mistat.xiaomi.com", "x.data.mistat.xiaomi.com", "a.b.tracking.miui.com"):

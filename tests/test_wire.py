@@ -184,6 +184,72 @@ def test_rebuilt_answers_replay_the_same_bytes_every_time() -> None:
         assert len(dnslib.DNSRecord.parse(first[1]).ar) == 0
 
 
+def _with_referral(name: str, build) -> tuple[bytes, object]:
+    """An upstream answer as nsd sends it: the records ``build`` adds, then the zone's
+    NS in authority, its address as glue and an OPT in additional."""
+    data = q(name, edns=True)
+
+    def full(r: dnslib.DNSRecord) -> None:
+        build(r)
+        r.add_auth(dnslib.RR("example.com", dnslib.QTYPE.NS, ttl=30,
+                             rdata=dnslib.NS("ns.example.com")))
+        r.add_ar(dnslib.RR("ns.example.com", 1, ttl=30, rdata=dnslib.A("192.0.2.53")))
+        r.add_ar(dnslib.EDNS0())
+
+    return _upstream_answer(data, full), parse_query(data)
+
+
+def test_minimal_positive_answer_ends_with_its_answer_section() -> None:
+    up, req = _with_referral("www.example.com", lambda r: r.add_answer(
+        dnslib.RR("www.example.com", 1, ttl=300, rdata=dnslib.A("192.0.2.1"))))
+    full = parse_answer(up, req, 0, 86400, 3600)
+    minimal = parse_answer(up, req, 0, 86400, 3600, minimal=True)
+    assert (full.an, full.ns, full.ar) == (1, 1, 1) and full.ttl == 30
+    assert (minimal.an, minimal.ns, minimal.ar) == (1, 0, 0)
+    assert minimal.ttl == 300   # the NS's 30 s no longer shortens the answer's life
+    out = dnslib.DNSRecord.parse(minimal.render(req, minimal.stored))
+    assert [str(r.rdata) for r in out.rr] == ["192.0.2.1"] and not out.auth
+    assert [r.rtype for r in out.ar] == [dnslib.QTYPE.OPT]   # the client's own EDNS
+    # What is not kept is not read either: a broken authority section does not matter.
+    broken = up[:-40]
+    with pytest.raises(wire.WireError):
+        parse_answer(broken, req, 0, 86400, 3600)
+    assert parse_answer(broken, req, 0, 86400, 3600, minimal=True).an == 1
+
+
+def test_minimal_keeps_what_negative_and_partial_answers_need() -> None:
+    # NXDOMAIN and NODATA: the SOA in authority is how clients cache them (RFC 2308).
+    for rcode in (wire.NXDOMAIN, wire.NOERROR):
+        data = q("nx.example.com")
+        up = _upstream_answer(data, lambda r, rc=rcode: (
+            setattr(r.header, "rcode", rc),
+            r.add_auth(dnslib.RR("example.com", 6, ttl=900, rdata=dnslib.SOA(
+                "ns.example.com", "h.example.com", (1, 2, 3, 4, 120))))))
+        ans = parse_answer(up, parse_query(data), 0, 86400, 3600, minimal=True)
+        assert ans.negative and ans.ns == 1 and ans.ttl == 120
+    # A CNAME whose target has no record of the asked type: nothing is left out.
+    up, req = _with_referral("www.example.com", lambda r: r.add_answer(
+        dnslib.RR("www.example.com", 5, ttl=300, rdata=dnslib.CNAME("cdn.example.net"))))
+    ans = parse_answer(up, req, 0, 86400, 3600, minimal=True)
+    assert (ans.an, ans.ns, ans.ar) == (1, 1, 1)
+    # A CNAME chain that does reach the asked type ends with the answer section.
+    up, req = _with_referral("www.example.com", lambda r: (
+        r.add_answer(dnslib.RR("www.example.com", 5, ttl=300, rdata=dnslib.CNAME("cdn.example.net"))),
+        r.add_answer(dnslib.RR("cdn.example.net", 1, ttl=300, rdata=dnslib.A("192.0.2.1")))))
+    ans = parse_answer(up, req, 0, 86400, 3600, minimal=True)
+    assert (ans.an, ans.ns, ans.ar) == (2, 0, 0) and ans.cnames == ("cdn.example.net",)
+
+
+def test_minimal_still_strips_out_of_chain_records() -> None:
+    up, req = _with_referral("www.example.com", lambda r: (
+        r.add_answer(dnslib.RR("www.example.com", 1, ttl=60, rdata=dnslib.A("192.0.2.1"))),
+        r.add_answer(dnslib.RR("bank.example.org", 1, ttl=60, rdata=dnslib.A("203.0.113.66")))))
+    ans = parse_answer(up, req, 0, 86400, 3600, minimal=True)
+    out = dnslib.DNSRecord.parse(ans.render(req, ans.stored))
+    assert [str(rr.rname) for rr in out.rr] == ["www.example.com."]
+    assert (ans.ns, ans.ar) == (0, 0)
+
+
 def test_truncated_answers_are_errors() -> None:
     data = q("www.example.com")
     req = parse_query(data)

@@ -93,11 +93,15 @@ class Forward:
 
     async def _ask(self, req: Request) -> tuple[Answer, str]:
         c = self.cache_cfg
+        # Minimal responses (as unbound's default): a positive answer is kept and
+        # replayed without the authority and additional sections, which stub
+        # resolvers ignore; a client that asked for DNSSEC (DO) gets them all.
+        minimal = self.opts.minimal_responses and not req.do
 
         def check(data: bytes) -> Answer:
             # Run on each reply that passes ID and question checks, so a malformed
             # one is ignored while the genuine answer is awaited (TuDoor).
-            return parse_answer(data, req, c.min_ttl, c.max_ttl, c.negative_ttl)
+            return parse_answer(data, req, c.min_ttl, c.max_ttl, c.negative_ttl, minimal)
 
         try:
             _, up, answer = await self.upstreams.query_checked(req, self.route(req.qname), check)
