@@ -601,10 +601,10 @@ def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
         elif section == 0:
             if b & 0xC0 == 0xC0:
                 owner = cname_at.get((b & 0x3F) << 8 | data[pos + 1])
-            end = _name_end(data, pos, n, known)
+            name_end = _name_end(data, pos, n, known)
             if owner is None:
                 owner = _dotted(data, pos)
-            pos = end
+            pos = name_end
         else:
             pos = _name_end(data, pos, n, known)
         if pos + 10 > n:

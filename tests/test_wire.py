@@ -250,6 +250,19 @@ def test_minimal_still_strips_out_of_chain_records() -> None:
     assert (ans.ns, ans.ar) == (0, 0)
 
 
+def test_a_skipped_record_leaves_nothing_of_itself_in_the_body() -> None:
+    """An OPT in the answer section, with an owner that needs a full walk: it and what
+    follows are left out, and so is its owner name (the body once kept those bytes)."""
+    data = q("www.example.com")
+    req = parse_query(data)
+    a = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + bytes([192, 0, 2, 1])
+    opt = b"\x01x\xc0\x0c" + struct.pack("!HHIH", 41, 1232, 0, 0)
+    up = _upstream_answer(data, lambda r: None)[:6] + struct.pack("!HHH", 2, 0, 0) \
+        + data[12:] + a + opt
+    ans = parse_answer(up, req, 0, 86400, 3600)
+    assert ans.an == 1 and ans.body == a
+
+
 def test_truncated_answers_are_errors() -> None:
     data = q("www.example.com")
     req = parse_query(data)
