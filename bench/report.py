@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 
@@ -155,15 +156,20 @@ def _answers(mix: str, rcodes: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(rcodes.items())) or "no answers"
 
 
+def _rcodes(results: Iterable[Result]) -> dict[str, int]:
+    """The RCODE counts of several dnsperf runs, summed."""
+    total: dict[str, int] = {}
+    for r in results:
+        for k, v in r.rcodes.items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
 def _agg(ms: list[Measurement]) -> dict[str, object]:
     """Median over rounds of each number (one round: the numbers themselves)."""
     lat = [m.latency for m in ms if m.latency is not None]
     fixed = [m.fixed for m in ms if m.fixed is not None]
-    rcodes: dict[str, int] = {}
-    for m in ms:
-        for r in [m.peak, *(x for x in (m.latency, m.fixed) if x is not None)]:
-            for k, v in r.rcodes.items():
-                rcodes[k] = rcodes.get(k, 0) + v
+    rcodes = _rcodes(r for m in ms for r in (m.peak, m.latency, m.fixed) if r is not None)
     return {
         "qps": _med([m.peak.qps for m in ms]),
         "lost": int(_med([m.peak.lost for m in ms])),
@@ -278,10 +284,7 @@ def _scale_rows(scale: list[ScaleRow]) -> list[str]:
         groups.setdefault((r.server, r.size), []).append(r)
     sizes: dict[str, list[int]] = {}
     for (server, size), rs in groups.items():
-        rcodes: dict[str, int] = {}
-        for r in rs:
-            for k, v in r.peak.rcodes.items():
-                rcodes[k] = rcodes.get(k, 0) + v
+        rcodes = _rcodes(r.peak for r in rs)
         out.append(f"| {server} | {size:,} | {rs[0].ready_s:.2f} "
                    f"| {max(r.rss_kib for r in rs) / 1024:.1f} "
                    f"| {_med([r.peak.qps for r in rs]):,.0f} | {_med([r.cpu_us for r in rs]):.1f} "

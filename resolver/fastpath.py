@@ -31,7 +31,7 @@ from .stages.blocking import Blocking
 from .stages.cache import Cache
 from .stages.ratelimit import RateLimit
 from .stats import Stats
-from .wire import QTYPE_NAMES, SERVFAIL, T_OPT, Request, reply_for
+from .wire import SERVFAIL, T_OPT, Request, qtype_label, reply_for
 
 _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
 
@@ -146,7 +146,7 @@ class FastPath:
                 stats.block(info.label, list_name, rule)
                 self._remember(tail, (_BLOCKED, info.block, info.allow, wire[2:], qtype,
                                       list_name, rule))
-                stats.query(info.label, _qtype_label(qtype), "blocked", perf_counter() - t0)
+                stats.query(info.label, qtype_label(qtype), "blocked", perf_counter() - t0)
                 return wire
 
         key = data[12:i + 1].lower() + data[i + 1:qend] + _KEY_FLAGS[do | ((qflags >> 3) & 2)]
@@ -189,7 +189,7 @@ class FastPath:
         stats.cache_hits += 1
         self._remember(tail, (_CACHED, info.block, info.allow, wire[2:], qtype,
                               entry, key, int(now - entry.stored)))
-        stats.query(info.label, _qtype_label(qtype), "cached", perf_counter() - t0)
+        stats.query(info.label, qtype_label(qtype), "cached", perf_counter() - t0)
         return wire
 
     def _again(self, seen: tuple, label: str, client: str, t0: float) -> bytes | None:
@@ -201,7 +201,7 @@ class FastPath:
             if rl is not None and not rl.take(client, monotonic()):
                 return None
             stats.block(label, seen[5], seen[6])
-            stats.query(label, _qtype_label(qtype), "blocked", perf_counter() - t0)
+            stats.query(label, qtype_label(qtype), "blocked", perf_counter() - t0)
             return seen[3]
         # A cache hit: the same entry, still fresh, still in the cache, the same age in seconds.
         entry = seen[5]
@@ -214,7 +214,7 @@ class FastPath:
             return None
         self.entries.move_to_end(seen[6])
         stats.cache_hits += 1
-        stats.query(label, _qtype_label(qtype), "cached", perf_counter() - t0)
+        stats.query(label, qtype_label(qtype), "cached", perf_counter() - t0)
         return seen[3]
 
     def _remember(self, tail: bytes, reply: tuple) -> None:
@@ -222,8 +222,3 @@ class FastPath:
         if len(replies) >= MAX_REPLIES:
             replies.clear()
         replies[tail] = reply
-
-
-def _qtype_label(qtype: int) -> str:
-    # Bounded, as at the edge: a client sending random types must not create series.
-    return QTYPE_NAMES.get(qtype, "other")

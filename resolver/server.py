@@ -29,13 +29,13 @@ from .response import Response
 from .stages import Stage
 from .stats import Stats
 from .wire import (
-    QTYPE_NAMES,
     SERVFAIL,
     Drop,
     Reject,
     Request,
     build_reply,
     parse_query,
+    qtype_label,
     truncate,
 )
 
@@ -94,11 +94,6 @@ class _Waiting:
     def close(self) -> None:
         self.server.waiting.discard(self)
         self.coro.close()   # runs the chain's finally blocks (in-flight table, sockets)
-
-
-def _qtype_label(qtype: int) -> str:
-    # Bounded: a client sending random types must not create series.
-    return QTYPE_NAMES.get(qtype, "other")
 
 
 class UdpEdge:
@@ -544,10 +539,10 @@ class Server:
             if req.proto == "udp" and len(wire) > req.max_udp(udp_cap):
                 wire = truncate(req, wire)
             sink.sendto(wire, addr)
-        self.stats.query(req.info.label, _qtype_label(req.qtype), resp.result,
+        self.stats.query(req.info.label, qtype_label(req.qtype), resp.result,
                          time.perf_counter() - t0)
         if self.config.log_queries:
-            qlog.info("%s %s %s %s%s", req.client, req.qname, _qtype_label(req.qtype),
+            qlog.info("%s %s %s %s%s", req.client, req.qname, qtype_label(req.qtype),
                       resp.result, f" list={resp.list} rule={resp.rule}" if resp.list else "")
 
     # --- background ----------------------------------------------------------------

@@ -102,7 +102,8 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_IDS.clear)
 
 # Non-blocking from birth: no separate ioctl per upstream socket.
-_DGRAM = _socket.SOCK_DGRAM | getattr(_socket, "SOCK_NONBLOCK", 0) | getattr(_socket, "SOCK_CLOEXEC", 0)
+_NONBLOCK = getattr(_socket, "SOCK_NONBLOCK", 0)
+_DGRAM = _socket.SOCK_DGRAM | _NONBLOCK | getattr(_socket, "SOCK_CLOEXEC", 0)
 # Disconnected sockets kept per address family and event loop for later queries.
 # They hold no port (so nothing can be sent to them), only a file descriptor each.
 POOL_MAX = 256
@@ -134,6 +135,15 @@ def _disconnector() -> Callable[[int], bool] | None:
 
 
 _disconnect = _disconnector()
+
+
+def _new_socket(family: int) -> Any:
+    """A non-blocking UDP socket of the C type (``socket.socket``'s Python ``__init__``
+    costs more than the syscall)."""
+    sock = _socket.socket(family, _DGRAM)
+    if not _NONBLOCK:
+        sock.setblocking(False)
+    return sock
 
 
 class _Timeouts:
@@ -240,7 +250,7 @@ class _Mux(_Timeouts):
         free = self.free.get(family)
         if free:
             return free.pop()
-        sock = _socket.socket(family, _DGRAM)
+        sock = _new_socket(family)
         try:
             self.ep.register(sock.fileno(), select.EPOLLIN)
         except OSError:
@@ -309,7 +319,7 @@ class _ReaderMux(_Timeouts):
     """The portable fallback (no epoll): one event-loop reader per socket, a socket per query."""
 
     def open(self, family: int) -> Any:
-        return _socket.socket(family, _DGRAM)
+        return _new_socket(family)
 
     def watch(self, fd: int, a: _UdpAttempt) -> None:
         self.loop.add_reader(fd, a.readable)
@@ -370,11 +380,8 @@ class _UdpAttempt:
         self.error: OSError | None = None
         self.qid = qid = _query_id()
         self.t0 = time.perf_counter()
-        # The C socket type: socket.socket's Python __init__ costs more than the syscall.
-        sock = mux.open(up.family)
+        sock = mux.open(up.family)   # new, or kept from an answered query
         try:
-            if not _DGRAM & getattr(_socket, "SOCK_NONBLOCK", 0):
-                sock.setblocking(False)
             # Connected: the kernel picks a random source port and drops other sources.
             sock.connect(up.addr)
             self.fd = fd = sock.fileno()

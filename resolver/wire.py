@@ -51,6 +51,12 @@ _I = struct.Struct("!I")
 _KEY_FLAGS = (b"\x00", b"\x01", b"\x02", b"\x03")
 
 
+def qtype_label(qtype: int) -> str:
+    """The query-type label of ``hushdns_queries_total``: bounded, so a client sending
+    random types cannot create series (unknown types are "other")."""
+    return QTYPE_NAMES.get(qtype, "other")
+
+
 def qtype_name(qtype: int) -> str:
     """Mnemonic for metrics labels and logs; unknown types become TYPE<n> (bounded by 65536)."""
     return QTYPE_NAMES.get(qtype) or f"TYPE{qtype}"
@@ -631,7 +637,8 @@ def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
                 cname_at[rdata] = target
             if not opt and (rtype in (qtype, T_CNAME) or qtype == T_ANY):
                 has_answer = True
-                has_final = has_final or rtype == qtype or qtype == T_ANY
+                if rtype == qtype or qtype == T_ANY:
+                    has_final = True
         elif section == 1 and rtype == T_SOA and rdlen >= 22:
             minimum = _I.unpack_from(data, pos - 4)[0]
             soa_ttl = min(ttl, minimum)
