@@ -18,7 +18,7 @@ MAX_CACHED_ADDRESSES = 65_536
 
 @dataclass(frozen=True, slots=True)
 class ClientInfo:
-    """Everything the chain needs to know about one client address."""
+    """Everything the pipeline needs to know about one client address."""
 
     allowed: bool
     label: str      # metrics label: configured name, else the address, else "other"
@@ -26,6 +26,9 @@ class ClientInfo:
     group: str
     block: int      # bit mask of the block lists that apply
     allow: int      # bit mask of the allow lists that apply
+    # What selects policy, as the reply memo's key: the group, and whether the client
+    # may ask at all.  Two clients with the same policy get the same answers.
+    policy: str = ""
 
 
 class LabelBound:
@@ -81,11 +84,12 @@ class ClientTable:
         try:
             ip = ipaddress.ip_address(address.split("%")[0])
         except ValueError:
-            return ClientInfo(False, self.labels("other"), None, "default", 0, 0)
+            return ClientInfo(False, self.labels("other"), None, "default", 0, 0, "!default")
         if ip.version == 6 and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
         allowed = any(ip.version == n.version and ip in n for n in self.allow_nets)
         name = _longest(ip, self.names)
         group = _longest(ip, self.groups) or "default"
         block, allow = self.masks.get(group, (0, 0))
-        return ClientInfo(allowed, self.labels(name or str(ip)), name, group, block, allow)
+        policy = group if allowed else "!" + group
+        return ClientInfo(allowed, self.labels(name or str(ip)), name, group, block, allow, policy)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 # --- constants -------------------------------------------------------------
 
@@ -93,7 +94,7 @@ class Request:
 
     __slots__ = (
         "data", "qid", "flags", "qend", "qname", "qtype", "qclass", "key",
-        "edns", "edns_bad", "udp_size", "do", "client", "proto", "info", "group", "unlisted",
+        "edns", "edns_bad", "udp_size", "do", "client", "proto", "info", "addr", "sink", "t0",
     )
 
     def __init__(self, data: bytes) -> None:
@@ -105,10 +106,21 @@ class Request:
         self.client = ""
         self.proto = "udp"
         self.info = None
-        self.group = None
-        # Set by the UDP fast path when it already found no list entry for this
-        # client's lists, so the blocking stage need not look again.
-        self.unlisted = False
+        self.addr = None   # where the reply goes: ``sink.sendto(wire, addr)``
+        self.sink = None
+        self.t0 = 0.0      # perf_counter() when the query arrived
+
+    def again(self, data: bytes, addr: Any, info: Any, sink: Any, t0: float) -> Request:
+        """The same question (``data`` equal after the ID) from ``addr``: what the reply memo
+        hands to stages that see every query, without parsing ``data`` again."""
+        q = Request.__new__(Request)
+        q.data = data
+        q.qid = data[0] << 8 | data[1]
+        q.flags, q.qend, q.qname, q.qtype, q.qclass, q.key = \
+            self.flags, self.qend, self.qname, self.qtype, self.qclass, self.key
+        q.edns, q.edns_bad, q.udp_size, q.do = self.edns, self.edns_bad, self.udp_size, self.do
+        q.client, q.proto, q.info, q.addr, q.sink, q.t0 = addr[0], "udp", info, addr, sink, t0
+        return q
 
     def max_udp(self, cap: int) -> int:
         """Largest UDP reply the client accepts: 512 without EDNS, else its size up to ``cap``."""

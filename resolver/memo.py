@@ -1,0 +1,139 @@
+"""The reply memo: rendered replies given again to the same question, at the edge, before parsing.
+
+Why: devices repeat the same few questions all day, and for a repeat the whole
+pipeline (parse, stages, render, truncation check) would only rebuild the bytes
+it gave last time.  The memo keeps those bytes, keyed by everything after the
+query's ID and by the client's policy key (``ClientInfo.policy``: its group and
+whether it may ask at all), and gives them back with the new ID.
+
+It knows no stage.  What a remembered reply depends on is declared by the
+pipeline when the reply is made: the stage that answered puts a ``Keep`` in
+``Reply.keep`` (``Listed``: the lists of this pipeline, so the life of the memo;
+``Cached``: one cache entry, still there, still fresh, and the same age in whole
+seconds, so the TTLs read the same).  Stages that must see every query
+(``per_query``, e.g. the rate limit) are run again for every memo answer, with a
+``Request`` rebuilt from the remembered one; if one of them answers, that answer
+goes through the pipeline like any other.  Every counter the first answer moved
+moves again (``Keep.replay`` and ``Stats.query``).  A new memo, empty, comes
+with every new pipeline; only UDP replies are remembered.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from time import monotonic, perf_counter
+from typing import TYPE_CHECKING, Any
+
+from .stats import Stats
+from .wire import Answer, Request, qtype_label
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+    from .reply import Reply
+
+MAX_REPLIES = 16_384      # remembered replies; the memo is cleared when full
+
+
+class Keep:
+    """Why a reply may be given again: checked before each memo answer, counted after."""
+
+    __slots__ = ()
+
+    def hold(self, now: float) -> None:
+        """The reply is remembered as rendered at ``now``."""
+
+    def valid(self, now: float) -> bool:
+        return True
+
+    def replay(self, label: str) -> None:
+        """Move again the counters the answering stage moved for the first answer."""
+
+
+class Listed(Keep):
+    """A block answer: valid for the lists of this pipeline (so as long as the memo)."""
+
+    __slots__ = ("stats", "list", "rule")
+
+    def __init__(self, stats: Stats, list_name: str, rule: str | None) -> None:
+        self.stats, self.list, self.rule = stats, list_name, rule
+
+    def replay(self, label: str) -> None:
+        self.stats.block(label, self.list, self.rule)
+
+
+class Cached(Keep):
+    """A cache hit: valid while that entry is in the table, fresh, and of the same age in seconds."""
+
+    __slots__ = ("stats", "entries", "key", "entry", "age")
+
+    def __init__(self, stats: Stats, entries: OrderedDict[bytes, Answer], key: bytes,
+                 entry: Answer) -> None:
+        self.stats, self.entries, self.key, self.entry = stats, entries, key, entry
+        self.age = -1
+
+    def hold(self, now: float) -> None:
+        self.age = int(now - self.entry.stored)
+
+    def valid(self, now: float) -> bool:
+        entry = self.entry
+        return (entry.stored + entry.ttl > now and int(now - entry.stored) == self.age
+                and self.entries.get(self.key) is entry)
+
+    def replay(self, label: str) -> None:
+        self.entries.move_to_end(self.key)
+        self.stats.cache_hits += 1
+
+
+class ReplyMemo:
+    """``answer(data, addr, sink)`` at the UDP edge; ``store`` from ``Pipeline.finish``."""
+
+    def __init__(self, pipeline: Pipeline, clients: dict[str, Any], stats: Stats) -> None:
+        self.pipeline = pipeline
+        self.clients = clients   # address -> ClientInfo, filled by the edge on a client's first query
+        self.stats = stats
+        self.tables: dict[str, dict[bytes, tuple]] = {}
+        self.size = 0
+
+    def answer(self, data: bytes, addr: Any, sink: Any) -> bytes | bool | None:
+        """The reply bytes to send; False when the pipeline took the query (and answered
+        through ``sink``); None when nothing remembered holds (nothing was counted)."""
+        t0 = perf_counter()
+        info = self.clients.get(addr[0])
+        if info is None:
+            return None
+        table = self.tables.get(info.policy)
+        if table is None:
+            return None
+        seen = table.get(data[2:])
+        if seen is None:
+            return None
+        tail, qlabel, result, keep, gates, q = seen
+        if not keep.valid(monotonic()):
+            return None
+        if gates:
+            q = q.again(data, addr, info, sink, t0)
+            for hook, pos in gates:
+                r = hook(q)
+                if r is not None:
+                    self.pipeline.answered(q, r, pos)
+                    return False
+        keep.replay(info.label)
+        self.stats.query(info.label, qlabel, result, perf_counter() - t0)
+        return data[:2] + tail
+
+    def store(self, q: Request, wire: bytes, reply: Reply, gates: tuple, now: float) -> None:
+        """Remember ``wire`` (as sent to ``q``) for the next time the same bytes come."""
+        keep = reply.keep
+        keep.hold(now)
+        policy = q.info.policy
+        table = self.tables.get(policy)
+        if table is None:
+            table = self.tables[policy] = {}
+        if self.size >= MAX_REPLIES:
+            for t in self.tables.values():
+                t.clear()
+            self.size = 0
+        tail = q.data[2:]
+        if tail not in table:
+            self.size += 1
+        table[tail] = (wire[2:], qtype_label(q.qtype), reply.result, keep, gates, q)
