@@ -25,19 +25,21 @@ from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any
 
 from .stats import Stats
-from .wire import Answer, Request, qtype_label
+from .wire import QTYPE_NAMES, Answer, Request
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
     from .reply import Reply
 
 MAX_REPLIES = 16_384      # remembered replies; the memo is cleared when full
+_QTYPES = QTYPE_NAMES     # as wire.qtype_label, inlined
 
 
 class Keep:
     """Why a reply may be given again: checked before each memo answer, counted after."""
 
     __slots__ = ()
+    timed = False   # True: ``hold`` wants to know when the reply was rendered
 
     def hold(self, now: float) -> None:
         """The reply is remembered as rendered at ``now``."""
@@ -65,6 +67,7 @@ class Cached(Keep):
     """A cache hit: valid while that entry is in the table, fresh, and of the same age in seconds."""
 
     __slots__ = ("stats", "entries", "key", "entry", "age")
+    timed = True
 
     def __init__(self, stats: Stats, entries: OrderedDict[bytes, Answer], key: bytes,
                  entry: Answer) -> None:
@@ -124,16 +127,16 @@ class ReplyMemo:
     def store(self, q: Request, wire: bytes, reply: Reply, gates: tuple, now: float) -> None:
         """Remember ``wire`` (as sent to ``q``) for the next time the same bytes come."""
         keep = reply.keep
-        keep.hold(now)
-        policy = q.info.policy
-        table = self.tables.get(policy)
+        if keep.timed:
+            keep.hold(now)
+        table = self.tables.get(q.info.policy)
         if table is None:
-            table = self.tables[policy] = {}
-        if self.size >= MAX_REPLIES:
+            table = self.tables[q.info.policy] = {}
+        self.size += 1   # counts replacements too: the memo is cleared a little early, never late
+        if self.size > MAX_REPLIES:
             for t in self.tables.values():
                 t.clear()
-            self.size = 0
-        tail = q.data[2:]
-        if tail not in table:
-            self.size += 1
-        table[tail] = (wire[2:], qtype_label(q.qtype), reply.result, keep, gates, q)
+            self.size = 1
+        # The Request only when a gate will need it again: fewer objects for the GC to track.
+        table[q.data[2:]] = (wire[2:], _QTYPES.get(q.qtype, "other"), reply.result, keep, gates,
+                             q if gates else None)

@@ -31,9 +31,9 @@ from ..wire import (
     T_AAAA,
     T_SOA,
     Request,
-    build_reply,
     encode_name,
     opt_record,
+    reply_for,
     rr,
 )
 
@@ -56,6 +56,8 @@ class Blocking:
         self.v4 = [ipaddress.ip_address(a).packed for a in cfg.sinkhole if ":" not in a]
         self.v6 = [ipaddress.ip_address(a).packed for a in cfg.sinkhole if ":" in a]
         self.templates: dict[int, tuple[int, bytes, int, int]] = {}
+        # One Keep per list (by bit; by domain for a tracked list), shared by the memo's entries.
+        self.keeps: dict[int | str, Listed] = {}
         self.opt = {do: opt_record(udp_size, do, ede=EDE_BLOCKED) for do in (False, True)}
         mode = cfg.mode if cfg.mode != "custom" else "sinkhole " + ", ".join(cfg.sinkhole)
         self.describe = f"answer: {mode}, ttl {cfg.ttl}"
@@ -89,17 +91,27 @@ class Blocking:
         return Reply("allowed", list=self.by_bit[m.bit], rule=f"/{m.rule}/" if m.regex else m.rule)
 
     def blocked(self, q: Request, hit: Match, remember: bool) -> Reply:
-        list_name = self.by_bit[hit.bit]
-        rule = hit.rule if hit.bit & self.tracked and not hit.regex else None
+        bit = hit.bit
+        list_name = self.by_bit[bit]
+        keeps = self.keeps
+        if bit & self.tracked and not hit.regex:
+            rule = hit.rule
+            keep = keeps.get(rule) if remember else None
+            if keep is None and remember:
+                keep = keeps[rule] = Listed(self.stats, list_name, rule)
+        else:
+            rule = None
+            keep = keeps.get(bit) if remember else None
+            if keep is None and remember:
+                keep = keeps[bit] = Listed(self.stats, list_name, None)
         self.stats.block(q.info.label, list_name, rule)
         t = self.templates.get(q.qtype)
         if t is None:
             t = self.templates[q.qtype] = self._template(q.qtype)
-        rcode, body, an, ns = t
-        wire = build_reply(q, rcode, body, an, ns, opt=self.opt[q.do])
-        return Reply("blocked", wire=wire, list=list_name,
-                     rule=f"/{hit.rule}/" if hit.regex else hit.rule, note=self.describe,
-                     keep=Listed(self.stats, list_name, rule) if remember else None)
+        wire = reply_for(q.data, q.qend, q.flags, t[0], t[1], t[2], t[3],
+                         self.opt[q.do] if q.edns else None)
+        return Reply("blocked", wire, None, list_name,
+                     f"/{hit.rule}/" if hit.regex else hit.rule, None, self.describe, keep)
 
     def template(self, qtype: int) -> tuple[int, bytes, int, int]:
         """(rcode, record bytes, answer count, authority count) of the block answer, built once per type."""
