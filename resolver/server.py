@@ -373,12 +373,11 @@ class Server:
             self.config.upstreams == config.upstreams and \
             self.config.forward_zones == config.forward_zones and \
             self.config.rebind_protection == config.rebind_protection
-        entries = None
-        if keep:
-            from .stages.cache import Cache
-
-            entries = old.find(Cache).entries  # type: ignore[union-attr]
-        pipeline = build_pipeline(config, lists, self.stats, entries, self.inflight)
+        entries = old.cache_entries if keep else None  # type: ignore[union-attr]
+        # Rate-limit buckets carry over while the limits stay the same.
+        buckets = old.buckets if old is not None and \
+            self.config.rate_limit == config.rate_limit else None
+        pipeline = build_pipeline(config, lists, self.stats, entries, self.inflight, buckets)
         self.labels.limit = config.metrics.max_clients
         clients = ClientTable(config, lists, self.labels)
         # The query log wants every query through the pipeline, with its reasons.
