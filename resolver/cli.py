@@ -12,6 +12,7 @@ from typing import Any
 from . import __version__, sdnotify
 from .config import Config, ConfigError, ListSpec, load_config
 from .lifecycle import handle_signals, tune_gc
+from .listen_errors import ListenError
 from .lists import loader
 from .lists.parse import Parsed
 
@@ -84,10 +85,12 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
     watchdog = asyncio.create_task(notifier.watchdog_loop())
     try:
         await server.start()
-    except OSError as exc:
-        log.error("cannot listen: %s", exc)
-        notifier.status(f"cannot listen: {exc}")
+    except OSError as exc:   # ListenError names address, port and protocol itself
+        text = str(exc) if isinstance(exc, ListenError) else f"cannot listen: {exc}"
+        log.error("%s", text)
+        notifier.status(text)
         watchdog.cancel()
+        await server.stop()
         return 1
     tune_gc()
     stop = handle_signals(server.reload)
@@ -225,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the resolver (embedded default config without -c)")
     s.add_argument("-c", "--config", help="YAML config file")
-    s.add_argument("--listen", action="append", help="override listen (repeatable), e.g. 127.0.0.1:5353")
+    s.add_argument("--listen", action="append", help="override listen (repeatable), e.g. 127.0.0.1:5533")
     s.add_argument("--upstream", action="append", help="override upstreams (repeatable)")
     s.add_argument("--metrics", help="override metrics.listen, or 'off'")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])

@@ -109,14 +109,14 @@ def test_hook_with_the_real_check(repo: tuple[Path, dict[str, str], Path]) -> No
     env = {**env, "HUSHDNS": f"{sys.executable} -m resolver", "PYTHONPATH": str(ROOT),
            "HUSHDNS_LINT_PATHS": ""}
     (work / "config.yaml").write_text(
-        'listen: ["127.0.0.1:5353"]\nupstreams: ["192.0.2.53:53"]\n'
+        'listen: ["127.0.0.1:5533"]\nupstreams: ["192.0.2.53:53"]\n'
         "blocking: {lists: {household: lists/household.txt}}\n"
     )
     (work / "lists" / "household.txt").write_text("tracker.example\n")
     result = commit(work, env, ".")
     assert result.returncode == 0, result.stdout + result.stderr
     (work / "config.yaml").write_text(
-        'listen: ["127.0.0.1:5353"]\nupstreams: ["192.0.2.53:53"]\n'
+        'listen: ["127.0.0.1:5533"]\nupstreams: ["192.0.2.53:53"]\n'
         "blocking: {lists: {household: lists/missing.txt}}\n"
     )
     result = commit(work, env, ".")
