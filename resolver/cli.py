@@ -193,7 +193,7 @@ def _rule_location(spec: ListSpec, rule: str, state_dir: str) -> str:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from .clients import ClientTable, LabelBound
+    from .clients import ClientTable, LabelBound, UnknownClient, client_address
     from .lists.parse import normalize_domain
 
     try:
@@ -206,9 +206,14 @@ def cmd_query(args: argparse.Namespace) -> int:
         print(f"not a valid name: {args.name!r}", file=sys.stderr)
         return 2
     qtype = args.type.upper()
+    try:
+        address = client_address(config, args.client)   # an address or a clients: name
+    except UnknownClient as exc:
+        print(exc, file=sys.stderr)
+        return 2
     lists = loader.load_all(config)
-    client = ClientTable(config, lists, LabelBound(config.metrics.max_clients)).lookup(args.client)
-    who = f"client {args.client}" + (f" ({client.name})" if client.name else "") + f", group {client.group}"
+    client = ClientTable(config, lists, LabelBound(config.metrics.max_clients)).lookup(address)
+    who = f"client {address}" + (f" ({client.name})" if client.name else "") + f", group {client.group}"
     if not client.allowed:
         print(f"{name} {qtype} for {who}: refused (client outside access.allow)")
         return 0
@@ -245,6 +250,17 @@ def cmd_query(args: argparse.Namespace) -> int:
 # --- entry point -----------------------------------------------------------------------------
 
 
+def _qtype(text: str) -> str:
+    """argparse type of ``query --type``: a record type DNS knows (``TYPE65`` included)."""
+    import dnslib
+
+    name = text.upper()
+    if name in dnslib.QTYPE.reverse or (name.startswith("TYPE") and name[4:].isdigit()
+                                        and int(name[4:]) < 65536):
+        return name
+    raise argparse.ArgumentTypeError(f"not a DNS record type: {text!r} (e.g. A, AAAA, MX, HTTPS)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hushdns", description="DNS blocking resolver for vendor telemetry")
     p.add_argument("--version", action="version", version=f"hushdns {__version__}")
@@ -267,8 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("query", help="explain what hushdns would do for a name (no network)")
     q.add_argument("name")
-    q.add_argument("--type", default="A")
-    q.add_argument("--client", default="127.0.0.1", help="client address (default 127.0.0.1)")
+    q.add_argument("--type", default="A", type=_qtype, help="record type, e.g. A, AAAA, HTTPS")
+    q.add_argument("--client", default="127.0.0.1",
+                   help="client address or a name from clients: (default 127.0.0.1)")
     q.add_argument("--tcp", action="store_true", help="as if asked over TCP")
     q.add_argument("-c", "--config", help="YAML config file (embedded default without -c)")
     q.set_defaults(func=cmd_query)
