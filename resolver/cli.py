@@ -56,6 +56,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=getattr(logging, (args.log_level or config.log_level).upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for text in config.warnings:
+        log.warning("%s", text)
     try:
         import uvloop  # type: ignore[import-not-found]
 
@@ -141,8 +143,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 2
     offline = getattr(args, "offline", False)
     failures: list[str] = []
-    warnings = 0
     print(f"{config.path}: configuration OK")
+    for text in config.warnings:
+        print(f"warning: {text}")
+    warnings = len(config.warnings)
     for spec in config.all_lists():
         kind = "allow" if spec.allow else "block"
         if offline and spec.kind == "url":
@@ -247,6 +251,20 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- config ---------------------------------------------------------------------------------
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the embedded default config: the file to copy and edit (`serve` without -c uses it)."""
+    from . import bundled
+
+    if not args.default:
+        print("hushdns config: say --default to print the embedded default config", file=sys.stderr)
+        return 2
+    sys.stdout.write(bundled.default_config_text())
+    return 0
+
+
 # --- entry point -----------------------------------------------------------------------------
 
 
@@ -290,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-c", "--config", help="YAML config file (embedded default without -c)")
     q.set_defaults(func=cmd_query)
 
+    g = sub.add_parser("config", help="print the embedded default config (--default)")
+    g.add_argument("--default", action="store_true",
+                   help="the config `serve` uses without -c, to copy to /etc/hushdns/config.yaml")
+    g.set_defaults(func=cmd_config)
+
     from .lists.commands import add_parser as add_lists_parser
 
     add_lists_parser(sub)   # hushdns lists lint | show | stats
@@ -299,7 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # `hushdns lists show xiaomi | head`: the reader has what it wanted. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
