@@ -20,8 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lists", help="lint, show and compare block lists")
     lsub = p.add_subparsers(dest="lists_command", required=True)
 
-    lt = lsub.add_parser("lint", help="check curated list files (default: the bundled blocklists/)")
+    lt = lsub.add_parser("lint", help="check list files (default: the bundled curated lists)")
     lt.add_argument("paths", nargs="*", metavar="PATH", help="list files or directories of *.txt")
+    lt.add_argument("--curated", action="store_true",
+                    help="hold every file to the curated format (header, comments, order), "
+                         "not only those in the bundled blocklists directory")
     lt.set_defaults(func=cmd_lint)
 
     sh = lsub.add_parser("show", help="the entries of one configured or bundled list, with file:line")
@@ -36,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_lint(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.paths] or [bundled.lists_dir()]
-    files, findings = linter.lint(paths)
+    files, findings = linter.lint(paths, curated=args.curated)
     for f in findings:
         print(f)
     if findings:
