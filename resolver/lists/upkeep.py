@@ -47,11 +47,16 @@ class ListUpkeep:
             await asyncio.sleep(LIST_POLL_SECONDS)
             try:
                 if await asyncio.to_thread(loader.changed, self.lists()):
-                    log.info("a list file changed; reloading lists")
                     async with self.lock:
+                        old = self.lists()
                         lists = await asyncio.to_thread(
-                            loader.load_all, self.config(), self.lists(), self.stats)
+                            loader.load_all, self.config(), old, self.stats)
                         self.install(lists)
+                    for name, info in lists.lists.items():
+                        was = old.lists.get(name)
+                        if was is not None and was.fingerprint != info.fingerprint and not info.error:
+                            log.info("list %s changed on disk: %d entries now (was %d)",
+                                     name, info.entries, was.entries)
             except Exception:
                 log.exception("list watcher")
 
