@@ -45,7 +45,8 @@ _BLOCKED, _CACHED = "blocked", "cached"
 class FastPath:
     """``answer(data, addr)`` -> the reply when it can be given here; a miss's Request; else None."""
 
-    def __init__(self, head: Any, clients: ClientTable, stats: Stats, udp_cap: int) -> None:
+    def __init__(self, head: Any, clients: ClientTable, stats: Stats, udp_cap: int,
+                 memo: bool = True) -> None:
         self.clients = clients.cache     # address -> ClientInfo, filled by the chain's edge
         self.stats = stats
         self.udp_cap = udp_cap
@@ -57,6 +58,7 @@ class FastPath:
         # Devices repeat the same questions, so most queries end at this lookup.
         # A new FastPath (and so an empty table) comes with every new chain.
         self.replies: dict[bytes, tuple] = {}
+        self.memo = memo   # server.reply_memo: false never remembers (benchmarks, A/B)
         self.enabled = self._adopt(head)
 
     def _adopt(self, stage: Any) -> bool:
@@ -218,6 +220,8 @@ class FastPath:
         return seen[3]
 
     def _remember(self, tail: bytes, reply: tuple) -> None:
+        if not self.memo:
+            return
         replies = self.replies
         if len(replies) >= MAX_REPLIES:
             replies.clear()

@@ -432,7 +432,8 @@ class Server:
         self.labels.limit = config.metrics.max_clients
         self.clients = ClientTable(config, lists, self.labels)
         self.config, self.lists, self.head, self.cache = config, lists, head, cache
-        fast = FastPath(head, self.clients, self.stats, config.server.udp_size)
+        fast = FastPath(head, self.clients, self.stats, config.server.udp_size,
+                        memo=config.server.reply_memo)
         # The query log wants every query through the edge, with its reasons.
         self.fast = fast.answer if fast.enabled and not config.log_queries else None
 
