@@ -102,6 +102,7 @@ class ServerOptions:
     max_inflight: int = 4096
     max_waiters: int = 256
     minimal_responses: bool = True
+    reply_memo: bool = True
 
 
 @dataclass(frozen=True)
@@ -505,6 +506,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         max_inflight=r.typed(s, "max_inflight", "server", int, d.max_inflight, _at_least(1)),
         max_waiters=r.typed(s, "max_waiters", "server", int, d.max_waiters, _at_least(1)),
         minimal_responses=r.typed(s, "minimal_responses", "server", bool, d.minimal_responses),
+        reply_memo=r.typed(s, "reply_memo", "server", bool, d.reply_memo),
     )
 
     rl = r.section(top.get("rate_limit"), "rate_limit", ("qps", "burst", "action"))

@@ -370,3 +370,21 @@ def test_real_clients_over_udp_get_memo_answers(serve, upstream):
     assert q[("127.0.0.1", "A", "cached")] == 2
     assert q[("127.0.0.1", "A", "forwarded")] == 1
     assert len(upstream.seen) == 1
+
+
+def test_reply_memo_false_remembers_nothing_and_answers_the_same(tmp_path, monkeypatch):
+    """server.reply_memo: false (the bench's hushdns-nomemo): the pipeline alone, same replies."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with_memo = _server(tmp_path / "a", "nxdomain")
+    without = _server(tmp_path / "b", "nxdomain", "server: {reply_memo: false}\n")
+    assert without.config.server.reply_memo is False and without.memo is None
+    _fill_cache(with_memo)
+    _fill_cache(without)
+    _clock(monkeypatch)
+    for name in ("www.example.org", "tracker.example"):
+        q = bytes(dnslib.DNSRecord.question(name).pack())
+        for _ in range(3):
+            assert _udp(with_memo, q, CLIENTS[0])[0] == _udp(without, q, CLIENTS[0])[0]
+    assert with_memo.memo.size == 2   # type: ignore[union-attr]
+    assert without.stats.cache_hits == with_memo.stats.cache_hits == 3
