@@ -56,7 +56,16 @@ MAX_PROBE_INTERVAL = 30.0
 
 
 class UpstreamFailure(Exception):
-    """No upstream gave a usable answer in time."""
+    """No upstream gave a usable answer in time; ``ede`` is the reason (RFC 8914) if not the
+    network's."""
+
+    def __init__(self, msg: str, ede: int | None = None) -> None:
+        super().__init__(msg)
+        self.ede = ede
+
+
+# RFC 8914 22, "No Reachable Authority": every upstream refused (what unbound says).
+EDE_NO_REACHABLE_AUTHORITY = 22
 
 
 # Parses an accepted reply (raising WireError when it is malformed); its result
@@ -633,13 +642,18 @@ class Upstreams:
         next_send = start
         last_bad: tuple[bytes, Upstream, Any] | None = None
         no_edns: set[str] = set()
+        refused: set[str] = set()   # upstreams that REFUSED this question: not asked again
         try:
             while True:
                 now = loop.time()
                 if now >= deadline:
                     break
                 if now >= next_send and sends < max_sends:
-                    up = order[sends % len(order)]
+                    live = [u for u in order if u.label not in refused] if refused else order
+                    if not live:
+                        sends = max_sends
+                        continue
+                    up = live[sends % len(live)]
                     sends += 1
                     next_send = now + opts.upstream_timeout
                     a = self._send(mux, up, req, up.label not in no_edns, check, wake)
@@ -680,6 +694,8 @@ class Upstreams:
                             attempts.append(b)
                     elif isinstance(outcome, bytes):
                         rcode = outcome[3] & 0xF
+                        if rcode == REFUSED:
+                            refused.add(a.up.label)
                         if rcode in (SERVFAIL, REFUSED, FORMERR, NOTIMP):
                             last_bad = (outcome, a.up, a.parsed)
                             next_send = loop.time()   # ask the next upstream now
@@ -696,6 +712,9 @@ class Upstreams:
                     stats.upstream(a.up.label, "timeout")
                     self._failed(a.up)
         if last_bad is not None:
+            if last_bad[0][3] & 0xF == REFUSED:
+                # Not the client's answer: it asked us, not them (unbound: SERVFAIL too).
+                raise UpstreamFailure("every upstream refused", EDE_NO_REACHABLE_AUTHORITY)
             return last_bad
         raise UpstreamFailure("no upstream answered")
 

@@ -692,7 +692,7 @@ def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
                     has_final = True
         elif section == 1 and rtype == T_SOA and rdlen >= 22:
             minimum = _I.unpack_from(data, pos - 4)[0]
-            soa_ttl = min(ttl, minimum)
+            soa_ttl = min(ttl if ttl <= 0x7FFFFFFF else 0, minimum)
         if not opt:
             counts[section] += 1
             offsets.append(ttl_off - base)
@@ -705,12 +705,14 @@ def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
     body = data[base:end]
     negative = rcode == NXDOMAIN or (rcode == NOERROR and not has_answer)
     n_ans = counts[0] + counts[1]    # answer and authority: what the entry's TTL comes from
-    if ttls and (min(ttls) < min_ttl or max(ttls) > max_ttl
+    if ttls and (min(ttls) < min_ttl or max(ttls) > max_ttl or max(ttls) > 0x7FFFFFFF
                  or (negative and soa_ttl is not None and counts[1])):
         buf = bytearray(body)
         lo, hi = counts[0], n_ans
         cap = min(soa_ttl, negative_ttl) if negative and soa_ttl is not None else None
         for j, t in enumerate(ttls):
+            if t > 0x7FFFFFFF:   # the top bit set: treated as zero (RFC 2181 s8)
+                t = 0
             if cap is not None and lo <= j < hi and t > cap:
                 t = cap
             if t > max_ttl:
@@ -721,12 +723,17 @@ def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
             _I.pack_into(buf, offsets[j], t)
         body = bytes(buf)
     if negative:
-        ttl = min(soa_ttl, negative_ttl) if soa_ttl is not None else min(negative_ttl, 30)
-        ttl = max(min(ttl, max_ttl), min_ttl)
+        # No SOA, no negative TTL: not cached at all (RFC 2308 s5), whatever min_ttl says.
+        ttl = 0 if soa_ttl is None else max(min(soa_ttl, negative_ttl, max_ttl), min_ttl)
     elif n_ans:
         ttl = min(ttls[:n_ans])
     else:
         ttl = min_ttl
+    if counts[2] and ttl:
+        # The additional section ages with the rest: the entry ends when its first
+        # record would run out, so none is served with a TTL stuck at 0 (as unbound,
+        # whose message TTL is the least of all its RRsets).
+        ttl = min(ttl, min(ttls[n_ans:]))
     return Answer(rcode, bool(flags & 0x20), counts[0], counts[1], counts[2], body,
                   tuple(offsets), ttl, tuple(cnames), negative=negative)
 

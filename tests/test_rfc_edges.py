@@ -1,0 +1,119 @@
+"""RFC edge cases of the cache and the forwarder, each against a fake upstream that does
+exactly the thing, through the real server, asked with dnspython.
+
+TTL with the top bit set (RFC 2181 s8), negative answers without an SOA (RFC 2308 s5),
+additional-section TTLs, an upstream that REFUSES, the SOA of a block answer, and the AD
+bit of an answer rebind protection changed.
+"""
+
+from __future__ import annotations
+
+import time
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dnslib
+
+from tests.conftest import ask
+from tests.fakes import FakeUpstream
+
+
+def _a(q: dnslib.DNSRecord, ttl: int, addr: str = "192.0.2.1") -> dnslib.DNSRecord:
+    r = q.reply()
+    r.add_answer(dnslib.RR(q.q.qname, dnslib.QTYPE.A, ttl=ttl, rdata=dnslib.A(addr)))
+    return r
+
+
+def test_a_ttl_with_the_top_bit_set_is_zero_not_max_ttl(serve):
+    up = FakeUpstream(answer=lambda q: _a(q, 0x80000005))
+    try:
+        srv = serve(up=up)
+        r = ask(srv, "topbit.example")
+        assert r.answer[0].ttl == 0           # was served (and cached) as max_ttl, 86400
+        ask(srv, "topbit.example")
+        assert len(up.queries()) == 2          # TTL 0: not cached
+    finally:
+        up.close()
+
+
+def test_a_negative_answer_without_soa_is_not_cached(serve):
+    def answer(q: dnslib.DNSRecord) -> dnslib.DNSRecord:
+        r = q.reply()
+        r.header.rcode = dnslib.RCODE.NXDOMAIN   # no SOA in the authority section
+        return r
+
+    up = FakeUpstream(answer=answer)
+    try:
+        srv = serve(up=up)
+        for _ in range(3):
+            assert ask(srv, "nosoa.example").rcode() == dns.rcode.NXDOMAIN
+        assert len(up.queries()) == 3          # was cached for 30 s
+    finally:
+        up.close()
+
+
+def test_additional_section_ttls_count_down_and_end_the_entry(serve):
+    """An entry lives as long as its shortest record: the additional section's glue runs out
+    first here, and was then served with TTL 0 for the rest of the answer's 300 s."""
+    def answer(q: dnslib.DNSRecord) -> dnslib.DNSRecord:
+        r = q.reply()
+        r.add_answer(dnslib.RR(q.q.qname, dnslib.QTYPE.MX, ttl=300,
+                               rdata=dnslib.MX("mail.extra.example")))
+        r.add_ar(dnslib.RR("mail.extra.example", dnslib.QTYPE.A, ttl=2,
+                           rdata=dnslib.A("192.0.2.25")))
+        return r
+
+    up = FakeUpstream(answer=answer)
+    try:
+        srv = serve("server: {minimal_responses: false}\n", up=up)
+        first = ask(srv, "extra.example", "MX")
+        assert first.additional[0].ttl == 2
+        time.sleep(2.3)
+        again = ask(srv, "extra.example", "MX")
+        assert again.additional and again.additional[0].ttl > 0, again
+        assert again.answer[0].ttl <= 300
+        assert len(up.queries()) == 2          # the entry ended with its glue
+    finally:
+        up.close()
+
+
+def _ede(r: dns.message.Message) -> list[int]:
+    return [o.code for o in r.options if o.otype == dns.edns.EDE]
+
+
+def test_an_upstream_that_refuses_is_not_asked_again_and_the_next_one_answers(serve):
+    def refuse(q: dnslib.DNSRecord) -> dnslib.DNSRecord:
+        r = q.reply()
+        r.header.rcode = dnslib.RCODE.REFUSED
+        return r
+
+    no = FakeUpstream(answer=refuse)
+    yes = FakeUpstream()
+    try:
+        srv = serve(f'upstreams: ["{no.address}", "{yes.address}"]\n', up=no)
+        r = ask(srv, "refused.example")
+        assert r.rcode() == dns.rcode.NOERROR and r.answer[0][0].address == "192.0.2.1"
+        assert len(no.queries()) == 1 and len(yes.queries()) == 1
+    finally:
+        no.close()
+        yes.close()
+
+
+def test_refused_by_every_upstream_is_servfail_with_the_reason(serve):
+    def refuse(q: dnslib.DNSRecord) -> dnslib.DNSRecord:
+        r = q.reply()
+        r.header.rcode = dnslib.RCODE.REFUSED
+        return r
+
+    up = FakeUpstream(answer=refuse)
+    try:
+        srv = serve(up=up)
+        r = ask(srv, "refused.example", edns=True)
+        assert r.rcode() == dns.rcode.SERVFAIL   # was REFUSED, passed on after 3 sends
+        assert _ede(r) == [22]                   # No Reachable Authority
+        assert len(up.queries()) == 1
+    finally:
+        up.close()
