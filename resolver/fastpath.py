@@ -140,7 +140,7 @@ class FastPath:
                 rl = self.ratelimit
                 if rl is not None and not rl.take(addr[0], monotonic()):
                     return None
-                rcode, body, an, ns = blocking.template(qtype)
+                rcode, body, an, ns = blocking.template(qtype, data[12])
                 wire = reply_for(data, qend, qflags, rcode, body, an, ns,
                                  blocking.opt[do] if edns else None)
                 list_name = blocking.by_bit[hit.bit]

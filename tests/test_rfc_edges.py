@@ -117,3 +117,36 @@ def test_refused_by_every_upstream_is_servfail_with_the_reason(serve):
         assert len(up.queries()) == 1
     finally:
         up.close()
+
+
+def test_the_soa_of_a_block_answer_is_owned_by_the_blocked_names_parent(serve):
+    srv = serve(lists={"l": "tracker.example\nsingle\n"})
+    for name, parent in (("tracker.example", "example."), ("a.b.tracker.example",
+                                                            "b.tracker.example."),
+                         ("single", ".")):
+        for tcp in (False, True):          # the fast path (UDP) and the chain (TCP)
+            for qtype in ("A", "TXT"):
+                r = ask(srv, name, qtype, tcp=tcp)
+                assert r.rcode() == dns.rcode.NXDOMAIN
+                soa = r.authority[0]
+                assert soa.rdtype == dns.rdatatype.SOA
+                assert soa.name.to_text() == parent, (name, tcp, soa.name)
+
+
+def test_rebind_stripping_clears_ad(serve):
+    def answer(q: dnslib.DNSRecord) -> dnslib.DNSRecord:
+        r = q.reply()
+        r.header.ad = 1
+        r.add_answer(dnslib.RR(q.q.qname, dnslib.QTYPE.A, ttl=300, rdata=dnslib.A("192.168.1.7")))
+        r.add_answer(dnslib.RR(q.q.qname, dnslib.QTYPE.A, ttl=300, rdata=dnslib.A("192.0.2.7")))
+        return r
+
+    up = FakeUpstream(answer=answer)
+    try:
+        srv = serve("rebind_protection: true\n", up=up)
+        for _ in range(2):   # forwarded, then cached
+            r = ask(srv, "signed.example", edns=True, dnssec=True)
+            assert [rr.address for rr in r.answer[0]] == ["192.0.2.7"]
+            assert not r.flags & dns.flags.AD   # the upstream's AD=1 was for the other answer
+    finally:
+        up.close()
