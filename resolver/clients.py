@@ -26,6 +26,7 @@ class ClientInfo:
     group: str
     block: int      # bit mask of the block lists that apply
     allow: int      # bit mask of the allow lists that apply
+    snoop: bool = False   # in access.allow_snoop: RD=0 queries answered from the cache
 
 
 class LabelBound:
@@ -61,6 +62,7 @@ class ClientTable:
 
     def __init__(self, config: Config, lists: Blocklists, labels: LabelBound) -> None:
         self.allow_nets = config.access_allow
+        self.snoop_nets = config.access_allow_snoop
         self.names = [(n, name) for name, nets in config.clients.items() for n in nets]
         self.groups = [(n, g.name) for g in config.groups.values() for n in g.clients]
         self.masks = {g.name: (lists.mask(g.lists), lists.mask(g.allow))
@@ -84,8 +86,9 @@ class ClientTable:
             return ClientInfo(False, self.labels("other"), None, "default", 0, 0)
         if ip.version == 6 and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
-        allowed = any(ip.version == n.version and ip in n for n in self.allow_nets)
+        snoop = any(ip.version == n.version and ip in n for n in self.snoop_nets)
+        allowed = snoop or any(ip.version == n.version and ip in n for n in self.allow_nets)
         name = _longest(ip, self.names)
         group = _longest(ip, self.groups) or "default"
         block, allow = self.masks.get(group, (0, 0))
-        return ClientInfo(allowed, self.labels(name or str(ip)), name, group, block, allow)
+        return ClientInfo(allowed, self.labels(name or str(ip)), name, group, block, allow, snoop)

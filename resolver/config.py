@@ -141,6 +141,8 @@ class Config:
     log_queries: bool = False
     workers: int = 1
     rebind_protection: RebindProtection = field(default_factory=RebindProtection)
+    # Clients whose RD=0 queries are answered (from the cache only); the rest get REFUSED.
+    access_allow_snoop: tuple[IPNetwork, ...] = ()
 
     def all_lists(self) -> list[ListSpec]:
         return [*self.blocking.lists.values(), *self.blocking.allow.values()]
@@ -428,8 +430,9 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
             doc.err(f"forward_zones.{zone}", "needs at least one server")
         zones[name] = eps
 
-    access = r.section(top.get("access"), "access", ("allow",))
+    access = r.section(top.get("access"), "access", ("allow", "allow_snoop"))
     allow_nets = r.networks(access.get("allow", list(DEFAULT_ALLOW)), "access.allow")
+    snoop_nets = r.networks(access.get("allow_snoop") or [], "access.allow_snoop")
 
     blocking = _blocking(r, top.get("blocking"), base)
 
@@ -521,6 +524,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         log_queries=r.typed(lg, "queries", "log", bool, False),
         workers=workers,
         rebind_protection=rebind,
+        access_allow_snoop=snoop_nets,
     )
 
 

@@ -96,7 +96,8 @@ class FastPath:
                 return data[:2] + wire
         # A standard query (QR=0, opcode 0); one question, no answer or
         # authority records, at most one additional (the OPT).
-        if len(data) < 17 or data[2] & 0xF8 or data[4:10] != _ONE_QUESTION or data[10]:
+        # RD=0 is the chain's (REFUSED, or the cache only for access.allow_snoop).
+        if len(data) < 17 or data[2] & 0xF9 != 1 or data[4:10] != _ONE_QUESTION or data[10]:
             return None
         n = len(data)
         i = 12

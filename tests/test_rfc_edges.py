@@ -13,6 +13,7 @@ import time
 import dns.edns
 import dns.flags
 import dns.message
+import dns.query
 import dns.rcode
 import dns.rdatatype
 import dnslib
@@ -150,3 +151,33 @@ def test_rebind_stripping_clears_ad(serve):
             assert not r.flags & dns.flags.AD   # the upstream's AD=1 was for the other answer
     finally:
         up.close()
+
+
+def _norec(srv, name: str, tcp: bool = False) -> dns.message.Message:
+    q = dns.message.make_query(name, "A", use_edns=0)
+    q.flags &= ~dns.flags.RD
+    f = dns.query.tcp if tcp else dns.query.udp
+    return f(q, srv.host, port=srv.port, timeout=5)
+
+
+def test_rd0_queries_are_refused_so_nobody_snoops_the_cache(serve, upstream):
+    srv = serve(lists={"l": "tracker.example\n"})
+    assert ask(srv, "visited.example").rcode() == dns.rcode.NOERROR   # someone resolved it
+    for tcp in (False, True):
+        for name in ("visited.example", "never.example", "tracker.example"):
+            r = _norec(srv, name, tcp)
+            assert r.rcode() == dns.rcode.REFUSED, (name, tcp)
+            assert not r.answer
+    assert len(upstream.queries()) == 1     # RD=0 was recursed before
+
+
+def test_allow_snoop_clients_get_rd0_answers_from_the_cache_only(serve, upstream):
+    srv = serve('access: {allow: ["10.0.0.0/8"], allow_snoop: ["127.0.0.1/32"]}\n')
+    assert srv.config.access_allow_snoop
+    assert ask(srv, "visited.example").rcode() == dns.rcode.NOERROR
+    for tcp in (False, True):
+        hit = _norec(srv, "visited.example", tcp)
+        assert hit.rcode() == dns.rcode.NOERROR and hit.answer[0][0].address == "192.0.2.1"
+        miss = _norec(srv, "never.example", tcp)
+        assert miss.rcode() == dns.rcode.SERVFAIL and _ede(miss) == [0]
+    assert len(upstream.queries()) == 1     # nothing forwarded for RD=0
