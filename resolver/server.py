@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import upstream
+from .carryover import carry_over
 from .chain import build_chain
 from .clients import ClientTable, LabelBound
 from .config import Config, ConfigError, Endpoint, format_endpoint
@@ -429,6 +430,7 @@ class Server:
             self.config.rebind_protection == config.rebind_protection
         entries = self.cache.entries if keep else None  # type: ignore[union-attr]
         head, cache = build_chain(config, lists, self.stats, entries)
+        carry_over(self.head, head, self.stats)   # buckets, upstream health, in flight
         self.labels.limit = config.metrics.max_clients
         self.clients = ClientTable(config, lists, self.labels)
         self.config, self.lists, self.head, self.cache = config, lists, head, cache
