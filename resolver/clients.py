@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from .config import Config, IPNetwork
 from .lists.loader import Blocklists
+from .stats import Stats
 
 MAX_CACHED_ADDRESSES = 65_536
 
@@ -32,12 +33,17 @@ class ClientInfo:
 class LabelBound:
     """At most ``limit`` distinct client label values; the rest are counted as "other".
 
-    Lives across reloads so a label, once given out, keeps its series.
+    Lives across reloads so a label, once given out, keeps its series, until it has
+    been idle for ``idle`` seconds (``release_idle``): then its slot and its series go,
+    so that devices rotating IPv6 privacy addresses do not use up the bound for good.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, idle: float = 0.0) -> None:
         self.limit = limit
+        self.idle = idle      # metrics.client_idle; 0: never released
         self.seen: set[str] = set()
+        # label -> (its query count when last looked at, when that count last changed)
+        self._last: dict[str, tuple[int, float]] = {}
 
     def __call__(self, label: str) -> str:
         if label in self.seen:
@@ -46,6 +52,48 @@ class LabelBound:
             self.seen.add(label)
             return label
         return "other"
+
+    def release_idle(self, stats: Stats, now: float, keep: frozenset[str],
+                     table: ClientTable | None) -> list[str]:
+        """Release the labels whose query count has not moved for ``idle`` seconds.
+
+        A released label loses its slot, its series (queries, blocked, limited) and the
+        cached ClientInfo of its addresses, so a returning address is labelled afresh.
+        ``keep`` (configured client names and "other") is never released.  The count of
+        released labels is ``stats.client_labels_released``.
+        """
+        if self.idle <= 0:
+            return []
+        totals: dict[str, int] = dict.fromkeys(self.seen, 0)
+        for (client, _, _), n in list(stats.queries.items()):
+            totals[client] = totals.get(client, 0) + n
+        last = self._last
+        gone = []
+        for label, total in totals.items():
+            if label in keep:
+                continue
+            prev = last.get(label)
+            if prev is None or prev[0] != total:
+                last[label] = (total, now)
+            elif now - prev[1] >= self.idle:
+                gone.append(label)
+        if not gone:
+            return []
+        dead = set(gone)
+        for label in gone:
+            self.seen.discard(label)
+            del last[label]
+        for series in (stats.queries, stats.blocked, stats.limited):
+            for key in [k for k in series if k[0] in dead]:
+                del series[key]
+        if table is not None:
+            # Addresses counted as "other" are looked up again too: there is room now.
+            dead.add("other")
+            cache = table.cache
+            for address in [a for a, info in cache.items() if info.label in dead]:
+                del cache[address]
+        stats.client_labels_released += len(gone)
+        return gone
 
 
 def _longest(ip: ipaddress.IPv4Address | ipaddress.IPv6Address,

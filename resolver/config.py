@@ -87,6 +87,7 @@ class Cache:
 class Metrics:
     listen: Endpoint | None = ("127.0.0.1", 9153)
     max_clients: int = 512
+    client_idle: float = 86_400.0   # seconds without a query before a label is released
 
 
 @dataclass(frozen=True)
@@ -460,7 +461,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
     if cache.min_ttl > cache.max_ttl:
         doc.err("cache.min_ttl", "is larger than cache.max_ttl")
 
-    m = r.section(top.get("metrics"), "metrics", ("listen", "max_clients"))
+    m = r.section(top.get("metrics"), "metrics", ("listen", "max_clients", "client_idle"))
     mlisten: Endpoint | None = ("127.0.0.1", 9153)
     if "listen" in m:
         if m["listen"] is None:
@@ -468,7 +469,8 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         else:
             eps = r.endpoints(m["listen"], "metrics.listen", 9153)
             mlisten = eps[0] if eps else None
-    metrics = Metrics(mlisten, r.typed(m, "max_clients", "metrics", int, 512, _at_least(1)))
+    metrics = Metrics(mlisten, r.typed(m, "max_clients", "metrics", int, 512, _at_least(1)),
+                      _dur(r, m, "client_idle", "metrics", Metrics.client_idle))
 
     s = r.section(top.get("server"), "server", tuple(ServerOptions.__dataclass_fields__))
     d = ServerOptions()
