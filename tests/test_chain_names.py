@@ -214,3 +214,24 @@ def test_through_nsd_a_dname_answer_arrives_whole(tmp_path, serve):
     finally:
         nsd.terminate()
         nsd.wait(10)
+
+
+def test_through_the_server_the_crafted_owner_is_dropped_and_the_upstream_stays_up(serve):
+    """The issue's case end to end: it used to stall the loop, answer SERVFAIL and count
+    against the upstream's health."""
+    def answer(q: dnslib.DNSRecord) -> bytes:
+        raw = bytes(q.pack())
+        qend = 12 + wire.check_name(raw, 12, len(raw)) - 12 + 4
+        return _answer(raw[:qend], [([b"a b", b"example"], bytes([203, 0, 113, 9])),
+                                    ([b"a\\032b", b"example"], bytes([192, 0, 2, 9]))])
+
+    up = FakeUpstream(answer=answer)
+    try:
+        srv = serve(up=up)
+        for i in range(4):
+            r = ask(srv, "a\\\\032b.example", "A")
+            assert r.rcode() == dns.rcode.NOERROR, i
+            assert [rr.address for rr in r.answer[0]] == ["192.0.2.9"]
+        assert srv.stats.upstream_state[up.address] == 1
+    finally:
+        up.close()
