@@ -28,7 +28,7 @@ import pytest
 
 from resolver import wire
 from resolver.wire import parse_answer, parse_query
-from tests.conftest import ask
+from tests.conftest import ask, kdig_missing
 from tests.fakes import FakeUpstream, free_port
 
 SIG = "{covered} 13 2 300 20300101000000 20200101000000 12345 dname.example. AAAA"
@@ -235,3 +235,17 @@ def test_through_the_server_the_crafted_owner_is_dropped_and_the_upstream_stays_
         assert srv.stats.upstream_state[up.address] == 1
     finally:
         up.close()
+
+
+@kdig_missing
+def test_kdig_dnssec_sees_the_signed_dname_before_the_cname(serve, dname_up):
+    """What a validating stub asks (DO=1): the DNAME and its RRSIG come first."""
+    srv = serve(up=dname_up)
+    out = subprocess.run(["kdig", f"@{srv.host}", "-p", str(srv.port), "+dnssec", "+noall",
+                          "+answer", "www.dname.example", "A"],
+                         capture_output=True, text=True, timeout=10).stdout
+    rows = [line.split() for line in out.splitlines() if line and not line.startswith(";")]
+    assert [(r[0].lower(), r[3]) for r in rows] == [
+        ("dname.example.", "DNAME"), ("dname.example.", "RRSIG"),
+        ("www.dname.example.", "CNAME"), ("www.target.example.", "A"),
+        ("www.target.example.", "RRSIG")], out
