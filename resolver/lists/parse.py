@@ -78,6 +78,8 @@ def normalize_domain(name: str) -> str | None:
     return name
 
 
+# A regex rule followed by a comment: the regex has no blanks (host names have none).
+_COMMENTED_REGEX = re.compile(r"(/\S+/)\s+#")
 _IPISH = re.compile(r"[0-9a-fA-F:.%]+")
 
 
@@ -121,6 +123,11 @@ def parse_text(text: str, keep_rules: bool = False) -> Parsed:
         if line.startswith("/") and line.rstrip().endswith("/") and len(line) > 2:
             _regex(out, line, lineno)
             continue
+        if line.startswith("/"):
+            commented = _COMMENTED_REGEX.match(line)   # /regex/  # why (curated lists)
+            if commented is not None:
+                _regex(out, commented.group(1), lineno)
+                continue
         hash_at = line.find("#")
         if hash_at >= 0:
             line = line[:hash_at].strip()

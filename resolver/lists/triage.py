@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .family import regex_problem
 from .lint import Finding, hostname_problem, parents
 from .parse import normalize_domain
 
@@ -45,53 +46,6 @@ class Entry:
     def __str__(self) -> str:
         rule = f"/{self.rule}/" if self.regex else self.rule
         return f"{self.path}:{self.line}: {rule} ({self.category})"
-
-
-def regex_problem(src: str) -> str | None:
-    """Why ``src`` is not an acceptable family regex (None when it is).
-
-    Anchored at both ends (it names whole host names, never "anything
-    containing"), compiles, and has no quantified group that itself holds a
-    quantifier (``(a+)+`` backtracks exponentially; rules are compiled into one
-    alternation that every query runs).
-    """
-    if not src.startswith("^") or not src.endswith("$"):
-        return "anchor the regex at both ends: /^...$/"
-    try:
-        re.compile(src)
-    except re.error as exc:
-        return f"bad regex: {exc}"
-    if _nested_quantifier(src):
-        return "nested quantifier (a quantified group that holds a quantifier): keep regexes linear"
-    return None
-
-
-def _nested_quantifier(src: str) -> bool:
-    """True when a group that contains ``*``, ``+`` or ``{n,}`` is itself repeated."""
-    stack: list[bool] = []      # per open group: does it contain an unbounded quantifier?
-    i, n = 0, len(src)
-    while i < n:
-        c = src[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "[":
-            j = src.find("]", i + 2)
-            i = n if j < 0 else j + 1
-            continue
-        if c == "(":
-            stack.append(False)
-        elif c == ")" and stack:
-            inner = stack.pop()
-            nxt = src[i + 1:i + 2]
-            if inner and (nxt in ("*", "+", "?") or nxt == "{"):
-                return True
-            if inner and stack:
-                stack[-1] = True
-        elif stack and (c in "*+" or (c == "{" and re.match(r"\{\d*,\d*\}", src[i:]))):
-            stack[-1] = True
-        i += 1
-    return False
 
 
 def parse_triage(text: str, path: str) -> tuple[list[Entry], list[Finding]]:
