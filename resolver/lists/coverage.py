@@ -90,6 +90,8 @@ class Tally:
     counts: Counter = field(default_factory=Counter)
     regexes: int = 0
     rejected: int = 0
+    beyond: int = 0             # extra sources: vendor-owned names no main reference lists
+    beyond_blocked: int = 0     # ... and how many of them the tiers block anyway
 
     @property
     def owned(self) -> int:
@@ -109,6 +111,7 @@ class Tally:
             "default_pct": round(self.share("default"), 1),
             "default_strict_pct": round(self.share("default", "strict"), 1),
             "regexes": self.regexes, "rejected_lines": self.rejected,
+            "beyond_references": self.beyond, "beyond_references_blocked": self.beyond_blocked,
         }
 
 
@@ -174,10 +177,17 @@ def vendor_report(vendor: Vendor, clf: Classifier) -> VendorReport:
     total = tally(vendor.name, union, buckets)
     total.regexes = sum(len(n.regexes) for _, n in refs)
     total.rejected = sum(len(n.rejected) for _, n in refs)
+    extras = []
+    for s, n in extra:
+        t = tally(s.name, n.names, buckets, n)
+        beyond = [x for x in n.names - union if buckets[x] != "shared-infra"]
+        t.beyond = len(beyond)
+        t.beyond_blocked = sum(buckets[x] in ("default", "strict") for x in beyond)
+        extras.append(t)
     return VendorReport(
         vendor.name, total,
         [tally(s.name, n.names, buckets, n) for s, n in refs],
-        [tally(s.name, n.names, buckets, n) for s, n in extra],
+        extras,
         sorted((n for n in union if buckets[n] == "untriaged"), key=lambda h: h.split(".")[::-1]),
         {n: buckets[n] for n in union},
     )
@@ -264,6 +274,10 @@ def format_text(report: Report) -> str:
         total.shared += v.total.shared
         total.counts.update(v.total.counts)
     lines.append("")
+    for v in report.vendors:
+        for x in v.extra:
+            lines.append(f"{v.vendor}: {x.label} names {x.beyond} vendor-owned hosts no main "
+                         f"reference lists; the tiers block {x.beyond_blocked} of them")
     lines.append(f"all vendors ({report.tier} tier on): {total.owned} vendor-owned names, default "
                  f"{total.share('default'):.1f}%, default+strict {total.share('default', 'strict'):.1f}%, "
                  f"untriaged {total.counts['untriaged']}")
