@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     lt.add_argument("paths", nargs="*", metavar="PATH", help="list files or directories of *.txt")
     lt.set_defaults(func=cmd_lint)
 
-    sh = lsub.add_parser("show", help="the entries of one configured list, with file:line")
+    sh = lsub.add_parser("show", help="the entries of one configured or bundled list, with file:line")
     sh.add_argument("name")
     sh.add_argument("-c", "--config", help="YAML config file (embedded default without -c)")
     sh.set_defaults(func=cmd_show)
@@ -100,14 +100,23 @@ def read_parts(spec: ListSpec, state_dir: str) -> list[tuple[str, Parsed]]:
     return [(spec.source, parse_text(read_local(spec), keep_rules=True))]
 
 
+def bundled_spec(name: str) -> ListSpec | None:
+    """A curated list by name (``xiaomi-strict`` or ``xiaomi-strict.txt``) when no config names it."""
+    path = bundled.lists_dir() / (name if name.endswith(".txt") else f"{name}.txt")
+    if "/" in name or not path.is_file():
+        return None
+    return ListSpec(name.removesuffix(".txt"), str(path), "file")
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     config = _config(args)
     if config is None:
         return 2
     specs = {s.name: s for s in config.all_lists()}
-    spec = specs.get(args.name)
+    spec = specs.get(args.name) or bundled_spec(args.name)
     if spec is None:
-        print(f"no list named {args.name!r}; configured: {', '.join(specs) or '(none)'}",
+        print(f"no list named {args.name!r}; configured: {', '.join(specs) or '(none)'}; "
+              f"bundled: {', '.join(sorted(p.stem for p in bundled.lists_dir().glob('*.txt')))}",
               file=sys.stderr)
         return 2
     try:
