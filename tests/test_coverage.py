@@ -312,3 +312,20 @@ def test_coverage_targets_per_vendor(repo_report: coverage.Report) -> None:
            if v.total.share("default") < DEFAULT_TARGET
            or v.total.share("default", "strict") < STRICT_TARGET}
     assert low == {}, f"vendor: (default %, default+strict %) below {DEFAULT_TARGET}/{STRICT_TARGET}"
+
+
+def test_markdown_update_rewrites_only_the_marked_block(tmp_path: Path) -> None:
+    from resolver.lists.coverage_cli import BEGIN, END
+
+    lists, refs = world(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# top\n\n{BEGIN}\nold table\n{END}\n\n## after\n")
+    base = ["lists", "coverage", "--lists", str(lists), "--references", str(refs), "--markdown"]
+    assert main([*base, "--update", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith(f"# top\n\n{BEGIN}\n| vendor |") and text.endswith(f"{END}\n\n## after\n")
+    assert "old table" not in text and "| **example** |" in text
+    assert main([*base, "--update", str(lists / "example.txt")]) == 2     # no markers there
+    # The repository README carries the block the lead regenerates.
+    repo = (ROOT / "README.md").read_text()
+    assert repo.index(BEGIN) < repo.index(END)

@@ -45,6 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     out = cv.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="machine-readable report")
     out.add_argument("--markdown", action="store_true", help="the README's coverage table")
+    cv.add_argument("--update", metavar="FILE", help="with --markdown: replace the coverage table "
+                                                     "block of FILE (README.md) instead of printing")
     cv.add_argument("--references", metavar="DIR", help="folder with vendors.yaml "
                                                         "(default: references/ of the checkout)")
     cv.add_argument("--lists", metavar="DIR", help="curated lists (default: the bundled ones)")
