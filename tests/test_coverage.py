@@ -329,3 +329,23 @@ def test_markdown_update_rewrites_only_the_marked_block(tmp_path: Path) -> None:
     # The repository README carries the block the lead regenerates.
     repo = (ROOT / "README.md").read_text()
     assert repo.index(BEGIN) < repo.index(END)
+
+
+def test_a_family_regex_in_a_curated_list_is_served_and_explained(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """'/regex/  # comment' lines load (not rejected), and query/show name the one regex and its line."""
+    lists, _ = world(tmp_path)
+    (lists / "example.txt").write_text(
+        HEADER.format(what="default", tier="default") + DEFAULT
+        + "/^obus-[a-z0-9]+\\.example\\.com$/  # obus family (e)\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"upstreams: ['192.0.2.53']\nblocking:\n  lists: {{ex: {lists / 'example.txt'}}}\n")
+    assert main(["check", "-c", str(cfg)]) == 0
+    assert "3 entries, 0 rejected lines" in capsys.readouterr().out
+    assert main(["query", "-c", str(cfg), "obus-eu1.example.com"]) == 0
+    out = capsys.readouterr().out
+    assert "blocked by list ex, rule `/^obus-[a-z0-9]+\\.example\\.com$/` " \
+           f"({lists / 'example.txt'}:9)" in out
+    assert main(["lists", "show", "-c", str(cfg), "ex"]) == 0
+    assert f"{lists / 'example.txt'}:9: /^obus-[a-z0-9]+\\.example\\.com$/  # obus family (e)" in \
+        capsys.readouterr().out

@@ -129,7 +129,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     for label, parsed in parts:
         for r in parsed.rules or ():
             rule = f"/{r.value}/" if r.regex else r.value
-            comment = "" if r.regex else r.text.partition("#")[2]
+            comment = r.text[len(rule):].partition("#")[2] if r.regex else r.text.partition("#")[2]
             print(f"{label}:{r.line}: {rule}" + (f"  # {comment.strip()}" if comment.strip() else ""))
     for label, parsed in parts:
         for line, text, reason in parsed.rejected:
