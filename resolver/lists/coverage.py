@@ -211,7 +211,7 @@ def stale_entries(entries: list[Entry], lists: Lists, reference_names: set[str])
             continue
         m = idx.match(e.rule, bits, allow)
         if m is not None:
-            rule = f"/{m.rule}/" if m.regex else m.rule
+            rule = f"/{idx.which_regex(m.bit, e.rule, m.rule)}/" if m.regex else m.rule
             out.append(Finding(e.path, e.line, f"{e.rule}: stale triage: blocked by {rule} "
                                                f"({lists.files[m.bit].name}); remove the entry"))
     return out

@@ -175,13 +175,13 @@ class DomainIndex:
             s = s[i + 1:]
         for bit, rx in self.regexes:
             if bit & allow and rx.search(name):
-                return Match(bit, self._which_regex(bit, name, rx.pattern), True, True)
+                return Match(bit, self.which_regex(bit, name, rx.pattern), True, True)
         m = self.match(name, block, allow)
         if m is not None and m.regex:
-            m.rule = self._which_regex(m.bit, name, m.rule)
+            m.rule = self.which_regex(m.bit, name, m.rule)
         return m
 
-    def _which_regex(self, bit: int, name: str, joined: str) -> str:
+    def which_regex(self, bit: int, name: str, joined: str) -> str:
         """The one regex of a list's alternation that matched (what ``hushdns query`` shows)."""
         for src in self.regex_sources.get(bit, ()):
             if re.search(src, name):
