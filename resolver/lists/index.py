@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .parse import Parsed
+from .regex_index import RegexSet
 
 
 @dataclass(slots=True)
@@ -41,6 +42,7 @@ class DomainIndex:
         self.common = 0
         self.regexes: list[tuple[int, re.Pattern[str]]] = []
         self.regex_sources: dict[int, list[str]] = {}   # for ``explain``: which regex of a list
+        self.regex_set = RegexSet()                      # what ``match`` runs: see regex_index.py
         self.regex_mask = 0
         self.allow_bits = 0
         self._interned: dict[int, int] = {}
@@ -52,6 +54,7 @@ class DomainIndex:
         if sources:
             self.regexes.append((bit, re.compile("|".join(f"(?:{s})" for s in sources))))
             self.regex_sources[bit] = list(sources)
+            self.regex_set.add(bit, sources)
             self.regex_mask |= bit
         if allow:
             self.allow_bits |= bit
@@ -151,13 +154,11 @@ class DomainIndex:
                 break
             s = s[i + 1:]
         if self.regex_mask & (block | allow):
-            for bit, rx in self.regexes:
-                if bit & allow and rx.search(name):
-                    return None
-            if not found:
-                for bit, rx in self.regexes:
-                    if bit & block and rx.search(name):
-                        return Match(bit, rx.pattern, False, True)
+            allowed, bit, pattern = self.regex_set.check(name, block, allow, not found)
+            if allowed:
+                return None
+            if bit:
+                return Match(bit, pattern, False, True)
         if found:
             return Match(found & -found, rule, False)
         return None
