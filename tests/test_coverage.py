@@ -179,6 +179,7 @@ def test_every_name_lands_in_exactly_one_bucket(tmp_path: Path) -> None:
         "foo.example.com": "untriaged", "bar.example.com": "untriaged",
     }
     t = v.total
+    assert r.essential_blocked == {"default": [], "strict": []}
     assert (t.names, t.shared, t.owned) == (11, 2, 9)
     assert t.share("default") == pytest.approx(200 / 9)
     assert t.share("default", "strict") == pytest.approx(300 / 9)
@@ -297,6 +298,11 @@ def test_repo_extra_sources_measure_block_answers_beyond_the_references(
     assert extra.beyond_blocked > 0
     print(f"xiaomi extra source: {extra.beyond_blocked} of {extra.beyond} hosts beyond the "
           "references are blocked")
+
+
+def test_repo_default_tier_blocks_no_essential_host(repo_report: coverage.Report) -> None:
+    """Issue #16 target: essential hosts blocked by the default tier: 0 (strict: lint checks its header)."""
+    assert repo_report.essential_blocked["default"] == []
 
 
 @CURATION_PENDING

@@ -225,10 +225,24 @@ class Report:
     vendors: list[VendorReport]
     triage_problems: list[Finding]      # syntax, stale, unbacked essential
     rules: dict[str, int]
+    essential_blocked: dict[str, list[str]] = field(default_factory=dict)   # tier -> hosts
 
     def as_dict(self) -> dict:
         return {"tier": self.tier, "vendors": [v.as_dict() for v in self.vendors],
-                "triage_problems": [str(f) for f in self.triage_problems], "rules": self.rules}
+                "triage_problems": [str(f) for f in self.triage_problems], "rules": self.rules,
+                "essential_blocked": self.essential_blocked}
+
+
+def essential_blocked(lists: Lists, essential: dict[str, tuple[str, int, str]]) -> dict[str, list[str]]:
+    """Hosts of essential.txt that the default tier blocks (must be none) and that strict adds."""
+    idx, allow = lists.index, lists.allow
+    out: dict[str, list[str]] = {"default": [], "strict": []}
+    for host in sorted(essential, key=lambda h: h.split(".")[::-1]):
+        if idx.match(host, lists.default, allow) is not None:
+            out["default"].append(host)
+        elif idx.match(host, lists.strict, allow) is not None:
+            out["strict"].append(host)
+    return out
 
 
 def measure(vendors: list[Vendor], lists_dir: Path, triage_dir: Path, tier: str = "strict",
@@ -241,8 +255,9 @@ def measure(vendors: list[Vendor], lists_dir: Path, triage_dir: Path, tier: str 
     reports = [vendor_report(v, clf) for v in vendors]
     names = set().union(*(r.by_name for r in reports)) if reports else set()
     problems = problems + stale_entries(entries, lists, names)
-    problems += essential_problems(entries, essential_hosts([lists_dir / ESSENTIAL_FILE]))
-    return Report(tier, reports, sorted(problems), lists.rules)
+    essential = essential_hosts([lists_dir / ESSENTIAL_FILE])
+    problems += essential_problems(entries, essential)
+    return Report(tier, reports, sorted(problems), lists.rules, essential_blocked(lists, essential))
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -278,6 +293,11 @@ def format_text(report: Report) -> str:
         for x in v.extra:
             lines.append(f"{v.vendor}: {x.label} names {x.beyond} vendor-owned hosts no main "
                          f"reference lists; the tiers block {x.beyond_blocked} of them")
+    eb = report.essential_blocked
+    if eb:
+        lines.append(f"essential hosts blocked: default tier {len(eb['default'])}"
+                     + (f" ({', '.join(eb['default'])})" if eb["default"] else "")
+                     + f", strict tier {len(eb['strict'])} (each named in its list's STOPS WORKING paragraph)")
     lines.append(f"all vendors ({report.tier} tier on): {total.owned} vendor-owned names, default "
                  f"{total.share('default'):.1f}%, default+strict {total.share('default', 'strict'):.1f}%, "
                  f"untriaged {total.counts['untriaged']}")
