@@ -8,6 +8,7 @@ address, and the hot path does one dict lookup.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from dataclasses import dataclass
 
 from .config import Config, IPNetwork
@@ -89,3 +90,28 @@ class ClientTable:
         group = _longest(ip, self.groups) or "default"
         block, allow = self.masks.get(group, (0, 0))
         return ClientInfo(allowed, self.labels(name or str(ip)), name, group, block, allow)
+
+
+class UnknownClient(ValueError):
+    """``hushdns query --client X``: X is neither an IP address nor a name in ``clients:``."""
+
+
+def client_address(config: Config, client: str) -> str:
+    """An address that stands for ``client``: the address itself, or, for a ``clients:`` name,
+    an address of its networks that the name really matches (longest prefix: a more specific
+    name may own part of a network)."""
+    try:
+        return str(ipaddress.ip_address(client.split("%")[0]))
+    except ValueError:
+        pass
+    nets = config.clients.get(client)
+    if not nets:
+        known = ", ".join(sorted(config.clients)) or "none configured"
+        raise UnknownClient(f"--client {client!r}: not an address or a known client "
+                            f"(clients: {known})")
+    table = [(n, name) for name, ns in config.clients.items() for n in ns]
+    for net in nets:
+        for ip in itertools.islice(itertools.chain([net.network_address], net.hosts()), 256):
+            if _longest(ip, table) == client:
+                return str(ip)
+    return str(nets[0].network_address)

@@ -34,7 +34,7 @@ from prometheus_client.utils import floatToGoString
 from resolver import __version__
 from resolver.stats import Histogram, Stats
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("hushdns.metrics")
 
 # The classic text format; Prometheus 2.x and every scraper understand it.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -22,6 +22,7 @@ from .chain import build_chain
 from .clients import ClientTable, LabelBound
 from .config import Config, ConfigError, Endpoint, format_endpoint
 from .fastpath import FastPath
+from .listen_errors import ListenError, listen_error
 from .lists import loader, remote
 from .lists.loader import Blocklists
 from .metrics import start_metrics_server
@@ -340,9 +341,9 @@ class Server:
 
     async def start(self) -> None:
         """Load lists, build the chain, bind every listener; returns once serving."""
+        # The loader logs each list that fails, once.
         self.lists = await asyncio.to_thread(loader.load_all, self.config, None, self.stats)
-        for info in self.lists.failed():
-            log.error("list %s: %s", info.spec.name, info.error)
+        log.info("config %s: %s", self.config.path, _lists_summary(self.lists))
         self._install(self.config, self.lists)
         for ep in self.config.listen:
             await self._bind(ep)
@@ -416,10 +417,9 @@ class Server:
         try:
             self.metrics_server = await start_metrics_server(self.stats, ep[0], ep[1])
         except OSError as exc:
-            if not reloading:
-                raise
-            # On reload, a busy port must not take DNS down with it.
-            log.error("metrics: cannot listen on %s: %s", format_endpoint(ep), exc)
+            # A busy metrics port must not take DNS down with it, at start-up or on reload.
+            log.error("metrics: %s; DNS keeps serving without /metrics",
+                      listen_error(ep, "tcp", exc, "--metrics ADDR or --metrics off"))
 
     def _install(self, config: Config, lists: Blocklists) -> None:
         """Swap in a new chain; the cache table carries over when its settings did not change."""
@@ -448,7 +448,11 @@ class Server:
                 udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             with contextlib.suppress(OSError):
                 udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
-            udp.bind((host, port))
+            try:
+                udp.bind((host, port))
+            except OSError as exc:
+                udp.close()
+                raise listen_error(ep, "udp", exc) from None
             bound = udp.getsockname()[1]
             tcp = socket.socket(family, socket.SOCK_STREAM)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -458,15 +462,16 @@ class Server:
                 tcp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
                 tcp.bind((host, bound))
-            except OSError:
+            except OSError as exc:
                 udp.close()
                 tcp.close()
                 if port == 0:   # the TCP twin of a random UDP port was taken: try another
                     continue
-                raise
+                raise listen_error(ep, "tcp", exc) from None
             break
         else:
-            raise OSError(f"could not bind UDP and TCP on one port for {format_endpoint(ep)}")
+            raise ListenError(f"cannot listen on {format_endpoint(ep)}: no port free for both "
+                              "UDP and TCP; use --listen")
         tcp.listen(128)
         edge = UdpEdge(self, udp)
         edge.start(loop)
@@ -563,11 +568,16 @@ class Server:
             await asyncio.sleep(LIST_POLL_SECONDS)
             try:
                 if await asyncio.to_thread(loader.changed, self.lists):
-                    log.info("a list file changed; reloading lists")
                     async with self._reload_lock:
+                        old = self.lists
                         lists = await asyncio.to_thread(
                             loader.load_all, self.config, self.lists, self.stats)
                         self._install(self.config, lists)
+                    for name, info in lists.lists.items():
+                        was = old.lists.get(name)
+                        if was is not None and was.fingerprint != info.fingerprint and not info.error:
+                            log.info("list %s changed on disk: %d entries now (was %d)",
+                                     name, info.entries, was.entries)
             except Exception:
                 log.exception("list watcher")
 
@@ -609,3 +619,10 @@ class Server:
             info.loaded_at, info.error = time.time(), None
             loader.publish(self.lists, self.stats)
         return True
+
+
+def _lists_summary(lists: Blocklists) -> str:
+    """``9 lists, 412 names: xiaomi 40, huawei 35, ...`` for the start-up log line."""
+    parts = [f"{n} {'FAILED' if i.error else i.entries}" for n, i in lists.lists.items()]
+    return (f"{len(lists.lists)} lists, {len(lists.index)} names"
+            + (": " + ", ".join(parts) if parts else " (nothing is blocked)"))

@@ -23,10 +23,12 @@ import _socket
 import asyncio
 import collections
 import contextlib
+import logging
 import os
 import secrets
 import select
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -53,6 +55,26 @@ MAX_REPLY = 65535
 DOWN_AFTER = 3
 # Longest wait between two probes of a down upstream (seconds).
 MAX_PROBE_INTERVAL = 30.0
+
+
+log = logging.getLogger("hushdns.upstream")
+
+
+def failure_reason(exc: BaseException | None) -> str:
+    """A few words for the log line saying why an upstream went down."""
+    if exc is None or isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused (nothing listens on that port)"
+    if isinstance(exc, asyncio.IncompleteReadError):
+        return "connection closed mid-answer"
+    if isinstance(exc, WireError):
+        return f"malformed answer: {exc}"
+    if isinstance(exc, OSError):
+        return (exc.strerror or str(exc)).lower()
+    return str(exc) or type(exc).__name__
 
 
 class UpstreamFailure(Exception):
@@ -528,9 +550,9 @@ class Upstreams:
               check: Check | None, notify: Callable[[], None]) -> _UdpAttempt | None:
         try:
             return _UdpAttempt(mux, up, req, edns, self.stats, check, notify)
-        except OSError:
+        except OSError as exc:
             self.stats.upstream(up.label, "error")
-            self._failed(up)
+            self._failed(up, reason=failure_reason(exc))
             return None
 
     def probe(self, loop: asyncio.AbstractEventLoop, up: Upstream, req: Request) -> None:
@@ -662,7 +684,7 @@ class Upstreams:
         data = a.data
         if data is None:
             stats.upstream(a.up.label, "error")
-            self._failed(a.up)
+            self._failed(a.up, reason=failure_reason(a.error))
             return None
         if a.edns and data[3] & 0xF in (FORMERR, NOTIMP):
             stats.upstream(a.up.label, "error")
@@ -677,19 +699,22 @@ class Upstreams:
             data = await tcp_exchange(a.up, a.req, max(0.1, remaining), a.edns)
             if a.check is not None:
                 a.parsed = a.check(data)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, WireError):
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, WireError) as exc:
             self.stats.upstream(a.up.label, "error")
-            self._failed(a.up)
+            self._failed(a.up, reason="over TCP: " + failure_reason(exc))
             return None
         a.data = data
         return self._outcome(a)
 
-    def _failed(self, up: Upstream, probe: bool = False) -> None:
+    def _failed(self, up: Upstream, probe: bool = False, reason: str = "timeout") -> None:
         if not up.down:
             up.failures += 1
             if up.down:
                 up.down_until = time.monotonic() + 1.0   # first probe in a second
                 self.stats.upstream_state[up.label] = 0
+                # Once per transition: queries failing while it is down log nothing.
+                log.warning("upstream %s is down (%s, %d failures in a row); probing it, "
+                            "other upstreams answer meanwhile", up.label, reason, up.failures)
         elif probe:
             # Only failed probes lengthen the back-off: a burst of queries that
             # were in flight when it went down must not push the next probe away.
@@ -698,6 +723,8 @@ class Upstreams:
                 MAX_PROBE_INTERVAL, 2.0 ** (up.failures - DOWN_AFTER))
 
     def _healthy(self, up: Upstream) -> None:
+        if up.failures >= DOWN_AFTER:
+            log.info("upstream %s is back up", up.label)
         up.failures = 0
         up.down_until = 0.0
         self.stats.upstream_state[up.label] = 1
