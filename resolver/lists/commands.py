@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     lt.add_argument("paths", nargs="*", metavar="PATH", help="list files or directories of *.txt")
     lt.set_defaults(func=cmd_lint)
 
-    sh = lsub.add_parser("show", help="the entries of one configured list, with file:line")
+    sh = lsub.add_parser("show", help="the entries of one configured or bundled list, with file:line")
     sh.add_argument("name")
     sh.add_argument("-c", "--config", help="YAML config file (embedded default without -c)")
     sh.set_defaults(func=cmd_show)
@@ -32,6 +32,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     st = lsub.add_parser("stats", help="entries, rejected lines and overlap of the configured lists")
     st.add_argument("-c", "--config", help="YAML config file (embedded default without -c)")
     st.set_defaults(func=cmd_stats)
+
+    cv = lsub.add_parser("coverage", help="how many reference names of each vendor the tiers block "
+                                          "or triage")
+    cv.add_argument("refs", nargs="*", metavar="REFERENCE",
+                    help="VENDOR=PATH: measure these files instead of references/vendors.yaml "
+                         "(repeatable; only the vendors named are reported)")
+    cv.add_argument("--tier", choices=("default", "strict"), default="strict",
+                    help="lists that count as blocking: default only, or default+strict (default)")
+    cv.add_argument("--vendor", action="append", metavar="V", help="only this vendor (repeatable)")
+    cv.add_argument("--missing", action="store_true", help="print the untriaged names, one a line")
+    out = cv.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="machine-readable report")
+    out.add_argument("--markdown", action="store_true", help="the README's coverage table")
+    cv.add_argument("--update", metavar="FILE", help="with --markdown: replace the coverage table "
+                                                     "block of FILE (README.md) instead of printing")
+    cv.add_argument("--references", metavar="DIR", help="folder with vendors.yaml "
+                                                        "(default: references/ of the checkout)")
+    cv.add_argument("--lists", metavar="DIR", help="curated lists (default: the bundled ones)")
+    cv.add_argument("--triage", metavar="DIR", help="triage files (default: LISTS/triage)")
+    cv.add_argument("--allow", action="append", metavar="PATH", default=[],
+                    help="an allow list applied as serve applies it (repeatable)")
+    cv.set_defaults(func=cmd_coverage)
+
+
+def cmd_coverage(args: argparse.Namespace) -> int:
+    from .coverage_cli import run
+
+    return run(args)
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
@@ -74,14 +102,23 @@ def read_parts(spec: ListSpec, state_dir: str) -> list[tuple[str, Parsed]]:
     return [(spec.source, parse_text(read_local(spec), keep_rules=True))]
 
 
+def bundled_spec(name: str) -> ListSpec | None:
+    """A curated list by name (``xiaomi-strict`` or ``xiaomi-strict.txt``) when no config names it."""
+    path = bundled.lists_dir() / (name if name.endswith(".txt") else f"{name}.txt")
+    if "/" in name or not path.is_file():
+        return None
+    return ListSpec(name.removesuffix(".txt"), str(path), "file")
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     config = _config(args)
     if config is None:
         return 2
     specs = {s.name: s for s in config.all_lists()}
-    spec = specs.get(args.name)
+    spec = specs.get(args.name) or bundled_spec(args.name)
     if spec is None:
-        print(f"no list named {args.name!r}; configured: {', '.join(specs) or '(none)'}",
+        print(f"no list named {args.name!r}; configured: {', '.join(specs) or '(none)'}; "
+              f"bundled: {', '.join(sorted(p.stem for p in bundled.lists_dir().glob('*.txt')))}",
               file=sys.stderr)
         return 2
     try:
@@ -92,7 +129,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     for label, parsed in parts:
         for r in parsed.rules or ():
             rule = f"/{r.value}/" if r.regex else r.value
-            comment = "" if r.regex else r.text.partition("#")[2]
+            comment = r.text[len(rule):].partition("#")[2] if r.regex else r.text.partition("#")[2]
             print(f"{label}:{r.line}: {rule}" + (f"  # {comment.strip()}" if comment.strip() else ""))
     for label, parsed in parts:
         for line, text, reason in parsed.rejected:
