@@ -448,7 +448,7 @@ class Server:
         if info is None:
             info = self.clients.lookup(addr[0])  # type: ignore[union-attr]
         try:
-            q = parse_query(data)
+            q = parse_query(data, addr[0], proto, info, addr, sink, t0)
         except Drop:
             self.stats.query(info.label, "none", "dropped", time.perf_counter() - t0)
             if proto == "tcp":
@@ -464,12 +464,6 @@ class Server:
                     sink.sendto(None, addr)
             self.stats.query(info.label, "none", result, time.perf_counter() - t0)
             return
-        q.client = addr[0]
-        q.proto = proto
-        q.info = info
-        q.addr = addr
-        q.sink = sink
-        q.t0 = t0
         pipeline = self.pipeline
         try:
             pipeline.run(q)  # type: ignore[union-attr]

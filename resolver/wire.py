@@ -237,11 +237,13 @@ _QUESTIONS: dict[bytes, tuple] = {}
 MAX_MEMO = 8192
 
 
-def parse_query(data: bytes) -> Request:
+def parse_query(data: bytes, client: str = "", proto: str = "udp", info: Any = None,
+                addr: Any = None, sink: Any = None, t0: float = 0.0) -> Request:
     """Validate a client query and read its question and EDNS.
 
     Raises ``Drop`` (no answer at all) or ``Reject`` (carrying the error reply).
-    This is the single place where client input is validated.
+    This is the single place where client input is validated.  The edge passes who
+    asked and where the reply goes, so each of the Request's fields is set once.
     """
     if type(data) is not bytes:
         data = bytes(data)
@@ -254,7 +256,7 @@ def parse_query(data: bytes) -> Request:
         raise Reject(NOTIMP, _error_reply(data, NOTIMP), "notimp")
     n = len(data)
     if data[4:10] == _ONE_QUESTION and not data[10] and n >= 17:
-        req = _plain_query(data, n, flags)
+        req = _plain_query(data, n, flags, client, proto, info, addr, sink, t0)
         if req is not None:
             return req
     tail = data[4:]
@@ -283,6 +285,7 @@ def parse_query(data: bytes) -> Request:
     req.do = do
     # DO and CD change what an upstream returns, so they are part of the cache key.
     req.key = name_key + _KEY_FLAGS[do | ((flags >> 3) & 2)]
+    req.client, req.proto, req.info, req.addr, req.sink, req.t0 = client, proto, info, addr, sink, t0
     return req
 
 
@@ -290,7 +293,8 @@ _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
 _new_request = object.__new__
 
 
-def _plain_query(data: bytes, n: int, flags: int) -> Request | None:
+def _plain_query(data: bytes, n: int, flags: int, client: str, proto: str, info: Any,
+                 addr: Any, sink: Any, t0: float) -> Request | None:
     """The query every stub sends (one IN question of a real type, uncompressed, at most
     one OPT and nothing else), read in one pass; None for anything else, which
     ``_parse_question`` then judges.  Accepts a strict subset of what it accepts, with
@@ -332,10 +336,12 @@ def _plain_query(data: bytes, n: int, flags: int) -> Request | None:
     req.edns_bad = False
     req.udp_size = udp_size
     req.do = do
-    req.client = ""
-    req.proto = "udp"
-    req.info = req.addr = req.sink = None
-    req.t0 = 0.0
+    req.client = client
+    req.proto = proto
+    req.info = info
+    req.addr = addr
+    req.sink = sink
+    req.t0 = t0
     req.qid = data[0] << 8 | data[1]
     req.flags = flags
     req.qend = qend
