@@ -21,6 +21,7 @@ from . import upstream
 from .chain import build_chain
 from .clients import ClientTable, LabelBound
 from .config import Config, ConfigError, Endpoint, format_endpoint
+from .devices.service import DeviceService
 from .fastpath import FastPath
 from .listen_errors import ListenError, listen_error
 from .lists import loader, remote
@@ -319,6 +320,8 @@ class Server:
         self.lists = Blocklists()
         self.head: Stage | None = None
         self.clients: ClientTable | None = None
+        # Device names (leases, neighbours, PTR) refreshed in the background: resolver/devices/.
+        self.devices = DeviceService(self.stats, lambda: self.clients)
         self.cache = None
         # FastPath.answer of the current chain, or None (see resolver/fastpath.py).
         self.fast: Callable[[bytes, Any], bytes | Request | None] | None = None
@@ -344,6 +347,7 @@ class Server:
         # The loader logs each list that fails, once.
         self.lists = await asyncio.to_thread(loader.load_all, self.config, None, self.stats)
         log.info("config %s: %s", self.config.path, _lists_summary(self.lists))
+        await self.devices.configure(self.config)
         self._install(self.config, self.lists)
         for ep in self.config.listen:
             await self._bind(ep)
@@ -351,6 +355,7 @@ class Server:
         self._background.append(asyncio.create_task(self._sweep_tcp()))
         self._background.append(asyncio.create_task(self._watch_lists()))
         self._background.append(asyncio.create_task(self._refresh_url_lists()))
+        self._background.append(asyncio.create_task(self.devices.run()))
         log.info("serving on %s (udp) and %s (tcp); upstreams %s",
                  ", ".join(map(format_endpoint, self.udp_addresses)),
                  ", ".join(map(format_endpoint, self.tcp_addresses)),
@@ -393,6 +398,7 @@ class Server:
             if new.listen != self.config.listen:
                 log.warning("listen addresses changed: restart hushdns to rebind them")
             metrics_moved = new.metrics.listen != self.config.metrics.listen
+            await self.devices.configure(new)
             self._install(new, lists)
             if metrics_moved:
                 await self._start_metrics(reloading=True)
@@ -430,7 +436,7 @@ class Server:
         entries = self.cache.entries if keep else None  # type: ignore[union-attr]
         head, cache = build_chain(config, lists, self.stats, entries)
         self.labels.limit = config.metrics.max_clients
-        self.clients = ClientTable(config, lists, self.labels)
+        self.clients = ClientTable(config, lists, self.labels, self.devices.map.names)
         self.config, self.lists, self.head, self.cache = config, lists, head, cache
         fast = FastPath(head, self.clients, self.stats, config.server.udp_size)
         # The query log wants every query through the edge, with its reasons.

@@ -79,6 +79,9 @@ class Stats:
         self.limited: dict[tuple[str, str], int] = {}
         # A/AAAA records with private/loopback addresses removed from public answers
         self.rebind_removed = 0
+        # client label -> unix time its query count last grew (0: a known device that never
+        # asked); kept by resolver/devices/service.py every few seconds, not per query
+        self.device_last_query: dict[str, float] = {}
 
     def query(self, client: str, qtype: str, result: str, duration: float) -> None:
         """Count one answered (or dropped) query; called once per query at the edge."""
