@@ -26,7 +26,7 @@ from .fastpath import FastPath
 from .listen_errors import ListenError, listen_error
 from .lists import loader, remote
 from .lists.loader import Blocklists
-from .metrics import start_metrics_server
+from .metrics import snapshot, start_metrics_server
 from .response import Response
 from .stages import Stage
 from .stats import Stats
@@ -421,11 +421,17 @@ class Server:
         if ep is None:
             return
         try:
-            self.metrics_server = await start_metrics_server(self.stats, ep[0], ep[1])
+            self.metrics_server = await start_metrics_server(self.stats, ep[0], ep[1],
+                                                             source=self._scrape)
         except OSError as exc:
             # A busy metrics port must not take DNS down with it, at start-up or on reload.
             log.error("metrics: %s; DNS keeps serving without /metrics",
                       listen_error(ep, "tcp", exc, "--metrics ADDR or --metrics off"))
+
+    async def _scrape(self) -> Stats:
+        """What /metrics reads: a snapshot, with the devices' last-query clock brought up to now."""
+        self.devices.note_activity()
+        return snapshot(self.stats)
 
     def _install(self, config: Config, lists: Blocklists) -> None:
         """Swap in a new chain; the cache table carries over when its settings did not change."""

@@ -258,12 +258,17 @@ def test_last_query_clock_and_known_silent_devices() -> None:
         svc.note_activity(now=2000.0)                       # nothing new: stays at 1000
         assert stats.device_last_query["kids-tablet"] == 1000.0
         stats.query("kids-tablet", "A", "cached", 0.001)
+        stats.query("192.168.1.40", "A", "cached", 0.001)     # unnamed: not a device
+        stats.query("other", "A", "cached", 0.001)
         svc.note_activity(now=3000.0)
         assert stats.device_last_query == {"kids-tablet": 3000.0, "living-room-tv": 0.0}
+        svc.names.lease_paths = ()                          # the tv's lease is gone
+        await svc.refresh()
+        assert stats.device_last_query == {"kids-tablet": 3000.0}
         return render(snapshot(stats)).decode()
     text = asyncio.run(go())
     assert 'hushdns_device_last_query_timestamp_seconds{client="kids-tablet"} 3000.0' in text
-    assert 'hushdns_device_last_query_timestamp_seconds{client="living-room-tv"} 0.0' in text
+    assert "living-room-tv" not in text
 
 
 # ------------------------------------------------------------------ end to end

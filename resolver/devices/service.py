@@ -15,11 +15,13 @@ from typing import Any
 
 from ..config import Config
 from ..stats import Stats
+from .names import norm_address
 from .registry import DeviceMap, DeviceNames
 
 log = logging.getLogger("hushdns.devices")
 
 ACTIVITY_EVERY = 10.0    # seconds between looks at which clients asked something
+MAX_KNOWN = 4096         # known-but-silent devices exported at most (a huge lease file)
 
 
 class DeviceService:
@@ -76,7 +78,11 @@ class DeviceService:
         if table is not None:
             table.set_devices(self.map.names)
         last = self.stats.device_last_query
+        for name in [n for n, t in last.items() if t == 0.0 and n not in self.map.devices]:
+            del last[name]               # gone from the leases before it ever asked
         for name in self.map.devices:
+            if len(last) >= MAX_KNOWN:
+                break
             last.setdefault(name, 0.0)   # known, never asked: "silent" from the start
 
     def note_activity(self, now: float | None = None) -> None:
@@ -91,7 +97,8 @@ class DeviceService:
             totals[client] = totals.get(client, 0) + n
         last = self.stats.device_last_query
         for client, n in totals.items():
-            if n != self._totals.get(client):
+            # Named devices only: an unnamed address (or "other") is no device to miss.
+            if n != self._totals.get(client) and client != "other" and norm_address(client) is None:
                 last[client] = now
         self._totals = totals
 
