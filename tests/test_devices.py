@@ -7,6 +7,7 @@ real server queried from 127.0.0.2 whose /metrics then says client="kids-tablet"
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 import urllib.request
 from pathlib import Path
@@ -309,3 +310,47 @@ def test_server_names_a_client_from_its_lease_file_and_follows_changes(tmp_path:
     finally:
         server.stop()
         up.close()
+
+
+def test_live_neighbour_source_reads_ip_json_else_proc_net_arp(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from resolver.devices.neighbours import read_neighbours
+
+    fake_ip = tmp_path / "bin" / "ip"
+    fake_ip.parent.mkdir()
+    fake_ip.write_text(f"#!/bin/sh\n[ \"$1 $2 $3\" = \"-j neigh show\" ] || exit 2\n"
+                       f"exec {shutil.which('cat')} {DATA / 'ip-neigh.json'}\n")
+    fake_ip.chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake_ip.parent))
+    assert read_neighbours() == parse_ip_json((DATA / "ip-neigh.json").read_text())
+    fake_ip.write_text("#!/bin/sh\necho 'Cannot open netlink socket' >&2\nexit 1\n")  # no AF_NETLINK
+    assert read_neighbours(str(DATA / "proc-net-arp")) == parse_proc_arp(
+        (DATA / "proc-net-arp").read_text())
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert read_neighbours(str(tmp_path / "no-arp")) == []
+
+
+def test_start_does_not_wait_for_a_silent_router_and_reload_turns_devices_on(tmp_path: Path) -> None:
+    router = FakeUpstream(silent=True)
+    leases = tmp_path / "dnsmasq.leases"
+    leases.write_text("1764800000 aa:bb:cc:00:00:03 127.0.0.3 laptop *\n")
+    up = FakeUpstream()
+    server = start_server(tmp_path, up, extra="clients:\n  me: [127.0.0.1]\n")
+    try:
+        for source in ("127.0.0.3", "127.0.0.4"):      # .4: unnamed, a PTR candidate
+            q = dns.message.make_query("www.example.org", "A")
+            dns.query.udp(q, server.host, port=server.port, timeout=5, source=source)
+        assert server.server.clients.lookup("127.0.0.3").device is None
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text(cfg.read_text() + "devices:\n  leases: [dnsmasq.leases]\n  neighbours: false\n"
+                       f"  reverse_dns: 127.0.0.1:{router.port}\n")
+        t0 = time.monotonic()
+        assert server.reload()
+        assert time.monotonic() - t0 < 3 and router.seen == []   # no PTR before serving on
+        info = server.server.clients.lookup("127.0.0.3")
+        assert (info.label, info.device) == ("laptop", "laptop")
+        assert server.server.clients.lookup("127.0.0.1").device == "me"
+    finally:
+        server.stop()
+        up.close()
+        router.close()

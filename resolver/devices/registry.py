@@ -25,6 +25,7 @@ log = logging.getLogger("hushdns.devices")
 # Ranks (lower wins); a MAC-tied address gets its name's rank + 1.
 CONFIG, LEASE, PTR = 0, 2, 4
 PTR_PER_REFRESH = 64            # reverse lookups per refresh at most (unnamed addresses)
+PTR_BUDGET = 10.0              # seconds of reverse lookups per refresh at most (a dead router)
 PTR_TTL = 3600.0                # seconds a PTR answer (or its absence) is remembered
 MAX_PTR_CACHE = 4096
 
@@ -131,8 +132,12 @@ class DeviceNames:
             self._failing.discard(key)
             log.info("devices: %s readable again", key)
 
-    def refresh(self, seen: Iterable[str] = ()) -> DeviceMap:
-        """Re-read every source; ``seen``: addresses that asked, candidates for reverse DNS."""
+    def refresh(self, seen: Iterable[str] = (), reverse: bool = True) -> DeviceMap:
+        """Re-read every source; ``seen``: addresses that asked, candidates for reverse DNS.
+
+        ``reverse=False`` skips new PTR lookups (answers already remembered still count):
+        the refresh at start-up, which must not wait on a slow router.
+        """
         leases: list[Lease] = []
         for path in self.lease_paths:
             try:
@@ -143,15 +148,17 @@ class DeviceNames:
                            exc.strerror or exc)
         neigh = self.read_neigh() if self.neighbours else []
         pre = build_map(self.clients, leases, {}, neigh)
-        ptr = self._reverse(pre, [*seen, *(a for a, _ in neigh)])
+        ptr = self._reverse(pre, [*seen, *(a for a, _ in neigh)], reverse)
         self.current = build_map(self.clients, leases, ptr, neigh) if ptr else pre
         return self.current
 
-    def _reverse(self, pre: DeviceMap, candidates: Iterable[str]) -> dict[str, str]:
-        """PTR names for addresses no other source names (cached, a bounded number per refresh)."""
+    def _reverse(self, pre: DeviceMap, candidates: Iterable[str], ask: bool = True) -> dict[str, str]:
+        """PTR names for addresses no other source names (cached; a bounded number of lookups
+        and seconds per refresh)."""
         if self.reverse_dns is None:
             return {}
         now = time.monotonic()
+        budget_end = now + PTR_BUDGET
         out: dict[str, str] = {}
         asked = 0
         for addr in dict.fromkeys(candidates):
@@ -160,7 +167,7 @@ class DeviceNames:
                 continue
             hit = self.ptr_cache.get(norm)
             if hit is None or now - hit[0] > PTR_TTL:
-                if asked >= PTR_PER_REFRESH:
+                if not ask or asked >= PTR_PER_REFRESH or time.monotonic() > budget_end:
                     continue
                 asked += 1
                 if len(self.ptr_cache) >= MAX_PTR_CACHE:

@@ -51,21 +51,21 @@ class DeviceService:
             self._publish()
             return
         self.names = DeviceNames(config.clients, d.leases, d.neighbours, d.reverse_dns)
-        await self.refresh()
+        await self.refresh(reverse=False)   # files and tables now; PTR from the loop
         log.info("devices: %d named (%s)", len(self.map.devices), ", ".join(
             [f"{len(d.leases)} lease files" if d.leases else "no lease files",
              "neighbour table" if d.neighbours else "no neighbour table",
              "reverse DNS" if d.reverse_dns else "no reverse DNS"]))
         self._wake.set()
 
-    async def refresh(self) -> None:
+    async def refresh(self, reverse: bool = True) -> None:
         names = self.names
         if names is None:
             return
         table = self.table()
         seen = list(table.cache) if table is not None else []
         try:
-            new = await asyncio.to_thread(names.refresh, seen)
+            new = await asyncio.to_thread(names.refresh, seen, reverse)
         except Exception:  # noqa: BLE001 - a broken source must not stop the loop or DNS
             log.exception("devices: refresh failed; keeping the previous names")
             return
