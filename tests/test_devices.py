@@ -354,3 +354,27 @@ def test_start_does_not_wait_for_a_silent_router_and_reload_turns_devices_on(tmp
         server.stop()
         up.close()
         router.close()
+
+
+def test_server_names_an_unnamed_client_by_asking_the_router(tmp_path: Path) -> None:
+    router = _router({"4.0.0.127.in-addr.arpa.": "smart-tv.lan."})
+    up = FakeUpstream()
+    server = start_server(tmp_path, up, extra=(
+        f"devices: {{neighbours: false, reverse_dns: '127.0.0.1:{router.port}', refresh: 1s}}\n"))
+    try:
+        deadline = time.monotonic() + 10
+        label = None
+        while time.monotonic() < deadline:
+            q = dns.message.make_query("www.example.org", "A")
+            dns.query.udp(q, server.host, port=server.port, timeout=5, source="127.0.0.4")
+            label = server.server.clients.lookup("127.0.0.4").label
+            if label == "smart-tv":
+                break
+            time.sleep(0.2)
+        assert label == "smart-tv"
+        assert any(s.record.q.qtype == dnslib.QTYPE.PTR for s in router.seen)
+        assert not any(s.record.q.qtype == dnslib.QTYPE.PTR for s in up.seen)   # the router only
+    finally:
+        server.stop()
+        up.close()
+        router.close()
