@@ -378,3 +378,14 @@ def test_server_names_an_unnamed_client_by_asking_the_router(tmp_path: Path) -> 
         server.stop()
         up.close()
         router.close()
+
+
+def test_two_phones_with_one_host_name_stay_two_devices() -> None:
+    from resolver.devices.leases import parse_dnsmasq
+
+    leases = parse_dnsmasq("0 aa:bb:cc:00:a1:b2 192.168.1.30 iPhone *\n"
+                           "0 aa:bb:cc:00:c3:d4 192.168.1.31 iPhone *\n"
+                           "0 aa:bb:cc:00:00:09 192.168.1.32 ebook *\n")
+    m = build_map({}, leases, {}, [("fd00::30", "aa:bb:cc:00:a1:b2")])
+    assert m.names == {"192.168.1.30": "iphone-a1b2", "192.168.1.31": "iphone-c3d4",
+                       "192.168.1.32": "ebook", "fd00::30": "iphone-a1b2"}

@@ -62,6 +62,20 @@ def _single_hosts(clients: Mapping[str, Iterable[object]]) -> list[tuple[str, st
     return out
 
 
+def _distinct(leases: list[Lease]) -> list[Lease]:
+    """Two devices whose leases carry the same host name (two phones both called 'iphone')
+    stay two devices: each gets the last two octets of its MAC ('iphone-a1b2')."""
+    macs: dict[str, set[str]] = {}
+    for lease in leases:
+        if lease.name and lease.mac:
+            macs.setdefault(lease.name, set()).add(lease.mac)
+    shared = {name for name, ms in macs.items() if len(ms) > 1}
+    if not shared:
+        return leases
+    return [Lease(lease.address, f"{lease.name}-{lease.mac[-5:].replace(':', '')}", lease.mac)
+            if lease.name in shared and lease.mac else lease for lease in leases]
+
+
 def build_map(clients: Mapping[str, Iterable[object]], leases: Iterable[Lease],
               ptr: Mapping[str, str], neighbours: Iterable[tuple[str, str]]) -> DeviceMap:
     """Combine the sources (see the module docstring for who wins)."""
@@ -74,6 +88,7 @@ def build_map(clients: Mapping[str, Iterable[object]], leases: Iterable[Lease],
 
     for addr, name in _single_hosts(clients):
         offer(addr, CONFIG, name)
+    leases = _distinct(list(leases))
     for lease in leases:
         if lease.mac:
             macs[lease.address] = lease.mac
