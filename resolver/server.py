@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import upstream
+from .carryover import carry_over
 from .chain import build_chain
 from .clients import ClientTable, LabelBound
 from .config import Config, ConfigError, Endpoint, format_endpoint
@@ -316,7 +317,7 @@ class Server:
         self.reuse_port = reuse_port   # several worker processes share the listen ports
         self.stats = stats or Stats()
         self.reload_config = reload_config
-        self.labels = LabelBound(config.metrics.max_clients)
+        self.labels = LabelBound(config.metrics.max_clients, config.metrics.client_idle)
         self.lists = Blocklists()
         self.head: Stage | None = None
         self.clients: ClientTable | None = None
@@ -353,6 +354,7 @@ class Server:
             await self._bind(ep)
         await self._start_metrics()
         self._background.append(asyncio.create_task(self._sweep_tcp()))
+        self._background.append(asyncio.create_task(self._release_idle_labels()))
         self._background.append(asyncio.create_task(self._watch_lists()))
         self._background.append(asyncio.create_task(self._refresh_url_lists()))
         self._background.append(asyncio.create_task(self.devices.run()))
@@ -441,10 +443,13 @@ class Server:
             self.config.rebind_protection == config.rebind_protection
         entries = self.cache.entries if keep else None  # type: ignore[union-attr]
         head, cache = build_chain(config, lists, self.stats, entries)
+        carry_over(self.head, head, self.stats)   # buckets, upstream health, in flight
         self.labels.limit = config.metrics.max_clients
+        self.labels.idle = config.metrics.client_idle
         self.clients = ClientTable(config, lists, self.labels, self.devices.map.names)
         self.config, self.lists, self.head, self.cache = config, lists, head, cache
-        fast = FastPath(head, self.clients, self.stats, config.server.udp_size)
+        fast = FastPath(head, self.clients, self.stats, config.server.udp_size,
+                        memo=config.server.reply_memo)
         # The query log wants every query through the edge, with its reasons.
         self.fast = fast.answer if fast.enabled and not config.log_queries else None
 
@@ -563,6 +568,16 @@ class Server:
                       resp.result, f" list={resp.list} rule={resp.rule}" if resp.list else "")
 
     # --- background ----------------------------------------------------------------
+
+    async def _release_idle_labels(self) -> None:
+        """Free the client label slots of addresses gone quiet (metrics.client_idle)."""
+        while True:
+            idle = self.labels.idle
+            await asyncio.sleep(min(60.0, max(0.05, idle / 4)) if idle > 0 else 60.0)
+            keep = frozenset(self.config.clients) | {"other"}
+            gone = self.labels.release_idle(self.stats, time.monotonic(), keep, self.clients)
+            if gone:
+                log.info("released %d idle client label(s)", len(gone))
 
     async def _sweep_tcp(self) -> None:
         """Close idle, slow-loris and never-reading TCP clients."""

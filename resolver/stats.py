@@ -82,6 +82,8 @@ class Stats:
         # client label -> unix time its query count last grew (0: a known device that never
         # asked); kept by resolver/devices/service.py every few seconds, not per query
         self.device_last_query: dict[str, float] = {}
+        # Client label values released after metrics.client_idle without a query
+        self.client_labels_released = 0
 
     def query(self, client: str, qtype: str, result: str, duration: float) -> None:
         """Count one answered (or dropped) query; called once per query at the edge."""

@@ -263,6 +263,10 @@ def test_last_query_clock_and_known_silent_devices() -> None:
         stats.query("other", "A", "cached", 0.001)
         svc.note_activity(now=3000.0)
         assert stats.device_last_query == {"kids-tablet": 3000.0, "living-room-tv": 0.0}
+        for key in [k for k in stats.queries if k[0] == "kids-tablet"]:
+            del stats.queries[key]                          # an idle label released
+        svc.note_activity(now=4000.0)
+        assert stats.device_last_query["kids-tablet"] == 3000.0   # not "asked at 4000"
         svc.names.lease_paths = ()                          # the tv's lease is gone
         await svc.refresh()
         assert stats.device_last_query == {"kids-tablet": 3000.0}

@@ -98,7 +98,8 @@ class DeviceService:
         last = self.stats.device_last_query
         for client, n in totals.items():
             # Named devices only: an unnamed address (or "other") is no device to miss.
-            if n != self._totals.get(client) and client != "other" and norm_address(client) is None:
+            # Growth only: a count that fell was an idle label released (clients.LabelBound).
+            if n > self._totals.get(client, 0) and client != "other" and norm_address(client) is None:
                 last[client] = now
         self._totals = totals
 
