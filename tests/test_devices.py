@@ -393,3 +393,14 @@ def test_two_phones_with_one_host_name_stay_two_devices() -> None:
     m = build_map({}, leases, {}, [("fd00::30", "aa:bb:cc:00:a1:b2")])
     assert m.names == {"192.168.1.30": "iphone-a1b2", "192.168.1.31": "iphone-c3d4",
                        "192.168.1.32": "ebook", "fd00::30": "iphone-a1b2"}
+
+
+def test_every_metric_family_is_exported_once() -> None:
+    """Two families of one name break a scrape; the device clock is added by this branch and
+    (by the same name) by the query log's: a merge must keep one."""
+    stats = Stats()
+    stats.device_last_query["kids-tablet"] = 1.0
+    text = render(snapshot(stats)).decode()
+    helps = [line.split()[2] for line in text.splitlines() if line.startswith("# HELP ")]
+    assert len(helps) == len(set(helps)), sorted(h for h in helps if helps.count(h) > 1)
+    assert "hushdns_device_last_query_timestamp_seconds" in helps
