@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from . import bundled
+from . import bundled, config_limits
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Endpoint = tuple[str, int]
@@ -229,6 +229,10 @@ class _Reader:
             value = float(value)
         if not isinstance(value, kinds):
             self.doc.err(sub, f"must be {_kname(kinds)}, not {_tname(value)}")
+            return default
+        out_of_range = config_limits.check_number(sub, value)
+        if out_of_range:
+            self.doc.err(sub, out_of_range)
             return default
         if check is not None:
             problem = check(value)
@@ -663,6 +667,10 @@ def _dur(r: _Reader, data: dict[str, Any], key: str, path: str, default: float) 
     v = _duration(data[key])
     if v is None or v < 0:
         r.doc.err(f"{path}.{key}", f"must be a duration like 30, '90s', '15m', '24h', not {data[key]!r}")
+        return default
+    out_of_range = config_limits.check_number(f"{path}.{key}", v)
+    if out_of_range:
+        r.doc.err(f"{path}.{key}", out_of_range)
         return default
     return v
 
