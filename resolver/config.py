@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from . import bundled, config_limits
+from . import bundled, config_limits, config_load
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Endpoint = tuple[str, int]
@@ -188,7 +188,18 @@ class _Doc:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.convert(v, f"{path}[{i}]") for i, v in enumerate(node.value)]
-        return self._loader.construct_object(node, deep=True)
+        try:
+            return self._loader.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, OverflowError, TypeError) as exc:
+            # e.g. !!python/object (not in the safe schema) or an integer of 5000 digits.
+            problem = getattr(exc, "problem", None) or str(exc)
+            self.err(path, f"cannot read this value: {_short(problem)}")
+            return None
+
+
+def _short(text: str, limit: int = 120) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # --- field readers -----------------------------------------------------------------------
@@ -226,7 +237,11 @@ class _Reader:
             self.doc.err(sub, f"must be {_kname(kinds)}, not a boolean")
             return default
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                self.doc.err(sub, "is too large a number")
+                return default
         if not isinstance(value, kinds):
             self.doc.err(sub, f"must be {_kname(kinds)}, not {_tname(value)}")
             return default
@@ -386,10 +401,16 @@ def load_config(path: str | os.PathLike[str] | None = None, text: str | None = N
         base = p.resolve().parent
         if text is None:
             try:
-                text = p.read_text(encoding="utf-8")
+                text = config_load.read_text(p)
             except OSError as exc:
                 raise ConfigError([f"{filename}: cannot read: {exc.strerror or exc}"]) from None
+            except config_load.ConfigFileError as exc:
+                raise ConfigError([str(exc)]) from None
     doc = _Doc(filename)
+    try:
+        config_load.check_structure(text, filename)
+    except config_load.ConfigFileError as exc:
+        raise ConfigError([str(exc)]) from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -400,7 +421,12 @@ def load_config(path: str | os.PathLike[str] | None = None, text: str | None = N
     data = doc.convert(node, "") if node is not None else {}
     if overrides:
         data = {**data, **overrides} if isinstance(data, dict) else overrides
-    cfg = _build(doc, data, base, filename)
+    try:
+        cfg = _build(doc, data, base, filename)
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError, RecursionError) as exc:
+        # A shape no check above foresaw: still one clean line, never a traceback.
+        raise ConfigError([*doc.problems, f"<top>: cannot read this configuration: "
+                           f"{_short(repr(exc))} ({filename})"]) from None
     if doc.problems:
         raise ConfigError(doc.problems)
     assert cfg is not None
@@ -664,7 +690,10 @@ def _groups(r: _Reader, data: Any, blocking: Blocking,
 def _dur(r: _Reader, data: dict[str, Any], key: str, path: str, default: float) -> float:
     if key not in data or data[key] is None:
         return default
-    v = _duration(data[key])
+    try:
+        v = _duration(data[key])
+    except OverflowError:
+        v = None
     if v is None or v < 0:
         r.doc.err(f"{path}.{key}", f"must be a duration like 30, '90s', '15m', '24h', not {data[key]!r}")
         return default

@@ -382,28 +382,34 @@ class Server:
         async with self._reload_lock:
             self.on_reload_start()
             try:
-                new = self.reload_config() if self.reload_config else self.config
-                lists = await asyncio.to_thread(loader.load_all, new, self.lists, self.stats)
-            except ConfigError as exc:
-                log.error("reload failed, keeping the running configuration:\n%s", exc)
+                return await self._reload_locked()
+            except Exception as exc:   # whatever broke, the running config keeps serving
+                log.error("reload failed, keeping the running configuration:\n%s",
+                          exc if isinstance(exc, ConfigError) else repr(exc),
+                          exc_info=not isinstance(exc, ConfigError))
                 self.stats.config_reload_success = 0
-                self.on_reload_done()
                 return False
-            if new.listen != self.config.listen:
-                log.warning("listen addresses changed: restart hushdns to rebind them")
-            metrics_moved = new.metrics.listen != self.config.metrics.listen
-            self._install(new, lists)
-            if metrics_moved:
-                await self._start_metrics(reloading=True)
-            failed = lists.failed()
-            # A list that failed keeps its previous rules (loader), but the reload
-            # did not fully succeed: say so in the metric and the log.
-            self.stats.config_reload_success = 0 if failed else 1
-            for info in failed:
-                log.error("reload: list %s failed: %s", info.spec.name, info.error)
-            log.info("reloaded: %d lists, %d domains", len(lists.lists), len(lists.index))
-            self.on_reload_done()
-            return True
+            finally:
+                self.on_reload_done()   # READY=1 after every RELOADING=1, failed or not
+
+    async def _reload_locked(self) -> bool:
+        # The config is read and parsed in a thread: never on the event loop.
+        new = await asyncio.to_thread(self.reload_config) if self.reload_config else self.config
+        lists = await asyncio.to_thread(loader.load_all, new, self.lists, self.stats)
+        if new.listen != self.config.listen:
+            log.warning("listen addresses changed: restart hushdns to rebind them")
+        metrics_moved = new.metrics.listen != self.config.metrics.listen
+        self._install(new, lists)
+        if metrics_moved:
+            await self._start_metrics(reloading=True)
+        failed = lists.failed()
+        # A list that failed keeps its previous rules (loader), but the reload
+        # did not fully succeed: say so in the metric and the log.
+        self.stats.config_reload_success = 0 if failed else 1
+        for info in failed:
+            log.error("reload: list %s failed: %s", info.spec.name, info.error)
+        log.info("reloaded: %d lists, %d domains", len(lists.lists), len(lists.index))
+        return True
 
     async def _start_metrics(self, reloading: bool = False) -> None:
         """(Re)bind /metrics to ``config.metrics.listen``; off when it is null."""

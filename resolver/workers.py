@@ -220,17 +220,21 @@ class Supervisor:
 
     async def reload(self) -> None:
         self.notifier.reloading()
+        ok = False
         try:
-            self.reload_config()   # validate first: a broken config is not sent to anyone
+            # Validate first (in a thread, off the loop): a broken config is sent to no one.
+            await asyncio.to_thread(self.reload_config)
             results = await asyncio.gather(*(w.ask(b"R") for w in self.workers),
                                            return_exceptions=True)
             ok = all(r is True for r in results)
         except ConfigError as exc:
             log.error("reload failed, workers keep the running configuration:\n%s", exc)
-            ok = False
-        self.notifier.status(f"{len(self.workers)} workers serving"
-                             + ("" if ok else "; last reload FAILED"))
-        self.notifier.ready()
+        except Exception:
+            log.exception("reload failed, workers keep the running configuration")
+        finally:
+            self.notifier.status(f"{len(self.workers)} workers serving"
+                                 + ("" if ok else "; last reload FAILED"))
+            self.notifier.ready()
 
     async def _keep_alive(self) -> None:
         """A worker that dies is started again; the others keep answering meanwhile."""
