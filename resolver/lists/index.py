@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .parse import Parsed
+from .safe_regex import MAX_NAME
 
 
 @dataclass(slots=True)
@@ -148,7 +149,9 @@ class DomainIndex:
             if i < 0:
                 break
             s = s[i + 1:]
-        if self.regex_mask & (block | allow):
+        # Names are at most 253 characters on the wire; the bound is what keeps a safe
+        # (linear or low-polynomial, see safe_regex) pattern's match time small.
+        if self.regex_mask & (block | allow) and len(name) <= MAX_NAME:
             for bit, rx in self.regexes:
                 if bit & allow and rx.search(name):
                     return None
