@@ -12,7 +12,7 @@ from typing import Any
 from . import __version__, sdnotify
 from .config import Config, ConfigError, ListSpec, load_config
 from .lifecycle import handle_signals, tune_gc
-from .lists import loader
+from .lists import loader, local_file
 from .lists.parse import Parsed
 
 log = logging.getLogger("hushdns")
@@ -117,8 +117,11 @@ def _parse_spec(spec: ListSpec, state_dir: str, fetch: bool = False) -> list[tup
     if spec.kind == "dir":
         files = sorted(p for p in Path(spec.source).iterdir()
                        if p.is_file() and not p.name.startswith("."))
-        return [(str(p), loader.parse_text(p.read_text(encoding="utf-8", errors="replace"),
-                                           keep_rules=True)) for p in files]
+        try:
+            return [(str(p), loader.parse_text(local_file.read_text(str(p), spec.max_size),
+                                               keep_rules=True)) for p in files]
+        except OSError as exc:
+            raise loader.LoadError(str(exc)) from None
     text = loader.read_source(spec, state_dir, fetch=fetch)
     return [(spec.source, loader.parse_checked(spec, text, keep_rules=True))]
 

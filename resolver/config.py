@@ -52,6 +52,8 @@ class ListSpec:
     refresh: float = 86400.0
     allow: bool = False
     line: int = 0          # config line, for messages
+    max_size: int = 64 * 1024 * 1024   # bytes a local file (or directory) may hold
+    allow_empty: bool = False          # else an emptied file keeps the last good version
 
 
 @dataclass(frozen=True)
@@ -611,11 +613,15 @@ def _lists(r: _Reader, data: Any, path: str, base: Path, allow: bool) -> dict[st
         r.declared.add(name)   # known to groups even if broken: report one problem, not three
         line = r.doc.lines.get(sub, 0)
         track, refresh = False, 86400.0
+        max_size, allow_empty = ListSpec.max_size, False
         if isinstance(value, dict):
-            v = r.section(value, sub, ("source", "track_domains", "refresh"))
+            v = r.section(value, sub, ("source", "track_domains", "refresh", "max_size",
+                                       "allow_empty"))
             source = v.get("source")
             track = r.typed(v, "track_domains", sub, bool, False)
             refresh = _dur(r, v, "refresh", sub, 86400.0)
+            max_size = r.typed(v, "max_size", sub, int, max_size)
+            allow_empty = r.typed(v, "allow_empty", sub, bool, False)
             src_path = f"{sub}.source"
         else:
             source, src_path = value, sub
@@ -626,7 +632,8 @@ def _lists(r: _Reader, data: Any, path: str, base: Path, allow: bool) -> dict[st
         if spec is None:
             continue
         kind, resolved = spec
-        out[name] = ListSpec(name, resolved, kind, track, refresh, allow, line)
+        out[name] = ListSpec(name, resolved, kind, track, refresh, allow, line,
+                             max_size=max_size, allow_empty=allow_empty)
     return out
 
 
@@ -643,6 +650,9 @@ def _source(r: _Reader, source: str, path: str, base: Path) -> tuple[str, str] |
         return "dir", str(p)
     if p.is_file():
         return "file", str(p)
+    if p.exists():
+        r.doc.err(path, f"{source!r} is not a regular file or directory")
+        return None
     r.doc.err(path, f"no such file {source!r}")
     return None
 
