@@ -11,7 +11,7 @@ from typing import Any
 
 from . import __version__, sdnotify
 from .config import Config, ConfigError, ListSpec, load_config
-from .lifecycle import handle_signals, tune_gc
+from .lifecycle import defer_sighup, handle_signals, tune_gc
 from .lists import loader, local_file
 from .lists.parse import Parsed
 
@@ -46,6 +46,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    defer_sighup()   # first: a reload during the slow start-up must not kill the process
     try:
         config = _load(args)
     except ConfigError as exc:

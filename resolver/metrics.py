@@ -137,7 +137,8 @@ class StatsCollector:
 
         m = CounterMetricFamily(
             "hushdns_upstream_requests",
-            "Exchanges with upstream resolvers, by outcome (ok, timeout, error, truncated, spoof_rejected).",
+            "Exchanges with upstream resolvers, by outcome (ok, timeout, error, truncated, "
+            "spoof_rejected, late).",
             labels=("upstream", "outcome"))
         for (upstream, outcome), n in _items(s.upstream_requests):
             m.add_metric((upstream, outcome), n)

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import fd_exhaustion, late_replies
 from .config import Endpoint, ServerOptions, format_endpoint
 from .stats import Stats
 from .wire import (
@@ -409,7 +410,9 @@ class _UdpAttempt:
                 self.data = data
                 self._end()
                 return
-            self.stats.upstream(self.up.label, "spoof_rejected")
+            label = self.up.label
+            self.stats.upstream(label, "late" if late_replies.is_late(label, data)
+                                else "spoof_rejected")
 
     def _end(self) -> None:
         self.done = True
@@ -445,6 +448,8 @@ class _UdpAttempt:
             self.sock = None
             self.mux.forget(self.fd)
             sock.close()
+            if self.data is None:   # given up on: its answer may still come, late
+                late_replies.abandoned(self.up.label, self.qid)
 
 
 async def tcp_exchange(up: Upstream, req: Request, timeout: float, edns: bool = True) -> bytes:
@@ -528,7 +533,11 @@ class Upstreams:
               check: Check | None, notify: Callable[[], None]) -> _UdpAttempt | None:
         try:
             return _UdpAttempt(mux, up, req, edns, self.stats, check, notify)
-        except OSError:
+        except OSError as exc:
+            if fd_exhaustion.is_fd_exhaustion(exc):   # our limit, not the upstream's fault
+                info = getattr(req, "info", None)
+                fd_exhaustion.count(self.stats, info.label if info is not None else "other", exc)
+                return None
             self.stats.upstream(up.label, "error")
             self._failed(up)
             return None
