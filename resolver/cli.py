@@ -47,6 +47,10 @@ def _load(args: argparse.Namespace) -> Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     defer_sighup()   # first: a reload during the slow start-up must not kill the process
+    if args.worker_fd is not None:   # a worker: its config comes from the supervisor
+        from .workers import worker_main
+
+        return worker_main(args.worker_fd, args.log_level, _runner())
     try:
         config = _load(args)
     except ConfigError as exc:
@@ -56,17 +60,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=getattr(logging, (args.log_level or config.log_level).upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    runner = _runner()
     try:
-        import uvloop  # type: ignore[import-not-found]
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        if args.worker_fd is not None:
-            from .workers import run_worker
-
-            return runner(run_worker(config, lambda: _load(args), args.worker_fd))
         if config.workers > 1:
             from .workers import Supervisor, worker_argv
 
@@ -74,6 +69,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return runner(_serve(config, args))
     except KeyboardInterrupt:
         return 0
+
+
+def _runner() -> Any:
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        return uvloop.run
+    except ImportError:
+        return asyncio.run
 
 
 async def _serve(config: Config, args: argparse.Namespace) -> int:
