@@ -97,6 +97,7 @@ class ServerOptions:
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 256
     tcp_max_pipelined: int = 32
+    tcp_max_per_client: int = 32     # connections one client address may hold
     upstream_timeout: float = 1.0
     upstream_total_timeout: float = 4.0
     max_inflight: int = 4096
@@ -505,6 +506,8 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         tcp_idle_timeout=r.typed(s, "tcp_idle_timeout", "server", float, d.tcp_idle_timeout, _positive),
         tcp_max_connections=r.typed(s, "tcp_max_connections", "server", int, d.tcp_max_connections, _at_least(1)),
         tcp_max_pipelined=r.typed(s, "tcp_max_pipelined", "server", int, d.tcp_max_pipelined, _at_least(1)),
+        tcp_max_per_client=r.typed(s, "tcp_max_per_client", "server", int, d.tcp_max_per_client,
+                                   _at_least(1)),
         upstream_timeout=r.typed(s, "upstream_timeout", "server", float, d.upstream_timeout, _positive),
         upstream_total_timeout=r.typed(s, "upstream_total_timeout", "server", float, d.upstream_total_timeout, _positive),
         max_inflight=r.typed(s, "max_inflight", "server", int, d.max_inflight, _at_least(1)),

@@ -28,6 +28,7 @@ from .metrics import start_metrics_server
 from .response import Response
 from .stages import Stage
 from .stats import Stats
+from .tcp_limits import ConnectionTable
 from .wire import (
     SERVFAIL,
     Drop,
@@ -47,6 +48,8 @@ URL_REFRESH_TICK = 1.0      # how often the URL refresher looks for lists that a
 UDP_RCVBUF = 4 * 1024 * 1024
 UDP_BATCH = 64            # datagrams read per readiness event before the replies go out
 UDP_MAX_QUERY = 4096      # larger datagrams are cut here: no real query comes near it
+TCP_WRITE_HIGH = 16 * 1024   # answers buffered for a TCP client before its reading pauses
+TCP_BATCH = 64               # frames of one connection answered per loop iteration
 
 
 class _Waiting:
@@ -202,20 +205,35 @@ class TcpConnection(asyncio.Protocol):
         self.read_paused = False
         self.write_paused = False
         self.dispatching = False
+        self.batch_full = False   # a batch was cut short; the rest follows next iteration
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername") or ("", 0)
         srv = self.server
-        if len(srv.tcp_connections) >= srv.config.server.tcp_max_connections:
-            key = (srv.clients.lookup(self.peer[0]).label, "tcp_connections")  # type: ignore[union-attr]
-            srv.stats.limited[key] = srv.stats.limited.get(key, 0) + 1
+        table = srv.tcp_connections
+        opts = srv.config.server
+        table.limit, table.per_client = opts.tcp_max_connections, opts.tcp_max_per_client
+        admitted, victim = table.admit(self, self.peer[0])
+        if not admitted:
+            srv.count_limited(self.peer[0], "tcp_connections")
             transport.abort()  # type: ignore[attr-defined]
             return
-        srv.tcp_connections.add(self)
+        if victim is not None and victim.transport is not None:
+            srv.count_limited(victim.peer[0], "tcp_evicted")
+            victim.transport.abort()
+        # A client that does not read its answers is paused after 16 KB, not 64 KB.
+        with contextlib.suppress(AttributeError, NotImplementedError):
+            transport.set_write_buffer_limits(high=TCP_WRITE_HIGH)  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.tcp_connections.discard(self)
+        self.server.tcp_connections.remove(self)
+
+    def idle_since(self) -> float | None:
+        """When it went idle (nothing in flight, no partial frame), or None while busy."""
+        if self.pending or self.buf or self.write_paused:
+            return None
+        return self.last
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -233,10 +251,17 @@ class TcpConnection(asyncio.Protocol):
         if self.dispatching:   # re-entered through a synchronous answer
             return
         self.dispatching = True
+        self.batch_full = False
         try:
             buf = self.buf
             limit = self.server.config.server.tcp_max_pipelined
+            budget = TCP_BATCH   # then UDP and other connections get their turn
             while len(buf) >= 2 and self.pending < limit and not self.write_paused:
+                if budget == 0:
+                    self.batch_full = True
+                    asyncio.get_running_loop().call_soon(self._next_batch)
+                    break
+                budget -= 1
                 n = buf[0] << 8 | buf[1]
                 if n < 12:   # cannot even hold a header: the stream is garbage
                     self.transport.abort()  # type: ignore[union-attr]
@@ -259,13 +284,19 @@ class TcpConnection(asyncio.Protocol):
             self.dispatching = False
         self._flow()
 
+    def _next_batch(self) -> None:
+        self.batch_full = False
+        t = self.transport
+        if t is not None and not t.is_closing():
+            self._dispatch()
+
     def sendto(self, wire: bytes | None, addr: Any = None) -> None:
         self.pending -= 1
         t = self.transport
         if wire is not None and t is not None and not t.is_closing():
             t.write(len(wire).to_bytes(2, "big") + wire)
             self.last = time.monotonic()
-        if self.buf and not self.dispatching:
+        if self.buf and not self.dispatching and not self.batch_full:
             self._dispatch()
         else:
             self._flow()
@@ -277,7 +308,7 @@ class TcpConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.buf and not self.dispatching:
+        if self.buf and not self.dispatching and not self.batch_full:
             self._dispatch()
         else:
             self._flow()
@@ -287,7 +318,7 @@ class TcpConnection(asyncio.Protocol):
         if t is None or t.is_closing():
             return
         limit = self.server.config.server.tcp_max_pipelined
-        should_pause = self.write_paused or self.pending >= limit
+        should_pause = self.write_paused or self.pending >= limit or self.batch_full
         if should_pause and not self.read_paused:
             t.pause_reading()
             self.read_paused = True
@@ -323,7 +354,9 @@ class Server:
         self.fast: Callable[[bytes, Any], bytes | Request | None] | None = None
         self.udp_edges: list[UdpEdge] = []
         self.tcp_servers: list[asyncio.AbstractServer] = []
-        self.tcp_connections: set[TcpConnection] = set()
+        self.tcp_connections: ConnectionTable[TcpConnection] = ConnectionTable(
+            config.server.tcp_max_connections, config.server.tcp_max_per_client,
+            TcpConnection.idle_since)
         self.udp_addresses: list[Endpoint] = []
         self.tcp_addresses: list[Endpoint] = []
         self.waiting: set[_Waiting] = set()   # queries waiting for an upstream
@@ -481,6 +514,10 @@ class Server:
         self.tcp_servers.append(server)
         self.udp_addresses.append((host, bound))
         self.tcp_addresses.append((host, bound))
+
+    def count_limited(self, addr: str, reason: str) -> None:
+        key = (self.clients.lookup(addr).label, reason)  # type: ignore[union-attr]
+        self.stats.limited[key] = self.stats.limited.get(key, 0) + 1
 
     # --- per query -----------------------------------------------------------------
 
