@@ -22,7 +22,7 @@ from .chain import build_chain
 from .clients import ClientTable, LabelBound
 from .config import Config, ConfigError, Endpoint, format_endpoint
 from .fastpath import FastPath
-from .lists import loader, remote
+from .lists import loader, offload, remote
 from .lists.loader import Blocklists
 from .metrics import start_metrics_server
 from .response import Response
@@ -362,6 +362,7 @@ class Server:
         self.waiting: set[_Waiting] = set()   # queries waiting for an upstream
         self._background: list[asyncio.Task[Any]] = []
         self._reload_lock = asyncio.Lock()
+        self._disposals: set[asyncio.Task[Any]] = set()   # old snapshots being freed
         self.metrics_server: Any = None
         # Lifecycle hooks (sd_notify uses them); plain callables.
         self.on_ready: Callable[[], None] = lambda: None
@@ -391,7 +392,7 @@ class Server:
 
     async def stop(self) -> None:
         self.on_stopping()
-        for t in self._background:
+        for t in [*self._background, *self._disposals]:
             t.cancel()
         for edge in self.udp_edges:
             edge.close()
@@ -428,11 +429,11 @@ class Server:
     async def _reload_locked(self) -> bool:
         # The config is read and parsed in a thread: never on the event loop.
         new = await asyncio.to_thread(self.reload_config) if self.reload_config else self.config
-        lists = await asyncio.to_thread(loader.load_all, new, self.lists, self.stats)
+        lists = await offload.build(new, self.lists, self.stats)
         if new.listen != self.config.listen:
             log.warning("listen addresses changed: restart hushdns to rebind them")
         metrics_moved = new.metrics.listen != self.config.metrics.listen
-        self._install(new, lists)
+        self._swap(new, lists)
         if metrics_moved:
             await self._start_metrics(reloading=True)
         failed = lists.failed()
@@ -459,6 +460,17 @@ class Server:
                 raise
             # On reload, a busy port must not take DNS down with it.
             log.error("metrics: cannot listen on %s: %s", format_endpoint(ep), exc)
+
+    def _swap(self, config: Config, lists: Blocklists) -> None:
+        """Install a new snapshot; the replaced one is freed in slices, after in-flight
+        queries (which may still check a CNAME against it) are done."""
+        old = self.lists
+        self._install(config, lists)
+        if old is not lists and len(old.index) >= offload.SLICE * 4:
+            task = asyncio.ensure_future(offload.dispose(
+                old, after=config.server.upstream_total_timeout + 1.0))
+            self._disposals.add(task)
+            task.add_done_callback(self._disposals.discard)
 
     def _install(self, config: Config, lists: Blocklists) -> None:
         """Swap in a new chain; the cache table carries over when its settings did not change."""
@@ -608,9 +620,8 @@ class Server:
                 if await asyncio.to_thread(loader.changed, self.lists):
                     log.info("a list file changed; reloading lists")
                     async with self._reload_lock:
-                        lists = await asyncio.to_thread(
-                            loader.load_all, self.config, self.lists, self.stats)
-                        self._install(self.config, lists)
+                        lists = await offload.build(self.config, self.lists, self.stats)
+                        self._swap(self.config, lists)
             except Exception:
                 log.exception("list watcher")
 
@@ -645,9 +656,9 @@ class Server:
             return False
         if got.changed or info is None or not info.loaded_at or info.spec != spec:
             async with self._reload_lock:
-                lists = await asyncio.to_thread(loader.load_all, self.config, self.lists,
-                                                self.stats, {spec.name: got.text})
-                self._install(self.config, lists)
+                lists = await offload.build(self.config, self.lists, self.stats,
+                                            {spec.name: got.text})
+                self._swap(self.config, lists)
         else:   # 304 or the same bytes: the list in service is current
             info.loaded_at, info.error = time.time(), None
             loader.publish(self.lists, self.stats)

@@ -158,12 +158,15 @@ def load_all(config: Config, previous: Blocklists | None = None,
 
 
 def _refuse_emptied(spec: ListSpec, parsed: Parsed, previous: Blocklists | None) -> None:
+    old = previous.lists.get(spec.name) if previous is not None else None
+    if old is not None and old.spec.source == spec.source:
+        refuse_emptied(spec, parsed, old.entries)
+
+
+def refuse_emptied(spec: ListSpec, parsed: Parsed, old_entries: int) -> None:
     """A list that had entries and now has none was most likely truncated, not emptied."""
-    if len(parsed) or spec.allow_empty or previous is None:
-        return
-    old = previous.lists.get(spec.name)
-    if old is not None and old.entries and old.spec.source == spec.source:
-        raise LoadError(f"{spec.source} has no entries now (it had {old.entries}); keeping the "
+    if old_entries and not len(parsed) and not spec.allow_empty:
+        raise LoadError(f"{spec.source} has no entries now (it had {old_entries}); keeping the "
                         f"last good version (set allow_empty: true for this list to allow it)")
 
 
