@@ -686,7 +686,11 @@ class Upstreams:
             data = await tcp_exchange(a.up, a.req, max(0.1, remaining), a.edns)
             if a.check is not None:
                 a.parsed = a.check(data)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, WireError):
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, WireError) as exc:
+            if isinstance(exc, OSError) and fd_exhaustion.is_fd_exhaustion(exc):
+                info = getattr(a.req, "info", None)
+                fd_exhaustion.count(self.stats, info.label if info is not None else "other", exc)
+                return None
             self.stats.upstream(a.up.label, "error")
             self._failed(a.up)
             return None

@@ -257,13 +257,17 @@ class Supervisor:
         self.metrics: Any = None
         self.stopping = False
         self.retired: dict[str, Any] = {}   # counters of workers that died, added up
+        self.reload_ok = 1                  # 0 after a reload the supervisor refused
 
     async def merged(self) -> Stats:
         """Every live worker's counters plus those of dead ones: totals never go down."""
         parts = await asyncio.gather(*(w.stats() for w in self.workers if w.alive()),
                                      return_exceptions=True)
         live = [p for p in parts if isinstance(p, dict)]
-        return merge([*live, self.retired] if self.retired else live)
+        total = merge([*live, self.retired] if self.retired else live)
+        # A config the supervisor refused never reached a worker: the failure is ours to show.
+        total.config_reload_success = min(total.config_reload_success, self.reload_ok)
+        return total
 
     def _retire(self, w: _Worker) -> None:
         if w.last is not None:
@@ -313,6 +317,7 @@ class Supervisor:
         except Exception:
             log.exception("reload failed, workers keep the running configuration")
         finally:
+            self.reload_ok = 1 if ok else 0
             self.notifier.status(f"{len(self.workers)} workers serving"
                                  + ("" if ok else "; last reload FAILED"))
             self.notifier.ready()

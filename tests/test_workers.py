@@ -159,10 +159,14 @@ def test_dead_workers_are_logged_restarted_from_the_served_config_and_keep_their
         time.sleep(1.0)
         assert _children(proc.pid) == stable
         # A reload of the broken file is refused by the supervisor; the workers keep serving.
+        text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+        assert _metric(text, "hushdns_config_reload_success") == 1
         os.kill(proc.pid, signal.SIGHUP)
         time.sleep(1.0)
         blocked(999)
         assert _children(proc.pid) == stable
+        text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+        assert _metric(text, "hushdns_config_reload_success") == 0
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
