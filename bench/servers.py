@@ -303,8 +303,12 @@ def dnsmasq(workdir: Path, upstream_port: int, blocked: list[str], cache_entries
 
 
 def hushdns(workdir: Path, upstream_port: int, blocklist: Path, cache_entries: int,
-            name: str = "hushdns", workers: int | None = None) -> Proc:
-    """hushdns from this checkout (`python -m resolver serve`), metrics on and counting."""
+            name: str = "hushdns", workers: int | None = None, memo: bool = True) -> Proc:
+    """hushdns from this checkout (`python -m resolver serve`), metrics on and counting.
+
+    ``memo=False`` sets ``server.reply_memo: false``: no remembered replies, so every
+    query takes the index or cache path (what a LAN that rarely repeats within a second gets).
+    """
     d = workdir / name
     d.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -317,6 +321,7 @@ def hushdns(workdir: Path, upstream_port: int, blocklist: Path, cache_entries: i
         f"cache: {{max_entries: {cache_entries}}}\n"
         f'metrics: {{listen: "127.0.0.1:{metrics_port}"}}\n'
         + (f"workers: {workers}\n" if workers else "")
+        + ("" if memo else "server: {reply_memo: false}\n")
     )
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     return Proc(name, port, [sys.executable, "-m", "resolver", "serve", "-c", str(conf)],

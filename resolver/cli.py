@@ -12,6 +12,7 @@ from typing import Any
 from . import __version__, sdnotify
 from .config import Config, ConfigError, ListSpec, load_config
 from .lifecycle import defer_sighup, handle_signals, tune_gc
+from .listen_errors import ListenError
 from .lists import loader, local_file
 from .lists.parse import Parsed
 
@@ -60,6 +61,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=getattr(logging, (args.log_level or config.log_level).upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for text in config.warnings:
+        log.warning("%s", text)
     runner = _runner()
     try:
         if config.workers > 1:
@@ -89,10 +92,12 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
     watchdog = asyncio.create_task(notifier.watchdog_loop())
     try:
         await server.start()
-    except OSError as exc:
-        log.error("cannot listen: %s", exc)
-        notifier.status(f"cannot listen: {exc}")
+    except OSError as exc:   # ListenError names address, port and protocol itself
+        text = str(exc) if isinstance(exc, ListenError) else f"cannot listen: {exc}"
+        log.error("%s", text)
+        notifier.status(text)
         watchdog.cancel()
+        await server.stop()
         return 1
     tune_gc()
     stop = handle_signals(server.reload)
@@ -132,31 +137,57 @@ def _parse_spec(spec: ListSpec, state_dir: str, fetch: bool = False) -> list[tup
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Validate the config and every list; the last line says what failed, if anything.
+
+    ``--offline`` (the systemd unit's pre-start check) reads URL lists from their disk
+    copies only: a URL list with no copy yet is a warning, since ``serve`` starts without
+    it and downloads it in the background; start-up must never wait on the network.
+    """
     try:
         config = _load(args)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
+        print("check FAILED: configuration errors (above)", file=sys.stderr)
         return 2
-    errors = 0
+    offline = getattr(args, "offline", False)
+    failures: list[str] = []
     print(f"{config.path}: configuration OK")
+    for text in config.warnings:
+        print(f"warning: {text}")
+    warnings = len(config.warnings)
     for spec in config.all_lists():
         kind = "allow" if spec.allow else "block"
+        if offline and spec.kind == "url":
+            from .lists import remote
+
+            if remote.read_copy(spec.source, config.state_dir) is None:
+                print(f"{kind} list {spec.name}: warning: not downloaded yet ({spec.source}); "
+                      "serve starts without it and downloads it in the background")
+                warnings += 1
+                continue
         try:
-            parts = _parse_spec(spec, config.state_dir, fetch=True)   # URL lists: download now
+            parts = _parse_spec(spec, config.state_dir, fetch=not offline)   # URL lists: download now
         except loader.LoadError as exc:
             print(f"{kind} list {spec.name}: FAILED: {exc}")
-            errors += 1
+            failures.append(f"list {spec.name} failed to load")
             continue
         entries = sum(len(p) for _, p in parts)
         rejected = [(f, r) for f, p in parts for r in p.rejected]
         print(f"{kind} list {spec.name}: {entries} entries, {len(rejected)} rejected lines ({spec.source})")
         for f, (line, text, reason) in rejected:
             print(f"  {f}:{line}: {reason}: {text}")
-        if spec.kind != "url":   # subscribed lists may carry junk; your own files may not
-            errors += len(rejected)
+        if spec.kind != "url" and rejected:   # subscribed lists may carry junk; your own files may not
+            failures.append(f"{len(rejected)} rejected line{'s' * (len(rejected) != 1)} "
+                            f"in list {spec.name}")
         if entries == 0 and not spec.allow:
             print(f"  warning: {spec.name} has no entries")
-    return 1 if errors else 0
+            warnings += 1
+    note = f" ({warnings} warning{'s' * (warnings != 1)})" if warnings else ""
+    if failures:
+        print(f"check FAILED: {'; '.join(failures)}{note}")
+        return 1
+    print(f"check OK: configuration and {len(config.all_lists())} lists{note}")
+    return 0
 
 
 # --- query ---------------------------------------------------------------------------------
@@ -174,7 +205,7 @@ def _rule_location(spec: ListSpec, rule: str, state_dir: str) -> str:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from .clients import ClientTable, LabelBound
+    from .clients import ClientTable, LabelBound, UnknownClient, client_address
     from .lists.parse import normalize_domain
 
     try:
@@ -187,9 +218,14 @@ def cmd_query(args: argparse.Namespace) -> int:
         print(f"not a valid name: {args.name!r}", file=sys.stderr)
         return 2
     qtype = args.type.upper()
+    try:
+        address = client_address(config, args.client)   # an address or a clients: name
+    except UnknownClient as exc:
+        print(exc, file=sys.stderr)
+        return 2
     lists = loader.load_all(config)
-    client = ClientTable(config, lists, LabelBound(config.metrics.max_clients)).lookup(args.client)
-    who = f"client {args.client}" + (f" ({client.name})" if client.name else "") + f", group {client.group}"
+    client = ClientTable(config, lists, LabelBound(config.metrics.max_clients)).lookup(address)
+    who = f"client {address}" + (f" ({client.name})" if client.name else "") + f", group {client.group}"
     if not client.allowed:
         print(f"{name} {qtype} for {who}: refused (client outside access.allow)")
         return 0
@@ -223,7 +259,32 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- config ---------------------------------------------------------------------------------
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the embedded default config: the file to copy and edit (`serve` without -c uses it)."""
+    from . import bundled
+
+    if not args.default:
+        print("hushdns config: say --default to print the embedded default config", file=sys.stderr)
+        return 2
+    sys.stdout.write(bundled.default_config_text())
+    return 0
+
+
 # --- entry point -----------------------------------------------------------------------------
+
+
+def _qtype(text: str) -> str:
+    """argparse type of ``query --type``: a record type DNS knows (``TYPE65`` included)."""
+    import dnslib
+
+    name = text.upper()
+    if name in dnslib.QTYPE.reverse or (name.startswith("TYPE") and name[4:].isdigit()
+                                        and int(name[4:]) < 65536):
+        return name
+    raise argparse.ArgumentTypeError(f"not a DNS record type: {text!r} (e.g. A, AAAA, MX, HTTPS)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the resolver (embedded default config without -c)")
     s.add_argument("-c", "--config", help="YAML config file")
-    s.add_argument("--listen", action="append", help="override listen (repeatable), e.g. 127.0.0.1:5353")
+    s.add_argument("--listen", action="append", help="override listen (repeatable), e.g. 127.0.0.1:5533")
     s.add_argument("--upstream", action="append", help="override upstreams (repeatable)")
     s.add_argument("--metrics", help="override metrics.listen, or 'off'")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -242,15 +303,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="validate a config and every list it uses")
     c.add_argument("-c", "--config", help="YAML config file (embedded default without -c)")
+    c.add_argument("--offline", action="store_true",
+                   help="no downloads: URL lists from their disk copies (the unit's pre-start check)")
     c.set_defaults(func=cmd_check)
 
     q = sub.add_parser("query", help="explain what hushdns would do for a name (no network)")
     q.add_argument("name")
-    q.add_argument("--type", default="A")
-    q.add_argument("--client", default="127.0.0.1", help="client address (default 127.0.0.1)")
+    q.add_argument("--type", default="A", type=_qtype, help="record type, e.g. A, AAAA, HTTPS")
+    q.add_argument("--client", default="127.0.0.1",
+                   help="client address or a name from clients: (default 127.0.0.1)")
     q.add_argument("--tcp", action="store_true", help="as if asked over TCP")
     q.add_argument("-c", "--config", help="YAML config file (embedded default without -c)")
     q.set_defaults(func=cmd_query)
+
+    g = sub.add_parser("config", help="print the embedded default config (--default)")
+    g.add_argument("--default", action="store_true",
+                   help="the config `serve` uses without -c, to copy to /etc/hushdns/config.yaml")
+    g.set_defaults(func=cmd_config)
 
     from .lists.commands import add_parser as add_lists_parser
 
@@ -261,7 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # `hushdns lists show xiaomi | head`: the reader has what it wanted. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ collected, not stopped at the first, so ``hushdns check`` shows them all.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +91,7 @@ class Cache:
 class Metrics:
     listen: Endpoint | None = ("127.0.0.1", 9153)
     max_clients: int = 512
+    client_idle: float = 86_400.0   # seconds without a query before a label is released
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class ServerOptions:
     max_inflight: int = 4096
     max_waiters: int = 256
     minimal_responses: bool = True
+    reply_memo: bool = True
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,10 @@ class Config:
     log_queries: bool = False
     workers: int = 1
     rebind_protection: RebindProtection = field(default_factory=RebindProtection)
+    # Not errors, but worth saying (check prints them, serve logs them): e.g. an empty file.
+    warnings: tuple[str, ...] = ()
+    # Clients whose RD=0 queries are answered (from the cache only); the rest get REFUSED.
+    access_allow_snoop: tuple[IPNetwork, ...] = ()
 
     def all_lists(self) -> list[ListSpec]:
         return [*self.blocking.lists.values(), *self.blocking.allow.values()]
@@ -158,6 +166,7 @@ class _Doc:
         self.filename = filename
         self.lines: dict[str, int] = {}
         self.problems: list[str] = []
+        self.problem_lines: list[int] = []   # line of each problem (0: none), for sorting
         self._loader = yaml.SafeLoader("")
 
     def err(self, path: str, msg: str) -> None:
@@ -170,6 +179,12 @@ class _Doc:
                 line = self.lines.get(p)
         where = f" ({self.filename}:{line})" if line else f" ({self.filename})"
         self.problems.append(f"{path or '<top>'}: {msg}{where}")
+        self.problem_lines.append(line or 0)
+
+    def sorted_problems(self) -> list[str]:
+        """In file order, the way an editor walks them (stable for problems on one line)."""
+        order = sorted(range(len(self.problems)), key=lambda i: self.problem_lines[i])
+        return [self.problems[i] for i in order]
 
     def convert(self, node: yaml.Node, path: str) -> Any:
         self.lines[path] = node.start_mark.line + 1
@@ -367,19 +382,25 @@ def _kname(kinds: tuple[type, ...]) -> str:
     return " or ".join(_tname(k()) if k is not type(None) else "null" for k in kinds)
 
 
-def _duration(v: Any) -> float | None:
-    """Seconds from a number or '30s', '15m', '24h', '7d'."""
+_DURATION = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h|d)?")
+_UNIT_SECONDS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+DURATION_EXAMPLES = "30, '500ms', '5s', '2m', '1h', '1d'"
+
+
+def parse_duration(v: Any) -> float | None:
+    """Seconds from a number or '500ms', '5s', '2m', '1h', '1d'; None when it is not one.
+
+    The one parser for every duration key (timeouts, TTLs, refresh, serve-stale), so
+    what the docs say about durations holds for all of them.
+    """
     if isinstance(v, bool):
         return None
     if isinstance(v, int | float):
-        return float(v)
-    if isinstance(v, str) and v:
-        mult = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(v[-1])
-        num = v[:-1] if mult else v
-        try:
-            return float(num) * (mult or 1)
-        except ValueError:
-            return None
+        return float(v) if math.isfinite(v) and v >= 0 else None
+    if isinstance(v, str):
+        m = _DURATION.fullmatch(v.strip())
+        if m:
+            return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
     return None
 
 
@@ -420,8 +441,11 @@ def load_config(path: str | os.PathLike[str] | None = None, text: str | None = N
         mark = getattr(exc, "problem_mark", None)
         where = f"{filename}:{mark.line + 1}" if mark else filename
         problem = getattr(exc, "problem", None) or str(exc)
+        if "'\\t'" in problem:   # PyYAML's words for a tab in the indentation
+            problem += "; use spaces to indent, YAML does not allow tabs"
         raise ConfigError([f"<yaml>: {problem} ({where})"]) from None
     data = doc.convert(node, "") if node is not None else {}
+    empty = path is not None and data in ({}, None)
     if overrides:
         data = {**data, **overrides} if isinstance(data, dict) else overrides
     try:
@@ -431,8 +455,15 @@ def load_config(path: str | os.PathLike[str] | None = None, text: str | None = N
         raise ConfigError([*doc.problems, f"<top>: cannot read this configuration: "
                            f"{_short(repr(exc))} ({filename})"]) from None
     if doc.problems:
-        raise ConfigError(doc.problems)
+        raise ConfigError(doc.sorted_problems())
     assert cfg is not None
+    if empty:
+        from dataclasses import replace
+
+        cfg = replace(cfg, warnings=(
+            f"{filename} is empty: built-in defaults apply (listen "
+            f"{', '.join(map(format_endpoint, cfg.listen))}, {len(cfg.all_lists())} lists); "
+            "`hushdns config --default` prints a config to start from",))
     return cfg
 
 
@@ -460,8 +491,9 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
             doc.err(f"forward_zones.{zone}", "needs at least one server")
         zones[name] = eps
 
-    access = r.section(top.get("access"), "access", ("allow",))
+    access = r.section(top.get("access"), "access", ("allow", "allow_snoop"))
     allow_nets = r.networks(access.get("allow", list(DEFAULT_ALLOW)), "access.allow")
+    snoop_nets = r.networks(access.get("allow_snoop") or [], "access.allow_snoop")
 
     blocking = _blocking(r, top.get("blocking"), base)
 
@@ -480,16 +512,16 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
     nonneg = _at_least(0)
     cache = Cache(
         max_entries=r.typed(c, "max_entries", "cache", int, 100_000, _at_least(1)),
-        min_ttl=r.typed(c, "min_ttl", "cache", int, 0, nonneg),
-        max_ttl=r.typed(c, "max_ttl", "cache", int, 86_400, nonneg),
-        negative_ttl=r.typed(c, "negative_ttl", "cache", int, 3_600, nonneg),
-        servfail_ttl=r.typed(c, "servfail_ttl", "cache", int, 5, _between(0, 300)),
+        min_ttl=_dur(r, c, "min_ttl", "cache", 0, nonneg, whole=True),
+        max_ttl=_dur(r, c, "max_ttl", "cache", 86_400, nonneg, whole=True),
+        negative_ttl=_dur(r, c, "negative_ttl", "cache", 3_600, nonneg, whole=True),
+        servfail_ttl=_dur(r, c, "servfail_ttl", "cache", 5, _between(0, 300), whole=True),
         serve_stale=_dur(r, c, "serve_stale", "cache", 86_400.0),
     )
     if cache.min_ttl > cache.max_ttl:
         doc.err("cache.min_ttl", "is larger than cache.max_ttl")
 
-    m = r.section(top.get("metrics"), "metrics", ("listen", "max_clients"))
+    m = r.section(top.get("metrics"), "metrics", ("listen", "max_clients", "client_idle"))
     mlisten: Endpoint | None = ("127.0.0.1", 9153)
     if "listen" in m:
         if m["listen"] is None:
@@ -497,22 +529,24 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         else:
             eps = r.endpoints(m["listen"], "metrics.listen", 9153)
             mlisten = eps[0] if eps else None
-    metrics = Metrics(mlisten, r.typed(m, "max_clients", "metrics", int, 512, _at_least(1)))
+    metrics = Metrics(mlisten, r.typed(m, "max_clients", "metrics", int, 512, _at_least(1)),
+                      _dur(r, m, "client_idle", "metrics", Metrics.client_idle))
 
     s = r.section(top.get("server"), "server", tuple(ServerOptions.__dataclass_fields__))
     d = ServerOptions()
     server = ServerOptions(
         udp_size=r.typed(s, "udp_size", "server", int, d.udp_size, _between(512, 4096)),
-        tcp_idle_timeout=r.typed(s, "tcp_idle_timeout", "server", float, d.tcp_idle_timeout, _positive),
+        tcp_idle_timeout=_dur(r, s, "tcp_idle_timeout", "server", d.tcp_idle_timeout, _positive),
         tcp_max_connections=r.typed(s, "tcp_max_connections", "server", int, d.tcp_max_connections, _at_least(1)),
         tcp_max_pipelined=r.typed(s, "tcp_max_pipelined", "server", int, d.tcp_max_pipelined, _at_least(1)),
         tcp_max_per_client=r.typed(s, "tcp_max_per_client", "server", int, d.tcp_max_per_client,
                                    _at_least(1)),
-        upstream_timeout=r.typed(s, "upstream_timeout", "server", float, d.upstream_timeout, _positive),
-        upstream_total_timeout=r.typed(s, "upstream_total_timeout", "server", float, d.upstream_total_timeout, _positive),
+        upstream_timeout=_dur(r, s, "upstream_timeout", "server", d.upstream_timeout, _positive),
+        upstream_total_timeout=_dur(r, s, "upstream_total_timeout", "server", d.upstream_total_timeout, _positive),
         max_inflight=r.typed(s, "max_inflight", "server", int, d.max_inflight, _at_least(1)),
         max_waiters=r.typed(s, "max_waiters", "server", int, d.max_waiters, _at_least(1)),
         minimal_responses=r.typed(s, "minimal_responses", "server", bool, d.minimal_responses),
+        reply_memo=r.typed(s, "reply_memo", "server", bool, d.reply_memo),
     )
 
     rl = r.section(top.get("rate_limit"), "rate_limit", ("qps", "burst", "action"))
@@ -554,6 +588,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         log_queries=r.typed(lg, "queries", "log", bool, False),
         workers=workers,
         rebind_protection=rebind,
+        access_allow_snoop=snoop_nets,
     )
 
 
@@ -596,7 +631,7 @@ def _blocking(r: _Reader, data: Any, base: Path) -> Blocking:
         mode = mode_raw
     else:
         r.doc.err("blocking.mode", f"must be one of {', '.join(BLOCK_MODES)} or a list of IPs, not {mode_raw!r}")
-    ttl = r.typed(b, "ttl", "blocking", int, 300, _at_least(0))
+    ttl = _dur(r, b, "ttl", "blocking", 300, _at_least(0), whole=True)
     lists = _lists(r, b.get("lists"), "blocking.lists", base, allow=False)
     allow = _lists(r, b.get("allow"), "blocking.allow", base, allow=True)
     for name in set(lists) & set(allow):
@@ -674,7 +709,8 @@ def _groups(r: _Reader, data: Any, blocking: Blocking,
         sub = f"groups.{name}"
         gd = r.section(g, sub, ("clients", "lists", "allow"))
         nets: list[IPNetwork] = []
-        for i, c in enumerate(r.str_list(gd.get("clients"), f"{sub}.clients")):
+        named = r.str_list(gd.get("clients"), f"{sub}.clients")
+        for i, c in enumerate(named):
             if c in clients:
                 nets.extend(clients[c])
                 continue
@@ -682,9 +718,9 @@ def _groups(r: _Reader, data: Any, blocking: Blocking,
                 nets.append(ipaddress.ip_network(c, strict=False))
             except ValueError:
                 r.doc.err(f"{sub}.clients[{i}]", f"{c!r} is neither a name in clients: nor an address")
-        if name == "default" and nets:
+        if name == "default" and named:
             r.doc.err(f"{sub}.clients", "the default group applies to every other client; it takes no clients")
-        elif name != "default" and not nets:
+        elif name != "default" and not named:   # an unknown name was reported above, once
             r.doc.err(f"{sub}.clients", "a group needs clients")
         lists = r.str_list(gd.get("lists"), f"{sub}.lists") if "lists" in gd else list(all_lists)
         for i, ln in enumerate(lists):
@@ -700,19 +736,30 @@ def _groups(r: _Reader, data: Any, blocking: Blocking,
     return out
 
 
-def _dur(r: _Reader, data: dict[str, Any], key: str, path: str, default: float) -> float:
+def _dur(r: _Reader, data: dict[str, Any], key: str, path: str, default: Any,
+         check: Callable[[Any], str | None] | None = None, whole: bool = False) -> Any:
+    """A duration key in seconds; ``whole``: a TTL, rounded to whole seconds."""
     if key not in data or data[key] is None:
         return default
     try:
-        v = _duration(data[key])
-    except OverflowError:
+        v = parse_duration(data[key])
+    except OverflowError:   # an integer too large for a float
         v = None
-    if v is None or v < 0:
-        r.doc.err(f"{path}.{key}", f"must be a duration like 30, '90s', '15m', '24h', not {data[key]!r}")
+    if v is None:
+        r.doc.err(f"{path}.{key}", f"must be a duration like {DURATION_EXAMPLES}, not {data[key]!r}")
         return default
     out_of_range = config_limits.check_number(f"{path}.{key}", v)
     if out_of_range:
         r.doc.err(f"{path}.{key}", out_of_range)
+        return default
+    if whole:
+        if v != int(v):
+            r.doc.err(f"{path}.{key}", f"must be whole seconds, not {data[key]!r}")
+            return default
+        v = int(v)
+    problem = check(v) if check is not None else None
+    if problem:
+        r.doc.err(f"{path}.{key}", problem)
         return default
     return v
 

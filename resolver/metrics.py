@@ -35,7 +35,7 @@ from resolver import __version__
 from resolver.stats import Histogram, Stats
 from resolver.tcp_limits import ConnectionTable
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("hushdns.metrics")
 
 # The classic text format; Prometheus 2.x and every scraper understand it.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -119,6 +119,12 @@ class StatsCollector:
         for (client, reason), n in _items(s.limited):
             m.add_metric((client, reason), n)
         yield m
+
+        yield CounterMetricFamily(
+            "hushdns_client_labels_released",
+            "Client label values released after metrics.client_idle without a query "
+            "(their series are gone; the slot is free for a new client).",
+            value=getattr(s, "client_labels_released", 0))
 
         m = CounterMetricFamily(
             "hushdns_rebind_removed",

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("hushdns.sdnotify")
 
 # A READY=1 that is silently dropped leaves the unit stuck in "activating"
 # until TimeoutStartSec; so wait a little for a full receive queue rather than

@@ -18,10 +18,12 @@ from collections.abc import Callable
 from typing import Any
 
 from . import upstream
+from .carryover import carry_over
 from .chain import build_chain
 from .clients import ClientTable, LabelBound
 from .config import Config, ConfigError, Endpoint, format_endpoint
 from .fastpath import FastPath
+from .listen_errors import ListenError, listen_error
 from .lists import loader, offload, remote
 from .lists.loader import Blocklists
 from .metrics import start_metrics_server
@@ -345,7 +347,7 @@ class Server:
         self.reuse_port = reuse_port   # several worker processes share the listen ports
         self.stats = stats or Stats()
         self.reload_config = reload_config
-        self.labels = LabelBound(config.metrics.max_clients)
+        self.labels = LabelBound(config.metrics.max_clients, config.metrics.client_idle)
         self.lists = Blocklists()
         self.head: Stage | None = None
         self.clients: ClientTable | None = None
@@ -374,14 +376,15 @@ class Server:
 
     async def start(self) -> None:
         """Load lists, build the chain, bind every listener; returns once serving."""
+        # The loader logs each list that fails, once.
         self.lists = await asyncio.to_thread(loader.load_all, self.config, None, self.stats)
-        for info in self.lists.failed():
-            log.error("list %s: %s", info.spec.name, info.error)
+        log.info("config %s: %s", self.config.path, _lists_summary(self.lists))
         self._install(self.config, self.lists)
         for ep in self.config.listen:
             await self._bind(ep)
         await self._start_metrics()
         self._background.append(asyncio.create_task(self._sweep_tcp()))
+        self._background.append(asyncio.create_task(self._release_idle_labels()))
         self._background.append(asyncio.create_task(self._watch_lists()))
         self._background.append(asyncio.create_task(self._refresh_url_lists()))
         log.info("serving on %s (udp) and %s (tcp); upstreams %s",
@@ -456,10 +459,9 @@ class Server:
         try:
             self.metrics_server = await start_metrics_server(self.stats, ep[0], ep[1])
         except OSError as exc:
-            if not reloading:
-                raise
-            # On reload, a busy port must not take DNS down with it.
-            log.error("metrics: cannot listen on %s: %s", format_endpoint(ep), exc)
+            # A busy metrics port must not take DNS down with it, at start-up or on reload.
+            log.error("metrics: %s; DNS keeps serving without /metrics",
+                      listen_error(ep, "tcp", exc, "--metrics ADDR or --metrics off"))
 
     def _swap(self, config: Config, lists: Blocklists) -> None:
         """Install a new snapshot; the replaced one is freed in slices, after in-flight
@@ -480,10 +482,13 @@ class Server:
             self.config.rebind_protection == config.rebind_protection
         entries = self.cache.entries if keep else None  # type: ignore[union-attr]
         head, cache = build_chain(config, lists, self.stats, entries)
+        carry_over(self.head, head, self.stats)   # buckets, upstream health, in flight
         self.labels.limit = config.metrics.max_clients
+        self.labels.idle = config.metrics.client_idle
         self.clients = ClientTable(config, lists, self.labels)
         self.config, self.lists, self.head, self.cache = config, lists, head, cache
-        fast = FastPath(head, self.clients, self.stats, config.server.udp_size)
+        fast = FastPath(head, self.clients, self.stats, config.server.udp_size,
+                        memo=config.server.reply_memo)
         # The query log wants every query through the edge, with its reasons.
         self.fast = fast.answer if fast.enabled and not config.log_queries else None
 
@@ -499,7 +504,11 @@ class Server:
                 udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             with contextlib.suppress(OSError):
                 udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
-            udp.bind((host, port))
+            try:
+                udp.bind((host, port))
+            except OSError as exc:
+                udp.close()
+                raise listen_error(ep, "udp", exc) from None
             bound = udp.getsockname()[1]
             tcp = socket.socket(family, socket.SOCK_STREAM)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -509,15 +518,16 @@ class Server:
                 tcp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
                 tcp.bind((host, bound))
-            except OSError:
+            except OSError as exc:
                 udp.close()
                 tcp.close()
                 if port == 0:   # the TCP twin of a random UDP port was taken: try another
                     continue
-                raise
+                raise listen_error(ep, "tcp", exc) from None
             break
         else:
-            raise OSError(f"could not bind UDP and TCP on one port for {format_endpoint(ep)}")
+            raise ListenError(f"cannot listen on {format_endpoint(ep)}: no port free for both "
+                              "UDP and TCP; use --listen")
         tcp.listen(128)
         edge = UdpEdge(self, udp)
         edge.start(loop)
@@ -602,6 +612,16 @@ class Server:
 
     # --- background ----------------------------------------------------------------
 
+    async def _release_idle_labels(self) -> None:
+        """Free the client label slots of addresses gone quiet (metrics.client_idle)."""
+        while True:
+            idle = self.labels.idle
+            await asyncio.sleep(min(60.0, max(0.05, idle / 4)) if idle > 0 else 60.0)
+            keep = frozenset(self.config.clients) | {"other"}
+            gone = self.labels.release_idle(self.stats, time.monotonic(), keep, self.clients)
+            if gone:
+                log.info("released %d idle client label(s)", len(gone))
+
     async def _sweep_tcp(self) -> None:
         """Close idle, slow-loris and never-reading TCP clients."""
         while True:
@@ -618,10 +638,15 @@ class Server:
             await asyncio.sleep(LIST_POLL_SECONDS)
             try:
                 if await asyncio.to_thread(loader.changed, self.lists):
-                    log.info("a list file changed; reloading lists")
                     async with self._reload_lock:
+                        old = self.lists
                         lists = await offload.build(self.config, self.lists, self.stats)
                         self._swap(self.config, lists)
+                    for name, info in lists.lists.items():
+                        was = old.lists.get(name)
+                        if was is not None and was.fingerprint != info.fingerprint and not info.error:
+                            log.info("list %s changed on disk: %d entries now (was %d)",
+                                     name, info.entries, was.entries)
             except Exception:
                 log.exception("list watcher")
 
@@ -663,3 +688,10 @@ class Server:
             info.loaded_at, info.error = time.time(), None
             loader.publish(self.lists, self.stats)
         return True
+
+
+def _lists_summary(lists: Blocklists) -> str:
+    """``9 lists, 412 names: xiaomi 40, huawei 35, ...`` for the start-up log line."""
+    parts = [f"{n} {'FAILED' if i.error else i.entries}" for n, i in lists.lists.items()]
+    return (f"{len(lists.lists)} lists, {len(lists.index)} names"
+            + (": " + ", ".join(parts) if parts else " (nothing is blocked)"))

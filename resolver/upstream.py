@@ -23,10 +23,12 @@ import _socket
 import asyncio
 import collections
 import contextlib
+import logging
 import os
 import secrets
 import select
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -56,8 +58,37 @@ DOWN_AFTER = 3
 MAX_PROBE_INTERVAL = 30.0
 
 
+log = logging.getLogger("hushdns.upstream")
+
+
+def failure_reason(exc: BaseException | None) -> str:
+    """A few words for the log line saying why an upstream went down."""
+    if exc is None or isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused (nothing listens on that port)"
+    if isinstance(exc, asyncio.IncompleteReadError):
+        return "connection closed mid-answer"
+    if isinstance(exc, WireError):
+        return f"malformed answer: {exc}"
+    if isinstance(exc, OSError):
+        return (exc.strerror or str(exc)).lower()
+    return str(exc) or type(exc).__name__
+
+
 class UpstreamFailure(Exception):
-    """No upstream gave a usable answer in time."""
+    """No upstream gave a usable answer in time; ``ede`` is the reason (RFC 8914) if not the
+    network's."""
+
+    def __init__(self, msg: str, ede: int | None = None) -> None:
+        super().__init__(msg)
+        self.ede = ede
+
+
+# RFC 8914 22, "No Reachable Authority": every upstream refused (what unbound says).
+EDE_NO_REACHABLE_AUTHORITY = 22
 
 
 # Parses an accepted reply (raising WireError when it is malformed); its result
@@ -231,8 +262,9 @@ class _Mux(_Timeouts):
     from the epoll set, and one wakeup of the loop drains every answer that is ready.
 
     Sockets are recycled (``recycle``): one whose query got its answer is
-    drained, disconnected -- which frees its port -- and kept, still in the epoll
-    set, for a later query.  A socket is connected for one query at a time, and
+    disconnected -- which frees its port, so nothing more can arrive -- then
+    drained of what arrived before, and kept, still in the epoll set, for a
+    later query.  A socket is connected for one query at a time, and
     each ``connect`` draws a new random port, so an upstream sees what it saw
     with a new socket per query, and a reply to an earlier query cannot reach a
     later one (its port is gone, and nothing it sent is left queued).
@@ -244,6 +276,10 @@ class _Mux(_Timeouts):
         self.ep = select.epoll()
         loop.add_reader(self.ep.fileno(), self._ready)
         self.free: dict[int, list[Any]] = {}
+        # Every socket in the epoll set by fd, so that one reported ready with no
+        # query waiting on it can be drained (see ``_ready``).
+        self.socks: dict[int, Any] = {}
+        self.stray = 0   # datagrams read from sockets no query was waiting on
         # Per family: None until a disconnect was seen to free the port, then True/False.
         self.frees_port: dict[int, bool] = {}
 
@@ -257,6 +293,7 @@ class _Mux(_Timeouts):
         except OSError:
             sock.close()
             raise
+        self.socks[sock.fileno()] = sock
         return sock
 
     def watch(self, fd: int, a: _UdpAttempt) -> None:
@@ -265,31 +302,25 @@ class _Mux(_Timeouts):
     def forget(self, fd: int) -> None:
         # Called just before the socket is closed, which takes it out of the epoll set.
         self.waiting.pop(fd, None)
+        self.socks.pop(fd, None)
 
     def recycle(self, sock: Any, fd: int, family: int) -> None:
         """Keep the socket of an answered query for another one, or close it.
 
-        Drained first: a duplicate or forged datagram that reached this port after
-        the answer must not be read by the next query on the socket, whose port
-        differs.  Closed instead when anything is unusual (a pending error, a full
-        pool, a kernel where disconnecting does not free the port).
+        Disconnected first, then drained: once the port is gone nothing more can
+        arrive, so the drain empties the queue for good.  (Drained first, a
+        duplicate or forged datagram arriving between the drain and the disconnect
+        stayed queued: the next query on the socket read it, and until then the
+        level-triggered epoll reported the socket ready on every loop iteration.)
+        Closed instead when anything is unusual (a pending error, a full pool, a
+        kernel where disconnecting does not free the port).
         """
         self.waiting.pop(fd, None)
         free = self.free.setdefault(family, [])
         verdict = self.frees_port.get(family)
-        if _disconnect is None or verdict is False or len(free) >= POOL_MAX:
-            sock.close()
-            return
-        try:
-            while True:
-                sock.recv(MAX_REPLY)
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:
-            sock.close()
-            return
-        if not _disconnect(fd):
-            sock.close()
+        if _disconnect is None or verdict is False or len(free) >= POOL_MAX \
+                or not _disconnect(fd):
+            self._close(sock, fd)
             return
         if verdict is None:
             try:
@@ -297,15 +328,28 @@ class _Mux(_Timeouts):
             except OSError:
                 verdict = False
             if not verdict:
-                sock.close()
+                self._close(sock, fd)
                 return
+        try:
+            while True:
+                sock.recv(MAX_REPLY)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._close(sock, fd)
+            return
         free.append(sock)
+
+    def _close(self, sock: Any, fd: int) -> None:
+        if self.socks.get(fd) is sock:
+            del self.socks[fd]
+        sock.close()
 
     def close_idle(self) -> None:
         """Close the sockets kept for later queries (queries in flight keep theirs)."""
         for free in self.free.values():
             for sock in free:
-                sock.close()
+                self._close(sock, sock.fileno())
             free.clear()
 
     def _ready(self) -> None:
@@ -314,6 +358,35 @@ class _Mux(_Timeouts):
             a = waiting.get(fd)
             if a is not None:
                 a.readable()
+            else:
+                self._stray(fd)
+
+    def _stray(self, fd: int) -> None:
+        """A socket reported ready that no query waits on: empty it, or stop watching it.
+
+        Why: the epoll is level-triggered, so a datagram left queued on such a
+        socket would wake the loop on every iteration (100% CPU while idle).
+        A kept socket holds no port and empties in a few reads; anything that
+        does not (or an fd this mux no longer knows) leaves the epoll set.
+        """
+        sock = self.socks.get(fd)
+        if sock is not None:
+            for _ in range(64):
+                try:
+                    sock.recv(MAX_REPLY)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:   # a pending error, now read; the socket stays usable
+                    continue
+                self.stray += 1
+        with contextlib.suppress(OSError, ValueError):
+            self.ep.unregister(fd)
+        if sock is not None:
+            # No longer watched: it must not serve a later query.
+            for free in self.free.values():
+                if sock in free:
+                    free.remove(sock)
+            self._close(sock, fd)
 
 
 class _ReaderMux(_Timeouts):
@@ -388,6 +461,7 @@ class _UdpAttempt:
             self.fd = fd = sock.fileno()
             mux.watch(fd, self)
         except OSError:
+            mux.forget(sock.fileno())
             sock.close()
             raise
         self.sock: Any = sock
@@ -539,7 +613,7 @@ class Upstreams:
                 fd_exhaustion.count(self.stats, info.label if info is not None else "other", exc)
                 return None
             self.stats.upstream(up.label, "error")
-            self._failed(up)
+            self._failed(up, reason=failure_reason(exc))
             return None
 
     def probe(self, loop: asyncio.AbstractEventLoop, up: Upstream, req: Request) -> None:
@@ -599,13 +673,18 @@ class Upstreams:
         next_send = start
         last_bad: tuple[bytes, Upstream, Any] | None = None
         no_edns: set[str] = set()
+        refused: set[str] = set()   # upstreams that REFUSED this question: not asked again
         try:
             while True:
                 now = loop.time()
                 if now >= deadline:
                     break
                 if now >= next_send and sends < max_sends:
-                    up = order[sends % len(order)]
+                    live = [u for u in order if u.label not in refused] if refused else order
+                    if not live:
+                        sends = max_sends
+                        continue
+                    up = live[sends % len(live)]
                     sends += 1
                     next_send = now + opts.upstream_timeout
                     a = self._send(mux, up, req, up.label not in no_edns, check, wake)
@@ -646,6 +725,8 @@ class Upstreams:
                             attempts.append(b)
                     elif isinstance(outcome, bytes):
                         rcode = outcome[3] & 0xF
+                        if rcode == REFUSED:
+                            refused.add(a.up.label)
                         if rcode in (SERVFAIL, REFUSED, FORMERR, NOTIMP):
                             last_bad = (outcome, a.up, a.parsed)
                             next_send = loop.time()   # ask the next upstream now
@@ -662,6 +743,9 @@ class Upstreams:
                     stats.upstream(a.up.label, "timeout")
                     self._failed(a.up)
         if last_bad is not None:
+            if last_bad[0][3] & 0xF == REFUSED:
+                # Not the client's answer: it asked us, not them (unbound: SERVFAIL too).
+                raise UpstreamFailure("every upstream refused", EDE_NO_REACHABLE_AUTHORITY)
             return last_bad
         raise UpstreamFailure("no upstream answered")
 
@@ -671,7 +755,7 @@ class Upstreams:
         data = a.data
         if data is None:
             stats.upstream(a.up.label, "error")
-            self._failed(a.up)
+            self._failed(a.up, reason=failure_reason(a.error))
             return None
         if a.edns and data[3] & 0xF in (FORMERR, NOTIMP):
             stats.upstream(a.up.label, "error")
@@ -692,17 +776,20 @@ class Upstreams:
                 fd_exhaustion.count(self.stats, info.label if info is not None else "other", exc)
                 return None
             self.stats.upstream(a.up.label, "error")
-            self._failed(a.up)
+            self._failed(a.up, reason="over TCP: " + failure_reason(exc))
             return None
         a.data = data
         return self._outcome(a)
 
-    def _failed(self, up: Upstream, probe: bool = False) -> None:
+    def _failed(self, up: Upstream, probe: bool = False, reason: str = "timeout") -> None:
         if not up.down:
             up.failures += 1
             if up.down:
                 up.down_until = time.monotonic() + 1.0   # first probe in a second
                 self.stats.upstream_state[up.label] = 0
+                # Once per transition: queries failing while it is down log nothing.
+                log.warning("upstream %s is down (%s, %d failures in a row); probing it, "
+                            "other upstreams answer meanwhile", up.label, reason, up.failures)
         elif probe:
             # Only failed probes lengthen the back-off: a burst of queries that
             # were in flight when it went down must not push the next probe away.
@@ -711,6 +798,8 @@ class Upstreams:
                 MAX_PROBE_INTERVAL, 2.0 ** (up.failures - DOWN_AFTER))
 
     def _healthy(self, up: Upstream) -> None:
+        if up.failures >= DOWN_AFTER:
+            log.info("upstream %s is back up", up.label)
         up.failures = 0
         up.down_until = 0.0
         self.stats.upstream_state[up.label] = 1

@@ -10,7 +10,7 @@ import pytest
 from resolver.config import ConfigError, load_config, parse_endpoint, system_upstreams
 
 CONTRACT = """\
-listen: ["127.0.0.1:5353", "[::1]:5353"]
+listen: ["127.0.0.1:5533", "[::1]:5533"]
 upstreams: ["192.0.2.53:53", "[2001:db8::53]:53"]
 forward_zones: {"lan": ["192.168.1.1:53"], "168.192.in-addr.arpa": ["192.168.1.1:53"]}
 access:
@@ -51,7 +51,7 @@ def _problems(tmp_path: Path, text: str) -> list[str]:
 
 def test_contract_example_loads(tmp_path: Path) -> None:
     c = load_config(_write(tmp_path, CONTRACT))
-    assert c.listen == (("127.0.0.1", 5353), ("::1", 5353))
+    assert c.listen == (("127.0.0.1", 5533), ("::1", 5533))
     assert c.upstreams == (("192.0.2.53", 53), ("2001:db8::53", 53))
     assert c.forward_zones["lan"] == (("192.168.1.1", 53),)
     assert "168.192.in-addr.arpa" in c.forward_zones
@@ -113,7 +113,7 @@ def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
 
 def test_endpoints() -> None:
     assert parse_endpoint("192.0.2.1") == ("192.0.2.1", 53)
-    assert parse_endpoint("[2001:db8::1]:5353") == ("2001:db8::1", 5353)
+    assert parse_endpoint("[2001:db8::1]:5533") == ("2001:db8::1", 5533)
     assert parse_endpoint("2001:db8::1") == ("2001:db8::1", 53)
     with pytest.raises(ValueError):
         parse_endpoint("[::1")
@@ -129,7 +129,7 @@ def test_system_upstreams_skip_loopback_and_fall_back(tmp_path: Path) -> None:
 
 def test_embedded_default_config_loads_with_bundled_lists() -> None:
     c = load_config(None)
-    assert c.listen == (("127.0.0.1", 5353),)
+    assert c.listen == (("127.0.0.1", 5533),)
     assert c.metrics.listen == ("127.0.0.1", 9153)
     assert len(c.blocking.lists) >= 9
     assert all(spec.track_domains for spec in c.blocking.lists.values())

@@ -109,16 +109,35 @@ def test_hook_with_the_real_check(repo: tuple[Path, dict[str, str], Path]) -> No
     env = {**env, "HUSHDNS": f"{sys.executable} -m resolver", "PYTHONPATH": str(ROOT),
            "HUSHDNS_LINT_PATHS": ""}
     (work / "config.yaml").write_text(
-        'listen: ["127.0.0.1:5353"]\nupstreams: ["192.0.2.53:53"]\n'
+        'listen: ["127.0.0.1:5533"]\nupstreams: ["192.0.2.53:53"]\n'
         "blocking: {lists: {household: lists/household.txt}}\n"
     )
     (work / "lists" / "household.txt").write_text("tracker.example\n")
     result = commit(work, env, ".")
     assert result.returncode == 0, result.stdout + result.stderr
     (work / "config.yaml").write_text(
-        'listen: ["127.0.0.1:5353"]\nupstreams: ["192.0.2.53:53"]\n'
+        'listen: ["127.0.0.1:5533"]\nupstreams: ["192.0.2.53:53"]\n'
         "blocking: {lists: {household: lists/missing.txt}}\n"
     )
     result = commit(work, env, ".")
     assert result.returncode != 0
     assert "missing.txt" in result.stdout + result.stderr
+
+
+def test_hook_lints_household_lists_by_their_rules_only(repo: tuple[Path, dict[str, str], Path]) -> None:
+    """The real hook with lint on: a plain household list (no header, no comments) commits;
+    a line that is not a rule is refused, naming file and line."""
+    work, env, _log = repo
+    env = {**env, "HUSHDNS": f"{sys.executable} -m resolver", "PYTHONPATH": str(ROOT)}
+    (work / "config.yaml").write_text(
+        'listen: ["127.0.0.1:5533"]\nupstreams: ["192.0.2.53:53"]\n'
+        "blocking: {lists: {household: lists/household.txt}, allow: {anna: lists/allow.txt}}\n"
+    )
+    (work / "lists" / "household.txt").write_text("tracker.example\n||ads.example.net^\n")
+    (work / "lists" / "allow.txt").write_text("# tier: allow\nfind.example.com  # Find Device\n")
+    result = commit(work, env, ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (work / "lists" / "household.txt").write_text("tracker.example\nnot a rule at all\n")
+    result = commit(work, env, ".")
+    assert result.returncode != 0
+    assert "lists/household.txt:2: not a rule" in result.stdout + result.stderr

@@ -30,7 +30,8 @@ def write(tmp: Path, name: str, rules: str, tier: str = "default", header: str |
 
 
 def messages(*paths: Path) -> list[str]:
-    return [str(f) for f in lint(list(paths))[1]]
+    """Findings with the curated rules (tmp files are not in the bundled directory)."""
+    return [str(f) for f in lint(list(paths), curated=True)[1]]
 
 
 def only(paths: list[Path], needle: str) -> str:
@@ -205,7 +206,7 @@ def test_too_wide_rules(tmp_path: Path, rule: str, needle: str) -> None:
 def test_directories_and_missing_paths(tmp_path: Path) -> None:
     write(tmp_path, "example.txt", GOOD)
     (tmp_path / "README.md").write_text("not a list\n")
-    files, findings = lint([tmp_path])
+    files, findings = lint([tmp_path], curated=True)
     assert [f.name for f in files] == ["example.txt"] and findings == []
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -215,9 +216,9 @@ def test_directories_and_missing_paths(tmp_path: Path) -> None:
 
 def test_cli_lint_prints_file_line_and_fails(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     good = write(tmp_path, "example.txt", GOOD)
-    assert main(["lists", "lint", str(good)]) == 0
+    assert main(["lists", "lint", "--curated", str(good)]) == 0
     bad = write(tmp_path, "other.txt", "xiaomi.com\n")
-    assert main(["lists", "lint", str(tmp_path)]) == 1
+    assert main(["lists", "lint", "--curated", str(tmp_path)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert f"{bad}:7: xiaomi.com: every rule needs a '# comment' saying what the host does " \
            "and the public evidence" in out
@@ -258,3 +259,40 @@ def test_default_config_enables_every_default_tier_list() -> None:
     enabled = {v["source"].removeprefix("bundled:") for v in cfg["blocking"]["lists"].values()}
     assert enabled == default
     assert all(v.get("track_domains") for v in cfg["blocking"]["lists"].values())
+
+
+# --- household lists: rules only ------------------------------------------------------------
+
+
+def test_household_list_needs_no_header_comments_or_order(tmp_path: Path) -> None:
+    p = tmp_path / "household.txt"
+    p.write_text("# things our TV should not reach\nzz.example\n||ads.example.net^\n"
+                 "0.0.0.0 a.example b.example\n*.wild.example\n/^track[0-9]+\\./\nxiaomi.com\n")
+    files, findings = lint([tmp_path])
+    assert files == [p] and findings == []
+
+
+def test_household_list_rules_are_checked(tmp_path: Path) -> None:
+    p = tmp_path / "household.txt"
+    p.write_text("good.example\nthis is not a rule\ngood.example\ncom\nco.uk\n")
+    found = [str(f) for f in lint([p])[1]]
+    assert found[0].startswith(f"{p}:2: not a rule: ")
+    assert found[1:] == [f"{p}:3: good.example: duplicate of line 1",
+                         f"{p}:4: com: a single label covers a whole top-level domain",
+                         f"{p}:5: co.uk: a public suffix, it covers every site registered under it"]
+
+
+def test_the_docs_allow_list_example_passes(tmp_path: Path) -> None:
+    """blocklists/README.md's "Allow one host back" example, linted as a household file."""
+    readme = (REPO_LISTS / "README.md").read_text()
+    block = readme.split("keep Find Device working. Write an allow list", 1)[1].split("```", 2)[1]
+    (tmp_path / "anna.txt").write_text(block.lstrip("\n"))
+    files, findings = lint([tmp_path])
+    assert len(files) == 1 and [str(f) for f in findings] == []
+
+
+def test_files_in_the_bundled_directory_are_curated() -> None:
+    from resolver.lists.lint import is_curated
+
+    assert all(is_curated(f) for f in _bundled_files())
+    assert not is_curated(Path("/etc/hushdns/lists/household.txt"))

@@ -126,7 +126,7 @@ def test_send_failure_is_logged_not_raised(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     n = Notifier({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")})
-    with caplog.at_level(logging.DEBUG, logger="resolver.sdnotify"):
+    with caplog.at_level(logging.DEBUG, logger="hushdns.sdnotify"):
         assert n.ready() is False
     assert any("READY=1" in r.getMessage() for r in caplog.records)
 

@@ -162,10 +162,10 @@ def test_cache_keeps_servfail_only_briefly_and_serves_stale(tmp_path: Path) -> N
 def test_forward_routes_forward_zones_by_longest_suffix(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text(
         "upstreams: ['192.0.2.1']\nforward_zones: {lan: ['192.168.1.1'], "
-        "'in.lan': ['192.168.1.2:5353'], '168.192.in-addr.arpa': ['192.168.1.1']}\n")
+        "'in.lan': ['192.168.1.2:5533'], '168.192.in-addr.arpa': ['192.168.1.1']}\n")
     fwd = Forward(load_config(tmp_path / "c.yaml"), Stats())
     assert [u.label for u in fwd.route("nas.lan")] == ["192.168.1.1:53"]
-    assert [u.label for u in fwd.route("tv.in.lan")] == ["192.168.1.2:5353"]
+    assert [u.label for u in fwd.route("tv.in.lan")] == ["192.168.1.2:5533"]
     assert [u.label for u in fwd.route("5.1.168.192.in-addr.arpa")] == ["192.168.1.1:53"]
     assert [u.label for u in fwd.route("example.com")] == ["192.0.2.1:53"]
     assert [u.label for u in fwd.route("plan")] == ["192.0.2.1:53"]

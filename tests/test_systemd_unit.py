@@ -59,7 +59,7 @@ def parse_unit(path: Path) -> dict[str, list[str]]:
 def test_service_unit_has_what_the_docs_promise() -> None:
     unit = parse_unit(UNIT_DIR / "hushdns.service")
     assert unit["Type"] == ["notify"]
-    assert unit["ExecStartPre"] == [f"{INSTALLED_HUSHDNS} check -c /etc/hushdns/config.yaml"]
+    assert unit["ExecStartPre"] == [f"{INSTALLED_HUSHDNS} check --offline -c /etc/hushdns/config.yaml"]
     assert unit["ExecStart"] == [f"{INSTALLED_HUSHDNS} serve -c /etc/hushdns/config.yaml"]
     assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert unit["StateDirectory"] == ["hushdns"]

@@ -20,11 +20,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lists", help="lint, show and compare block lists")
     lsub = p.add_subparsers(dest="lists_command", required=True)
 
-    lt = lsub.add_parser("lint", help="check curated list files (default: the bundled blocklists/)")
+    lt = lsub.add_parser("lint", help="check list files (default: the bundled curated lists)")
     lt.add_argument("paths", nargs="*", metavar="PATH", help="list files or directories of *.txt")
+    lt.add_argument("--curated", action="store_true",
+                    help="hold every file to the curated format (header, comments, order), "
+                         "not only those in the bundled blocklists directory")
     lt.set_defaults(func=cmd_lint)
 
-    sh = lsub.add_parser("show", help="the entries of one configured list, with file:line")
+    sh = lsub.add_parser("show", help="the entries of one configured or bundled list, with file:line")
     sh.add_argument("name")
     sh.add_argument("-c", "--config", help="YAML config file (embedded default without -c)")
     sh.set_defaults(func=cmd_show)
@@ -36,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_lint(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.paths] or [bundled.lists_dir()]
-    files, findings = linter.lint(paths)
+    files, findings = linter.lint(paths, curated=args.curated)
     for f in findings:
         print(f)
     if findings:
@@ -74,15 +77,25 @@ def read_parts(spec: ListSpec, state_dir: str) -> list[tuple[str, Parsed]]:
     return [(spec.source, parse_text(read_local(spec), keep_rules=True))]
 
 
+def _bundled_spec(name: str) -> ListSpec | None:
+    """A curated list shipped with hushdns, by name (``xiaomi-strict`` or ``xiaomi-strict.txt``),
+    so one the config does not use yet can be read before it is turned on."""
+    path = bundled.lists_dir() / (name if name.endswith(".txt") else f"{name}.txt")
+    if "/" in name or not path.is_file():
+        return None
+    return ListSpec(name, str(path), "file")
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     config = _config(args)
     if config is None:
         return 2
     specs = {s.name: s for s in config.all_lists()}
-    spec = specs.get(args.name)
+    spec = specs.get(args.name) or _bundled_spec(args.name)
     if spec is None:
-        print(f"no list named {args.name!r}; configured: {', '.join(specs) or '(none)'}",
-              file=sys.stderr)
+        shipped = ", ".join(sorted(p.stem for p in bundled.lists_dir().glob("*.txt")))
+        print(f"no list named {args.name!r}; configured: {', '.join(specs) or '(none)'}; "
+              f"bundled: {shipped}", file=sys.stderr)
         return 2
     try:
         parts = read_parts(spec, config.state_dir)

@@ -8,6 +8,13 @@ check, which reads ``essential.txt`` next to the linted files.
 The curated format (blocklists/README.md): a header of ``# key: value``
 lines, optional ``# == Section ==`` lines, and one bare lower-case hostname
 per rule line with a trailing ``# comment`` that says what it is and why.
+
+Which files are curated: those in the bundled blocklists directory (what ships
+with hushdns and every default config uses), or any file with ``--curated``.
+Every other file is a household's own list: it needs no header, comments or
+order, and only its rules are checked (each line one the loader accepts, valid
+names, no duplicates, nothing as wide as a top-level domain), since that is
+what ``serve`` would otherwise reject or regret.
 """
 
 from __future__ import annotations
@@ -348,10 +355,43 @@ def essential_hosts(files: list[Path]) -> dict[str, tuple[str, int, str]]:
     return out
 
 
-def lint(paths: Iterable[Path]) -> tuple[list[Path], list[Finding]]:
-    """Lint files and directories; returns the files looked at and every finding."""
+def is_curated(path: Path) -> bool:
+    """A file of the bundled blocklists directory (where the curated lists live)."""
+    from .. import bundled
+
+    return path.resolve().parent == bundled.lists_dir().resolve()
+
+
+def check_household(path: Path) -> list[Finding]:
+    """A household list: its rules, in any format the loader reads; no header, no comments."""
+    p = str(path)
+    parsed = parse_text(path.read_text(encoding="utf-8", errors="replace"), keep_rules=True)
+    out = [Finding(p, line, f"not a rule: {reason}: {text.strip()}")
+           for line, text, reason in parsed.rejected]
+    seen: dict[str, int] = {}
+    for r in parsed.rules or ():
+        if r.regex:
+            continue
+        if r.value in seen:
+            out.append(Finding(p, r.line, f"{r.value}: duplicate of line {seen[r.value]}"))
+            continue
+        seen[r.value] = r.line
+        if "." not in r.value:
+            out.append(Finding(p, r.line, f"{r.value}: a single label covers a whole top-level domain"))
+        elif r.value in PUBLIC_SUFFIXES:
+            out.append(Finding(p, r.line, f"{r.value}: a public suffix, it covers every site "
+                                          "registered under it"))
+    return sorted(out, key=lambda f: f.line)
+
+
+def lint(paths: Iterable[Path], curated: bool = False) -> tuple[list[Path], list[Finding]]:
+    """Lint files and directories; returns the files looked at and every finding.
+
+    Curated files (``is_curated``, or all with ``curated``) get every check; the others
+    are household lists and get ``check_household``."""
     files, findings = collect(paths)
-    essential = essential_hosts(files)
+    strict = [f for f in files if curated or is_curated(f)]
+    essential = essential_hosts(strict)
     for f in files:
-        findings += check_file(read_list(f), essential)
+        findings += check_file(read_list(f), essential) if f in strict else check_household(f)
     return files, findings
