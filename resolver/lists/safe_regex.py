@@ -65,8 +65,12 @@ def check(source: str) -> None:
         parsed = P.parse(source)
     except re.error:
         return   # re.compile reports syntax errors with its own message
-    _walk(list(parsed), 0)
-    _chains(list(parsed))
+    items = list(parsed)
+    _walk(items, 0)
+    # Anchored at the start, the pattern is tried at one position, not at each of the
+    # name's: one overlapping pair costs n^2 steps (~64k for 253 characters), not n^3.
+    anchored = bool(items) and items[0] == (C.AT, C.AT_BEGINNING)
+    _chains(items, pairs_allowed=1 if anchored else 0)
 
 
 def _unbounded(hi: int) -> bool:
@@ -81,9 +85,13 @@ def _walk(items: list, outer_repeats: int) -> None:
         if op in _REPEATS:
             lo, hi, body = av
             body = list(body)
+            if hi > lo and _seq_min_width(body) == 0 and any(_variable(o, a) for o, a in body):
+                raise UnsafeRegex("a repetition of something that can itself be empty "
+                                  "(e.g. (a*)?, (a?)+) matches the same text in many ways")
             if hi > 1:
                 _nested(body)
                 _ambiguous_branches(body)
+                _strict_chain(body)
             _walk(body, outer_repeats + (hi > 1))
             _chains(body)
         elif op == C.SUBPATTERN:
@@ -97,16 +105,61 @@ def _walk(items: list, outer_repeats: int) -> None:
                 _chains(list(alt))
 
 
+_ONE_CHAR = {C.LITERAL, C.NOT_LITERAL, C.ANY, C.IN}
+
+
 def _nested(body: list) -> None:
-    """An outer repetition's body: refuse an inner repetition that can absorb a whole round."""
-    inner = _inner_repeat_chars(body)
-    if not inner:
+    r"""An outer repetition's body must split its text into rounds in exactly one way.
+
+    Accepted bodies: one character class (``[a-z]+``); a body without any choice
+    (``(ab)+``); an alternation of fixed strings that start differently
+    (``(com|net)+``); or a body that ends (or starts) with a mandatory character
+    nothing else in the body can match, so each round's end (start) is forced
+    (``([a-z0-9-]+\.)*``, ``(a|ab)*``).  Anything else (``(a+)+``, ``([a-z]a?)*``,
+    ``(\w+\.?)+``) can match one text in exponentially many ways.
+    """
+    flat = _flatten(body)
+    if len(flat) == 1 and flat[0][0] in _ONE_CHAR:
         return
-    for op, av in _flatten(body):
-        if _min_width(op, av) > 0 and not _chars(op, av) & inner and op not in _REPEATS:
-            return   # a mandatory separator the inner repetition cannot eat
-    raise UnsafeRegex("nested quantifiers (a repetition inside a repetition, e.g. (a+)+) "
-                      "can backtrack exponentially")
+    if not any(_variable(op, av) for op, av in flat):
+        return
+    if len(flat) == 1 and flat[0][0] == C.BRANCH and _fixed_branch(flat[0][1]):
+        return
+    for k in (len(flat) - 1, 0):
+        op, av = flat[k]
+        rest = flat[:k] + flat[k + 1:]
+        if op in _ONE_CHAR and not _chars(op, av) & _seq_chars(rest):
+            return
+    raise UnsafeRegex("nested or ambiguous repetition (e.g. (a+)+, ([a-z]a?)*) can backtrack "
+                      "exponentially; end each round with a character the rest cannot match, "
+                      "as in ([a-z0-9-]+\\.)*")
+
+
+def _variable(op: object, av: object) -> bool:
+    """Can this element match texts of different lengths or in different ways?"""
+    if op in _REPEATS:
+        lo, hi, body = av  # type: ignore[misc]
+        return lo != hi or any(_variable(o, a) for o, a in body)
+    if op == C.SUBPATTERN:
+        return any(_variable(o, a) for o, a in av[-1])  # type: ignore[index]
+    if op == C.BRANCH:
+        return True
+    if op == getattr(C, "ATOMIC_GROUP", None):
+        return any(_variable(o, a) for o, a in av)  # type: ignore[union-attr]
+    return False
+
+
+def _fixed_branch(av: object) -> bool:
+    seen: frozenset[int] = frozenset()
+    for alt in av[1]:  # type: ignore[index]
+        alt = _flatten(list(alt))
+        if not alt or any(_variable(o, a) or o not in _ONE_CHAR for o, a in alt):
+            return False
+        first = _chars(*alt[0])
+        if first & seen:
+            return False
+        seen |= first
+    return True
 
 
 def _inner_repeat_chars(items: list) -> frozenset[int]:
@@ -161,16 +214,36 @@ def _seq_min_width(items: list) -> int:
     return sum(_min_width(op, av) for op, av in items)
 
 
-def _chains(items: list) -> None:
+def _chains(items: list, pairs_allowed: int = 0) -> None:
     """Two unbounded repetitions that can split the same text between them."""
     open_set: frozenset[int] = frozenset()
+    items = _flatten(items)
     for i, (op, av) in enumerate(items):
-        if op in _REPEATS and _unbounded(av[1]) or op in (C.SUBPATTERN, C.BRANCH) and \
+        if op in _REPEATS and _has_unbounded(op, av) or op == C.BRANCH and \
                 _has_unbounded(op, av):
             chars = _chars(op, av)
             if chars & open_set and not _only_optional(items[i + 1:]):
+                if pairs_allowed > 0:
+                    pairs_allowed -= 1
+                    open_set |= chars
+                    continue
                 raise UnsafeRegex("two unbounded repetitions over the same characters "
                                   "(e.g. .*a.*b) multiply backtracking by the name's length")
+            open_set |= chars
+        elif _min_width(op, av) > 0 and not _chars(op, av) <= open_set:
+            open_set = frozenset()
+
+
+def _strict_chain(body: list) -> None:
+    """Inside a repetition even two small choices over the same characters multiply per
+    round: ``(\\w*a?\\.)*`` splits every round two ways, 2^rounds in all."""
+    open_set: frozenset[int] = frozenset()
+    for op, av in _flatten(body):
+        if _variable(op, av):
+            chars = _chars(op, av)
+            if chars & open_set:
+                raise UnsafeRegex("choices over the same characters inside a repetition "
+                                  "(e.g. (\\w*a?\\.)*) multiply with every round")
             open_set |= chars
         elif _min_width(op, av) > 0 and not _chars(op, av) <= open_set:
             open_set = frozenset()
