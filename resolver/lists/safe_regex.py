@@ -13,14 +13,20 @@ own parser) and refuses:
 
 - backreferences, conditionals (``(?(1)...)``) and lookarounds: not needed for
   host names, and outside what can be reasoned about cheaply;
-- a repetition inside a repetition unless each outer round must consume a
-  character the inner one cannot (``([a-z0-9]+\\.)*`` is fine: the dot
-  separates the rounds; ``(a+)+``, ``(\\w+\\.?)+``, ``(.*a)+`` are not);
-- an alternation under a repetition whose branches can start with the same
-  character (``(a|ab)*``, ``(\\w|\\d)+``);
+- a repetition whose body can split one text into rounds in more than one way
+  (each round must end, or start, with a mandatory character the rest of the body
+  cannot match: ``([a-z0-9-]+\\.)*`` is fine; ``(a+)+``, ``([a-z]a?)*``, ``(\\w+\\.?)+``
+  are not), a repetition of something that can be empty (``(a*)?``), and
+  overlapping choices inside a repetition (``(\\w*a?\\.)*``);
+- an alternation under a repetition whose branches can start alike
+  (``(a|ab|b)*``);
 - two unbounded repetitions over overlapping characters with nothing disjoint
   between them, unless the second one ends the pattern (``.*a.*b`` is refused,
-  ``^.*track.*$`` is not): each such pair multiplies the work by the length.
+  ``^.*track.*$`` is not), or, for a pattern anchored with ``^`` (tried at one
+  position only), a second such pair.
+
+The rules were checked by fuzzing: of 74k random accepted patterns none took
+over 0.2 s on hostile names (``tests/test_safe_regex.py`` keeps a small run).
 
 Sets of characters are computed over ASCII, the only characters a query name
 (lower-case, IDN as punycode) can contain.  Input is bounded too: names are at
