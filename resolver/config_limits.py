@@ -27,7 +27,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "cache.servfail_ttl": (0, 300),
     "cache.serve_stale": (0, 365 * DAY),
     "metrics.max_clients": (1, 1_000_000),
-    "metrics.client_idle": (1, 365 * DAY),
+    "metrics.client_idle": (0.1, 365 * DAY),
     "server.udp_size": (512, 4096),
     "server.tcp_idle_timeout": (0.1, 3600),
     "server.tcp_max_connections": (1, 65_535),
