@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import fd_exhaustion, late_replies
 from .config import Endpoint, ServerOptions, format_endpoint
 from .stats import Stats
 from .wire import (
@@ -483,7 +484,9 @@ class _UdpAttempt:
                 self.data = data
                 self._end()
                 return
-            self.stats.upstream(self.up.label, "spoof_rejected")
+            label = self.up.label
+            self.stats.upstream(label, "late" if late_replies.is_late(label, data)
+                                else "spoof_rejected")
 
     def _end(self) -> None:
         self.done = True
@@ -519,6 +522,8 @@ class _UdpAttempt:
             self.sock = None
             self.mux.forget(self.fd)
             sock.close()
+            if self.data is None:   # given up on: its answer may still come, late
+                late_replies.abandoned(self.up.label, self.qid)
 
 
 async def tcp_exchange(up: Upstream, req: Request, timeout: float, edns: bool = True) -> bytes:
@@ -603,6 +608,10 @@ class Upstreams:
         try:
             return _UdpAttempt(mux, up, req, edns, self.stats, check, notify)
         except OSError as exc:
+            if fd_exhaustion.is_fd_exhaustion(exc):   # our limit, not the upstream's fault
+                info = getattr(req, "info", None)
+                fd_exhaustion.count(self.stats, info.label if info is not None else "other", exc)
+                return None
             self.stats.upstream(up.label, "error")
             self._failed(up, reason=failure_reason(exc))
             return None
@@ -762,6 +771,10 @@ class Upstreams:
             if a.check is not None:
                 a.parsed = a.check(data)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, WireError) as exc:
+            if isinstance(exc, OSError) and fd_exhaustion.is_fd_exhaustion(exc):
+                info = getattr(a.req, "info", None)
+                fd_exhaustion.count(self.stats, info.label if info is not None else "other", exc)
+                return None
             self.stats.upstream(a.up.label, "error")
             self._failed(a.up, reason="over TCP: " + failure_reason(exc))
             return None
