@@ -198,6 +198,8 @@ class StatsCollector:
             m.add_metric((name,), failures.get(name, 0))
         yield m
 
+        yield from _querylog_families(s)
+
         yield GaugeMetricFamily(
             "hushdns_config_reload_success",
             "1 if the last configuration (re)load succeeded, 0 if it failed (the old one stays in service).",
@@ -207,6 +209,35 @@ class StatsCollector:
             labels=("version",))
         g.add_metric((self.version,), 1)
         yield g
+
+
+def _querylog_families(s: Stats) -> Iterator[Metric]:
+    """The query log's counters and the per-device facts its writer keeps."""
+    yield CounterMetricFamily(
+        "hushdns_querylog_written", "Rows written to the query log.",
+        value=getattr(s, "querylog_written", 0))
+    m = CounterMetricFamily(
+        "hushdns_querylog_dropped",
+        "Query log rows not written, by reason (queue_full, disk_full, locked, corrupt, "
+        "unavailable, error); DNS answered them all.",
+        labels=("reason",))
+    for reason, n in _items(getattr(s, "querylog_dropped", {})):
+        m.add_metric((reason,), n)
+    yield m
+    m = CounterMetricFamily(
+        "hushdns_device_new_names",
+        "Names a device asked for the first time (per the query log's inventory).",
+        labels=("client",))
+    for client, n in _items(getattr(s, "device_new_names", {})):
+        m.add_metric((client,), n)
+    yield m
+    g = GaugeMetricFamily(
+        "hushdns_device_last_query_timestamp_seconds",
+        "Unix time of the device's last query (a device that goes silent uses another resolver).",
+        labels=("client",))
+    for client, t in _items(getattr(s, "device_last_query", {})):
+        g.add_metric((client,), t)
+    yield g
 
 
 def _safe_call(fn: Callable[[], int]) -> float:

@@ -79,6 +79,14 @@ class Stats:
         self.limited: dict[tuple[str, str], int] = {}
         # A/AAAA records with private/loopback addresses removed from public answers
         self.rebind_removed = 0
+        # The query log (resolver/querylog): rows written; rows dropped by reason
+        # (queue_full, disk_full, locked, corrupt, unavailable, error); per device
+        # (client label) the (device, name) pairs never seen before and the unix
+        # time of its last query.  Set by the writer thread, read at scrape time.
+        self.querylog_written = 0
+        self.querylog_dropped: dict[str, int] = {}
+        self.device_new_names: dict[str, int] = {}
+        self.device_last_query: dict[str, float] = {}
 
     def query(self, client: str, qtype: str, result: str, duration: float) -> None:
         """Count one answered (or dropped) query; called once per query at the edge."""

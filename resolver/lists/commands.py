@@ -36,6 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     st.add_argument("-c", "--config", help="YAML config file (embedded default without -c)")
     st.set_defaults(func=cmd_stats)
 
+    from ..querylog.commands import add_suggest_parser
+
+    add_suggest_parser(lsub)   # lists suggest: candidate rules from the query log
+
 
 def cmd_lint(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.paths] or [bundled.lists_dir()]

@@ -1,0 +1,374 @@
+"""The query log's writer thread: batches rows from a bounded queue into SQLite.
+
+Why a thread and a deque: the event loop must never wait on a disk.  The hot
+path appends one tuple to a ``collections.deque`` (atomic under the GIL, no
+lock, no wakeup); this thread drains it every ``FLUSH_SECONDS`` and writes the
+batch in one transaction.  When the queue is full the row is dropped and
+counted (``hushdns_querylog_dropped_total{reason="queue_full"}``); DNS never
+slows down for the log.
+
+Failures never reach DNS: a full disk, a locked or corrupt file drop the
+batch (counted by reason), are logged once until writing works again, and a
+corrupt file is renamed ``<path>.corrupt-<time>`` so a new one starts.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import QueryLog as Settings
+from ..stats import Stats
+from . import schema
+
+log = logging.getLogger("hushdns.querylog")
+
+FLUSH_SECONDS = 0.5        # how often the queue is written (and how late `log --follow` is)
+MAX_QUEUE = 100_000        # rows waiting; beyond it rows are dropped and counted
+MAX_BATCH = 2_000          # rows per transaction (and per json.dumps, which holds the GIL)
+PRUNE_SECONDS = 60.0       # how often retention and size are enforced
+REOPEN_SECONDS = 30.0      # how often an unusable database is tried again
+
+# A row as the hot path queues it:
+# (time s, device, address, name, qtype, result, list, rule, rcode, upstream, latency s)
+Row = tuple[Any, ...]
+
+
+# Per-connection scratch tables: the batch as it came, its (device, name) aggregate, result codes.
+_TEMP = """
+CREATE TEMP TABLE staging (t REAL, device TEXT, address TEXT, name TEXT, type INTEGER,
+                           result TEXT, list TEXT, rule TEXT, rcode INTEGER, upstream TEXT,
+                           latency REAL);
+CREATE TEMP TABLE batch (device INTEGER, name INTEGER, first INTEGER, last INTEGER,
+                         count INTEGER, blocked INTEGER, result INTEGER, list INTEGER,
+                         PRIMARY KEY (device, name)) WITHOUT ROWID;
+CREATE TEMP TABLE results (word TEXT PRIMARY KEY, code INTEGER) WITHOUT ROWID;
+"""
+_STAGE = ("INSERT INTO temp.staging SELECT value->>0, value->>1, value->>2, value->>3, "
+          "value->>4, value->>5, value->>6, value->>7, value->>8, value->>9, value->>10 "
+          "FROM json_each(?)")
+_INTERN = """
+INSERT OR IGNORE INTO strings (s)
+SELECT device FROM temp.staging UNION SELECT name FROM temp.staging
+UNION SELECT address FROM temp.staging WHERE address IS NOT NULL
+UNION SELECT list FROM temp.staging WHERE list IS NOT NULL
+UNION SELECT rule FROM temp.staging WHERE rule IS NOT NULL
+UNION SELECT upstream FROM temp.staging WHERE upstream IS NOT NULL
+"""
+_QUERIES = """
+INSERT INTO queries
+SELECT CAST(s.t * 1000 AS INTEGER), d.id, a.id, n.id, s.type, coalesce(r.code, 255), l.id, ru.id,
+       s.rcode, u.id, CAST(s.latency * 1000000 AS INTEGER)
+FROM temp.staging s
+JOIN strings d ON d.s = s.device
+JOIN strings n ON n.s = s.name
+LEFT JOIN strings a ON a.s = s.address
+LEFT JOIN strings l ON l.s = s.list
+LEFT JOIN strings ru ON ru.s = s.rule
+LEFT JOIN strings u ON u.s = s.upstream
+LEFT JOIN temp.results r ON r.word = s.result
+ORDER BY s.rowid
+"""
+# The batch per (device, name); the verdict and list are those of its newest row.
+# (The result of the newest row: results are < 256, so the largest rowid * 256 + result has it.)
+_BATCH = f"""
+INSERT INTO temp.batch
+SELECT device, name, min(t), max(t), count(*), sum(result = {schema.BLOCKED}),
+       max(rowid * 256 + result) & 255, max(list)
+FROM queries WHERE rowid > ? GROUP BY device, name
+"""
+_NEW = """
+SELECT d.s, count(*) FROM temp.batch b JOIN strings d ON d.id = b.device
+WHERE NOT EXISTS (SELECT 1 FROM seen WHERE seen.device = b.device AND seen.name = b.name)
+GROUP BY b.device
+"""
+_SEEN = """
+INSERT INTO seen SELECT * FROM temp.batch WHERE true
+ON CONFLICT (device, name) DO UPDATE SET
+    last = max(last, excluded.last), count = count + excluded.count,
+    blocked = blocked + excluded.blocked, result = excluded.result,
+    list = coalesce(excluded.list, list)
+"""
+_ADDRESSES = """
+INSERT INTO addresses SELECT device, address, min(t), max(t) FROM queries
+WHERE rowid > ? AND address IS NOT NULL GROUP BY device, address
+ON CONFLICT (device, address) DO UPDATE SET last = max(last, excluded.last)
+"""
+
+
+def _reason(exc: BaseException) -> str:
+    """The metric reason for a failed write."""
+    text = str(exc).lower()
+    if "full" in text:
+        return "disk_full"
+    if "locked" in text or "busy" in text:
+        return "locked"
+    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError) \
+            or "malformed" in text or "not a database" in text:
+        return "corrupt"
+    return "error"
+
+
+class Writer:
+    """Owns the database connection; every method but ``put``/``close`` runs on its thread."""
+
+    def __init__(self, settings: Settings, stats: Stats, max_queue: int = MAX_QUEUE,
+                 page_limit: int | None = None) -> None:
+        self.settings = settings
+        self.stats = stats
+        self.path = Path(settings.path)
+        self.queue: collections.deque[Row] = collections.deque()
+        self.max_queue = max_queue
+        self.page_limit = page_limit   # tests: a hard cap in pages (a "full disk")
+        self.db: sqlite3.Connection | None = None
+        self.failing: str | None = None   # the reason last logged, until a write works
+        self.next_open = 0.0
+        self.next_prune = 0.0
+        self.stop = threading.Event()
+        self.flushed = threading.Event()   # set after each pass (tests wait on it)
+        self.thread = threading.Thread(target=self._run, name="hushdns-querylog", daemon=True)
+
+    # --- called from other threads ---------------------------------------------------
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then stop."""
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until everything queued so far is written (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self.queue and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.flushed.clear()
+        self.flushed.wait(max(0.0, deadline - time.monotonic()))
+
+    # --- the thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            stopping = self.stop.wait(FLUSH_SECONDS)
+            try:
+                self._pass()
+            except Exception:   # a bug here must not kill the log for good
+                log.exception("query log writer")
+            self.flushed.set()
+            if stopping and not self.queue:
+                break
+        if self.db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.close()
+
+    def _pass(self) -> None:
+        q = self.queue
+        while q:
+            rows = []
+            pop = q.popleft
+            try:
+                for _ in range(MAX_BATCH):
+                    rows.append(pop())
+            except IndexError:
+                pass
+            self.write(rows)
+        now = time.monotonic()
+        if self.db is not None and now >= self.next_prune:
+            self.next_prune = now + PRUNE_SECONDS
+            self._guard(self.prune, 0)
+
+    def write(self, rows: list[Row]) -> None:
+        """Write one batch (privacy applied); a failure drops it, counted by reason."""
+        if not rows:
+            return
+        if self.db is None and not self._open():
+            self._drop(len(rows), "unavailable")
+            return
+        self._guard(self._insert, len(rows), rows, self.settings.privacy != "no-addresses")
+
+    def _guard(self, fn: Any, n: int, *args: Any) -> None:
+        """Run a database step; on failure roll back, count ``n`` rows dropped, log once."""
+        try:
+            fn(*args)
+        except (sqlite3.Error, OSError) as exc:
+            reason = _reason(exc)
+            try:
+                if self.db is not None and self.db.in_transaction:
+                    self.db.rollback()
+            except sqlite3.Error:
+                pass
+            if n:
+                self._drop(n, reason)
+            self._failed(reason, exc)
+            if reason == "corrupt":
+                self._rotate()
+            elif reason == "disk_full":
+                self._guard(self._make_room, 0)
+            return
+        if self.failing is not None and n:
+            log.warning("query log: writing to %s again", self.path)
+            self.failing = None
+
+    def _drop(self, n: int, reason: str) -> None:
+        d = self.stats.querylog_dropped
+        d[reason] = d.get(reason, 0) + n
+
+    def _failed(self, reason: str, exc: BaseException) -> None:
+        if self.failing != reason:
+            self.failing = reason
+            log.error("query log %s: %s (%s); DNS keeps answering, rows are dropped and counted "
+                      "in hushdns_querylog_dropped_total", self.path, exc, reason)
+
+    # --- opening and rotating ----------------------------------------------------------
+
+    def _open(self) -> bool:
+        now = time.monotonic()
+        if now < self.next_open:
+            return False
+        self.next_open = now + REOPEN_SECONDS
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            reason = _reason(exc)
+            self._failed(reason if reason != "error" else "unavailable", exc)
+            if reason == "corrupt":
+                self._rotate()
+                return self._reopen_now()
+            return False
+        return True
+
+    def _reopen_now(self) -> bool:
+        self.next_open = 0.0
+        try:
+            self.db = self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            self._failed("unavailable", exc)
+            return False
+        return True
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=2.0, isolation_level=None, check_same_thread=False)
+        try:
+            # New files only: lets a size prune give pages back to the file system.
+            db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA journal_size_limit = 16777216")
+            ok = db.execute("PRAGMA quick_check").fetchone()
+            if ok is None or ok[0] != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed ({ok and ok[0]})")
+            schema.create(db)
+            db.executescript(_TEMP)
+            db.executemany("INSERT INTO temp.results VALUES (?, ?)", schema.RESULT_OF.items())
+            page = db.execute("PRAGMA page_size").fetchone()[0]
+            cap = self.page_limit or max(64, int(self.settings.max_size * 1.25) // page)
+            db.execute(f"PRAGMA max_page_count = {int(cap)}")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _rotate(self) -> None:
+        """Move a corrupt file (and its WAL) aside; the next write starts a new one."""
+        if self.db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.close()
+            self.db = None
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        try:
+            os.replace(self.path, aside)
+            for ext in ("-wal", "-shm"):
+                side = Path(str(self.path) + ext)
+                if side.exists():
+                    os.replace(side, Path(str(aside) + ext))
+            log.error("query log: %s was corrupt; moved aside to %s, a new log starts",
+                      self.path, aside)
+        except OSError as exc:
+            log.error("query log: cannot move corrupt %s aside: %s", self.path, exc)
+        self.next_open = 0.0
+
+    # --- writing -------------------------------------------------------------------------
+    #
+    # Why SQL, one JSON parameter per batch: the writer shares the GIL with the event
+    # loop.  A Python loop per row (or executemany, which binds each row under the GIL and
+    # releases it for each step) costs the loop time per row and, on a busy loop, waits a
+    # switch interval for the GIL per row.  ``json.dumps`` of the batch is one short C call;
+    # everything else (interning, codes, the inventory) runs inside SQLite with the GIL free.
+
+    def _insert(self, rows: list[Row], addresses: bool) -> None:
+        db = self.db
+        assert db is not None
+        blocked_only = self.settings.privacy == "blocked-only"
+        payload = json.dumps(rows, separators=(",", ":"))
+        db.execute("BEGIN")
+        db.execute("DELETE FROM temp.staging")
+        db.execute(_STAGE, (payload,))
+        for device, t in db.execute("SELECT device, max(t) FROM temp.staging GROUP BY device"):
+            last = self.stats.device_last_query
+            if last.get(device, 0.0) < t:
+                last[device] = t
+        if blocked_only:
+            db.execute("DELETE FROM temp.staging WHERE result != 'blocked'")
+        if not addresses:
+            db.execute("UPDATE temp.staging SET address = NULL")
+        db.execute(_INTERN)
+        before = db.execute("SELECT coalesce(max(rowid), 0) FROM queries").fetchone()[0]
+        n = db.execute(_QUERIES).rowcount
+        db.execute("DELETE FROM temp.batch")
+        db.execute(_BATCH, (before,))
+        new = db.execute(_NEW).fetchall()
+        db.execute(_SEEN)
+        db.execute(_ADDRESSES, (before,))
+        db.execute("COMMIT")
+        self.stats.querylog_written += n
+        counter = self.stats.device_new_names
+        for label, k in new:
+            counter[label] = counter.get(label, 0) + k
+
+    # --- retention -------------------------------------------------------------------------
+
+    def prune(self) -> None:
+        """Delete rows older than ``retention``, then the oldest while over ``max_size``."""
+        db = self.db
+        assert db is not None
+        cutoff = int((time.time() - self.settings.retention) * 1000)
+        db.execute("DELETE FROM queries WHERE t < ?", (cutoff,))
+        while self._used() > self.settings.max_size * 0.9 and self._drop_oldest(0.1):
+            pass
+        db.execute("PRAGMA incremental_vacuum")
+
+    def _used(self) -> int:
+        db = self.db
+        assert db is not None
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        return (pages - free) * db.execute("PRAGMA page_size").fetchone()[0]
+
+    def _drop_oldest(self, share: float) -> bool:
+        """Delete the oldest ``share`` of the rows; False when there is nothing left to delete."""
+        db = self.db
+        assert db is not None
+        lo, hi = db.execute("SELECT min(rowid), max(rowid) FROM queries").fetchone()
+        if lo is None:
+            return False
+        upto = lo + max(1, int((hi - lo + 1) * share))
+        db.execute("DELETE FROM queries WHERE rowid < ?", (upto,))
+        return True
+
+    def _make_room(self) -> None:
+        """After a "full" error: drop the oldest rows so the next batch fits."""
+        if self.db is not None:
+            self._drop_oldest(0.2)
+            self.db.execute("PRAGMA incremental_vacuum")
