@@ -620,6 +620,8 @@ def _query_log(r: _Reader, data: Any, base: Path, state_dir: str) -> QueryLog:
                   f"max_size and privacy, not {_tname(data)}")
         return QueryLog(path=default_path)
     q = r.section(data, "query_log", ("enabled", "path", "retention", "max_size", "privacy"))
+    if q.get("privacy") is False:   # YAML 1.1 reads a bare `off` as false: the "off" it meant
+        q = {**q, "privacy": "off"}
     d = QueryLog()
     path = r.typed(q, "path", "query_log", str, "")
     if path:

@@ -73,8 +73,8 @@ def _where(db: sqlite3.Connection, f: Filter, after: int | None) -> tuple[str, l
         cond.append("q.device = ?")
         args.append(dev)
     if f.since is not None:
-        cond.append("q.t >= ?")
-        args.append(int(f.since * 1000))
+        cond.append("q.rowid >= ?")
+        args.append(rowid_since(db, int(f.since * 1000)))
     if f.blocked is True:
         cond.append("q.result = ?")
         args.append(schema.BLOCKED)
@@ -88,6 +88,21 @@ def _where(db: sqlite3.Connection, f: Filter, after: int | None) -> tuple[str, l
         cond.append("q.rowid > ?")
         args.append(after)
     return (" WHERE " + " AND ".join(cond) if cond else ""), args
+
+
+def rowid_since(db: sqlite3.Connection, ms: int) -> int:
+    """The first rowid with time >= ``ms`` (rows are appended in time order): a binary search."""
+    lo, hi = db.execute("SELECT coalesce(min(rowid), 1), coalesce(max(rowid), 0) FROM queries").fetchone()
+    hi += 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        got = db.execute("SELECT rowid, t FROM queries WHERE rowid >= ? ORDER BY rowid LIMIT 1",
+                         (mid,)).fetchone()
+        if got is None or got[1] >= ms:
+            hi = mid
+        else:
+            lo = got[0] + 1
+    return lo
 
 
 def _row(r: tuple[Any, ...]) -> dict[str, Any]:
@@ -111,11 +126,11 @@ def rows(db: sqlite3.Connection, f: Filter, limit: int | None = 1000,
         return []
     where, args = w
     if limit:
-        sql = f"{_SELECT}{where} ORDER BY q.t DESC, q.rowid DESC LIMIT ?"
+        sql = f"{_SELECT}{where} ORDER BY q.rowid DESC LIMIT ?"   # rowid order is time order
         got = db.execute(sql, [*args, limit]).fetchall()
         got.reverse()
     else:
-        got = db.execute(f"{_SELECT}{where} ORDER BY q.t, q.rowid", args).fetchall()
+        got = db.execute(f"{_SELECT}{where} ORDER BY q.rowid", args).fetchall()
     return [_row(r) for r in got]
 
 

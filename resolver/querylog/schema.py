@@ -39,9 +39,8 @@ CREATE TABLE IF NOT EXISTS queries (
     upstream INTEGER,          -- strings.id
     latency INTEGER NOT NULL   -- microseconds
 );
-CREATE INDEX IF NOT EXISTS queries_device_t ON queries (device, t);
-CREATE INDEX IF NOT EXISTS queries_name_t ON queries (name, t);
-CREATE INDEX IF NOT EXISTS queries_t ON queries (t);
+CREATE INDEX IF NOT EXISTS queries_device ON queries (device);
+CREATE INDEX IF NOT EXISTS queries_name ON queries (name);
 CREATE TABLE IF NOT EXISTS seen (
     device INTEGER NOT NULL,
     name INTEGER NOT NULL,

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import logging
 import os
 import sqlite3
 import threading
 import time
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,10 @@ from . import schema
 log = logging.getLogger("hushdns.querylog")
 
 FLUSH_SECONDS = 0.5        # how often the queue is written (and how late `log --follow` is)
+DUTY = 0.1                 # at most this share of one core: the writer then sleeps 9x its work
 MAX_QUEUE = 100_000        # rows waiting; beyond it rows are dropped and counted
-MAX_BATCH = 2_000          # rows per transaction (and per json.dumps, which holds the GIL)
+MAX_BATCH = 2_000          # rows per transaction
+PASS_BATCHES = 5           # transactions per pass (then the duty-cycle sleep)
 PRUNE_SECONDS = 60.0       # how often retention and size are enforced
 REOPEN_SECONDS = 30.0      # how often an unusable database is tried again
 
@@ -52,9 +54,14 @@ CREATE TEMP TABLE batch (device INTEGER, name INTEGER, first INTEGER, last INTEG
                          PRIMARY KEY (device, name)) WITHOUT ROWID;
 CREATE TEMP TABLE results (word TEXT PRIMARY KEY, code INTEGER) WITHOUT ROWID;
 """
-_STAGE = ("INSERT INTO temp.staging SELECT value->>0, value->>1, value->>2, value->>3, "
-          "value->>4, value->>5, value->>6, value->>7, value->>8, value->>9, value->>10 "
-          "FROM json_each(?)")
+_ROW = "(?,?,?,?,?,?,?,?,?,?,?)"
+CHUNKS = (512, 128, 32, 8, 2, 1)   # rows per INSERT ... VALUES: a few statements, all cached
+
+
+def _stage_sql(n: int) -> str:
+    return "INSERT INTO temp.staging VALUES " + ",".join([_ROW] * n)
+
+
 _INTERN = """
 INSERT OR IGNORE INTO strings (s)
 SELECT device FROM temp.staging UNION SELECT name FROM temp.staging
@@ -78,12 +85,19 @@ LEFT JOIN temp.results r ON r.word = s.result
 ORDER BY s.rowid
 """
 # The batch per (device, name); the verdict and list are those of its newest row.
-# (The result of the newest row: results are < 256, so the largest rowid * 256 + result has it.)
-_BATCH = f"""
+# The batch per (device, name); the verdict and list are those of its newest row.
+# (Results are < 256, so the largest rowid * 256 + result is the newest row's result.)
+_BATCH = """
 INSERT INTO temp.batch
-SELECT device, name, min(t), max(t), count(*), sum(result = {schema.BLOCKED}),
-       max(rowid * 256 + result) & 255, max(list)
-FROM queries WHERE rowid > ? GROUP BY device, name
+SELECT d.id, n.id, g.first, g.last, g.count, g.blocked, g.result, l.id
+FROM (SELECT s.device, s.name, CAST(min(s.t) * 1000 AS INTEGER) AS first,
+             CAST(max(s.t) * 1000 AS INTEGER) AS last, count(*) AS count,
+             sum(s.result = 'blocked') AS blocked,
+             max(s.rowid * 256 + coalesce(r.code, 255)) & 255 AS result, max(s.list) AS list
+      FROM temp.staging s LEFT JOIN temp.results r ON r.word = s.result
+      GROUP BY s.device, s.name) g
+JOIN strings d ON d.s = g.device JOIN strings n ON n.s = g.name
+LEFT JOIN strings l ON l.s = g.list
 """
 _NEW = """
 SELECT d.s, count(*) FROM temp.batch b JOIN strings d ON d.id = b.device
@@ -98,8 +112,13 @@ ON CONFLICT (device, name) DO UPDATE SET
     list = coalesce(excluded.list, list)
 """
 _ADDRESSES = """
-INSERT INTO addresses SELECT device, address, min(t), max(t) FROM queries
-WHERE rowid > ? AND address IS NOT NULL GROUP BY device, address
+INSERT INTO addresses
+SELECT d.id, a.id, g.first, g.last
+FROM (SELECT device, address, CAST(min(t) * 1000 AS INTEGER) AS first,
+             CAST(max(t) * 1000 AS INTEGER) AS last
+      FROM temp.staging WHERE address IS NOT NULL GROUP BY device, address) g
+JOIN strings d ON d.s = g.device JOIN strings a ON a.s = g.address
+WHERE true
 ON CONFLICT (device, address) DO UPDATE SET last = max(last, excluded.last)
 """
 
@@ -158,12 +177,21 @@ class Writer:
     # --- the thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
+        """Write, then sleep: at least FLUSH_SECONDS, and long enough to stay within DUTY.
+
+        Why a duty cycle: the writer shares the machine (and the GIL) with the event loop.
+        Under a flood no log may cost the answers; the queue bound then drops rows (counted)
+        instead.  A household's load (tens of queries a second) never gets near it.
+        """
+        busy = 0.0
         while True:
-            stopping = self.stop.wait(FLUSH_SECONDS)
+            stopping = self.stop.wait(max(FLUSH_SECONDS, busy * (1 / DUTY - 1)))
+            t0 = time.thread_time()
             try:
-                self._pass()
+                self._pass(stopping)
             except Exception:   # a bug here must not kill the log for good
                 log.exception("query log writer")
+            busy = time.thread_time() - t0
             self.flushed.set()
             if stopping and not self.queue:
                 break
@@ -171,9 +199,11 @@ class Writer:
             with contextlib.suppress(sqlite3.Error):
                 self.db.close()
 
-    def _pass(self) -> None:
+    def _pass(self, everything: bool = False) -> None:
         q = self.queue
-        while q:
+        for _ in range(10**9 if everything else PASS_BATCHES):
+            if not q:
+                break
             rows = []
             pop = q.popleft
             try:
@@ -264,7 +294,12 @@ class Writer:
             db.execute("PRAGMA auto_vacuum = INCREMENTAL")
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA cache_size = -16384")   # 16 MiB: index pages stay in memory
+            db.execute("PRAGMA temp_store = MEMORY")
             db.execute("PRAGMA journal_size_limit = 16777216")
+            # Checkpoint every 4000 pages, not 1000: an index page changed by many batches
+            # is copied into the database file once.
+            db.execute("PRAGMA wal_autocheckpoint = 4000")
             ok = db.execute("PRAGMA quick_check").fetchone()
             if ok is None or ok[0] != "ok":
                 raise sqlite3.DatabaseError(f"database disk image is malformed ({ok and ok[0]})")
@@ -301,20 +336,24 @@ class Writer:
 
     # --- writing -------------------------------------------------------------------------
     #
-    # Why SQL, one JSON parameter per batch: the writer shares the GIL with the event
+    # Why SQL, many rows bound per statement: the writer shares the GIL with the event
     # loop.  A Python loop per row (or executemany, which binds each row under the GIL and
     # releases it for each step) costs the loop time per row and, on a busy loop, waits a
-    # switch interval for the GIL per row.  ``json.dumps`` of the batch is one short C call;
-    # everything else (interning, codes, the inventory) runs inside SQLite with the GIL free.
+    # switch interval for the GIL per row.  Binding 512 rows is one short C call; the rest
+    # (interning, codes, the inventory) runs inside SQLite with the GIL released.
 
     def _insert(self, rows: list[Row], addresses: bool) -> None:
         db = self.db
         assert db is not None
         blocked_only = self.settings.privacy == "blocked-only"
-        payload = json.dumps(rows, separators=(",", ":"))
         db.execute("BEGIN")
         db.execute("DELETE FROM temp.staging")
-        db.execute(_STAGE, (payload,))
+        i, n = 0, len(rows)
+        for size in CHUNKS:   # one bind of many rows per statement, not a GIL round trip per row
+            sql = _stage_sql(size)
+            while n - i >= size:
+                db.execute(sql, list(chain.from_iterable(rows[i:i + size])))
+                i += size
         for device, t in db.execute("SELECT device, max(t) FROM temp.staging GROUP BY device"):
             last = self.stats.device_last_query
             if last.get(device, 0.0) < t:
@@ -324,13 +363,12 @@ class Writer:
         if not addresses:
             db.execute("UPDATE temp.staging SET address = NULL")
         db.execute(_INTERN)
-        before = db.execute("SELECT coalesce(max(rowid), 0) FROM queries").fetchone()[0]
         n = db.execute(_QUERIES).rowcount
         db.execute("DELETE FROM temp.batch")
-        db.execute(_BATCH, (before,))
+        db.execute(_BATCH)
         new = db.execute(_NEW).fetchall()
         db.execute(_SEEN)
-        db.execute(_ADDRESSES, (before,))
+        db.execute(_ADDRESSES)
         db.execute("COMMIT")
         self.stats.querylog_written += n
         counter = self.stats.device_new_names
@@ -344,7 +382,13 @@ class Writer:
         db = self.db
         assert db is not None
         cutoff = int((time.time() - self.settings.retention) * 1000)
-        db.execute("DELETE FROM queries WHERE t < ?", (cutoff,))
+        # Rows are in time order: the first young row ends the old ones (no index on t).
+        first = db.execute("SELECT rowid FROM queries WHERE t >= ? ORDER BY rowid LIMIT 1",
+                           (cutoff,)).fetchone()
+        if first is None:
+            db.execute("DELETE FROM queries")
+        else:
+            db.execute("DELETE FROM queries WHERE rowid < ?", (first[0],))
         while self._used() > self.settings.max_size * 0.9 and self._drop_oldest(0.1):
             pass
         db.execute("PRAGMA incremental_vacuum")
