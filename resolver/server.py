@@ -448,7 +448,7 @@ class Server:
         if old is not None and old.settings == config.query_log:
             return
         if old is not None:
-            old.writer.stop.set()   # writes what it has queued, then ends (not awaited here)
+            old.close_soon()   # ships what it has queued, then ends (not awaited here)
         self.querylog = open_log(config.query_log, self.stats)
 
     async def _bind(self, ep: Endpoint) -> None:

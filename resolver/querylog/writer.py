@@ -1,25 +1,18 @@
-"""The query log's writer thread: batches rows from a bounded queue into SQLite.
+"""The query log's database writer: batches of rows into SQLite, and every failure contained.
 
-Why a thread and a deque: the event loop must never wait on a disk.  The hot
-path appends one tuple to a ``collections.deque`` (atomic under the GIL, no
-lock, no wakeup); this thread drains it every ``FLUSH_SECONDS`` and writes the
-batch in one transaction.  When the queue is full the row is dropped and
-counted (``hushdns_querylog_dropped_total{reason="queue_full"}``); DNS never
-slows down for the log.
-
-Failures never reach DNS: a full disk, a locked or corrupt file drop the
-batch (counted by reason), are logged once until writing works again, and a
-corrupt file is renamed ``<path>.corrupt-<time>`` so a new one starts.
+It runs in its own process (``child.py``), fed by the server through a pipe, so
+neither its CPU nor its disk waits ever reach the event loop.  A full disk, a
+locked or corrupt file drop the batch (counted by reason), are logged once
+until writing works again, and a corrupt file is renamed
+``<path>.corrupt-<time>`` so a new one starts.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import os
 import sqlite3
-import threading
 import time
 from itertools import chain
 from pathlib import Path
@@ -31,11 +24,7 @@ from . import schema
 
 log = logging.getLogger("hushdns.querylog")
 
-FLUSH_SECONDS = 0.5        # how often the queue is written (and how late `log --follow` is)
-DUTY = 0.1                 # at most this share of one core: the writer then sleeps 9x its work
-MAX_QUEUE = 100_000        # rows waiting; beyond it rows are dropped and counted
 MAX_BATCH = 2_000          # rows per transaction
-PASS_BATCHES = 5           # transactions per pass (then the duty-cycle sleep)
 PRUNE_SECONDS = 60.0       # how often retention and size are enforced
 REOPEN_SECONDS = 30.0      # how often an unusable database is tried again
 
@@ -137,85 +126,35 @@ def _reason(exc: BaseException) -> str:
 
 
 class Writer:
-    """Owns the database connection; every method but ``put``/``close`` runs on its thread."""
+    """Owns the database connection and writes batches; runs in the writer process (child.py)."""
 
-    def __init__(self, settings: Settings, stats: Stats, max_queue: int = MAX_QUEUE,
-                 page_limit: int | None = None) -> None:
+    def __init__(self, settings: Settings, stats: Stats, page_limit: int | None = None) -> None:
         self.settings = settings
         self.stats = stats
         self.path = Path(settings.path)
-        self.queue: collections.deque[Row] = collections.deque()
-        self.max_queue = max_queue
         self.page_limit = page_limit   # tests: a hard cap in pages (a "full disk")
         self.db: sqlite3.Connection | None = None
         self.failing: str | None = None   # the reason last logged, until a write works
         self.next_open = 0.0
         self.next_prune = 0.0
-        self.stop = threading.Event()
-        self.flushed = threading.Event()   # set after each pass (tests wait on it)
-        self.thread = threading.Thread(target=self._run, name="hushdns-querylog", daemon=True)
 
-    # --- called from other threads ---------------------------------------------------
+    def write_all(self, rows: list[Row]) -> None:
+        """Write ``rows`` in transactions of MAX_BATCH; enforce retention when it is due."""
+        for i in range(0, len(rows), MAX_BATCH):
+            self.write(rows[i:i + MAX_BATCH])
+        self.maintain()
 
-    def start(self) -> None:
-        self.thread.start()
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued, then stop."""
-        self.stop.set()
-        if self.thread.is_alive():
-            self.thread.join(timeout)
-
-    def flush(self, timeout: float = 10.0) -> None:
-        """Wait until everything queued so far is written (tests, shutdown)."""
-        deadline = time.monotonic() + timeout
-        while self.queue and time.monotonic() < deadline:
-            time.sleep(0.01)
-        self.flushed.clear()
-        self.flushed.wait(max(0.0, deadline - time.monotonic()))
-
-    # --- the thread ----------------------------------------------------------------------
-
-    def _run(self) -> None:
-        """Write, then sleep: at least FLUSH_SECONDS, and long enough to stay within DUTY.
-
-        Why a duty cycle: the writer shares the machine (and the GIL) with the event loop.
-        Under a flood no log may cost the answers; the queue bound then drops rows (counted)
-        instead.  A household's load (tens of queries a second) never gets near it.
-        """
-        busy = 0.0
-        while True:
-            stopping = self.stop.wait(max(FLUSH_SECONDS, busy * (1 / DUTY - 1)))
-            t0 = time.thread_time()
-            try:
-                self._pass(stopping)
-            except Exception:   # a bug here must not kill the log for good
-                log.exception("query log writer")
-            busy = time.thread_time() - t0
-            self.flushed.set()
-            if stopping and not self.queue:
-                break
-        if self.db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self.db.close()
-
-    def _pass(self, everything: bool = False) -> None:
-        q = self.queue
-        for _ in range(10**9 if everything else PASS_BATCHES):
-            if not q:
-                break
-            rows = []
-            pop = q.popleft
-            try:
-                for _ in range(MAX_BATCH):
-                    rows.append(pop())
-            except IndexError:
-                pass
-            self.write(rows)
+    def maintain(self) -> None:
         now = time.monotonic()
         if self.db is not None and now >= self.next_prune:
             self.next_prune = now + PRUNE_SECONDS
             self._guard(self.prune, 0)
+
+    def close(self) -> None:
+        if self.db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.close()
+            self.db = None
 
     def write(self, rows: list[Row]) -> None:
         """Write one batch (privacy applied); a failure drops it, counted by reason."""
