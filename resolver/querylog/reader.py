@@ -92,8 +92,10 @@ def _where(db: sqlite3.Connection, f: Filter, after: int | None) -> tuple[str, l
 
 def rowid_since(db: sqlite3.Connection, ms: int) -> int:
     """The first rowid with time >= ``ms`` (rows are appended in time order): a binary search."""
-    lo, hi = db.execute("SELECT coalesce(min(rowid), 1), coalesce(max(rowid), 0) FROM queries").fetchone()
-    hi += 1
+    # Two statements: SQLite answers min() or max() of the rowid from the b-tree's ends, but
+    # both in one statement by a scan of the whole table.
+    lo = db.execute("SELECT coalesce(min(rowid), 1) FROM queries").fetchone()[0]
+    hi = db.execute("SELECT coalesce(max(rowid), 0) FROM queries").fetchone()[0] + 1
     while lo < hi:
         mid = (lo + hi) // 2
         got = db.execute("SELECT rowid, t FROM queries WHERE rowid >= ? ORDER BY rowid LIMIT 1",

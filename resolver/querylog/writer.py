@@ -227,6 +227,10 @@ class Writer:
         return True
 
     def _connect(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            # Who looked up what: readable by the service's user only (SQLite gives the
+            # -wal and -shm files the database file's permissions).
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         db = sqlite3.connect(self.path, timeout=2.0, isolation_level=None, check_same_thread=False)
         try:
             # New files only: lets a size prune give pages back to the file system.
@@ -343,9 +347,10 @@ class Writer:
         """Delete the oldest ``share`` of the rows; False when there is nothing left to delete."""
         db = self.db
         assert db is not None
-        lo, hi = db.execute("SELECT min(rowid), max(rowid) FROM queries").fetchone()
+        lo = db.execute("SELECT min(rowid) FROM queries").fetchone()[0]   # (one each: no scan)
         if lo is None:
             return False
+        hi = db.execute("SELECT max(rowid) FROM queries").fetchone()[0]
         upto = lo + max(1, int((hi - lo + 1) * share))
         db.execute("DELETE FROM queries WHERE rowid < ?", (upto,))
         return True
