@@ -49,6 +49,7 @@ def _traffic(srv) -> None:
 
 def test_log_shows_every_answer_with_result_and_list(serve, tmp_path, capsys, monkeypatch):
     srv = serve(TV, lists=LISTS)
+    assert srv.server.fast is not None   # the UDP fast path answers repeats, and records them
     _traffic(srv)
     _flush(srv)
     monkeypatch.chdir(tmp_path)
@@ -336,3 +337,39 @@ def test_a_day_of_traffic_is_small_and_a_device_query_is_fast(tmp_path):
     t0 = time.perf_counter()
     every = reader.rows(db, reader.Filter(device="device-7", since=now - 86_400), limit=None)
     assert len(every) > 5000 and time.perf_counter() - t0 < 2.0
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("query_log: {retention: 10m}", "query_log.retention: must be between 1h and 3650d"),
+    ("query_log: {retention: soon}", "query_log.retention: must be a duration like"),
+    ("query_log: {max_size: 10KB}", "query_log.max_size: must be at least 1MiB"),
+    ("query_log: {max_size: huge}", "query_log.max_size: must be a size like"),
+    ("query_log: {privacy: some}", "query_log.privacy: must be one of full, blocked-only, no-addresses, off"),
+    ("query_log: {enabled: 1}", "query_log.enabled: must be a boolean"),
+    ("query_log: {keep: 1}", "query_log.keep: unknown key"),
+    ("query_log: 3", "query_log: must be true, false or a mapping"),
+])
+def test_config_errors_name_the_key_and_line(tmp_path, text, problem):
+    from resolver.config import ConfigError, load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("upstreams: [127.0.0.1]\n" + text + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    assert problem in str(err.value) and f"{cfg}:2" in str(err.value)
+
+
+def test_config_values(tmp_path):
+    from resolver.config import load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("upstreams: [127.0.0.1]\nstate_dir: st\n"
+                   "query_log: {retention: 2d, max_size: 64MiB, privacy: off, path: logs/q.db}\n")
+    ql = load_config(cfg).query_log
+    assert (ql.retention, ql.max_size, ql.privacy, ql.on) == (172_800, 64 * 1024**2, "off", False)
+    assert ql.path == str(tmp_path / "logs" / "q.db")
+    cfg.write_text("upstreams: [127.0.0.1]\nstate_dir: st\n")
+    ql = load_config(cfg).query_log
+    assert ql.on and ql.path == str(tmp_path / "st" / "querylog.sqlite") and ql.max_size == 256 * 1024**2
+    cfg.write_text("upstreams: [127.0.0.1]\nquery_log: false\n")
+    assert not load_config(cfg).query_log.on

@@ -13,6 +13,7 @@ from typing import Any
 from ..config import Config, ConfigError, load_config, parse_duration
 from . import reader
 
+SYSTEM_LOG = Path("/var/lib/hushdns/querylog.sqlite")   # StateDirectory=hushdns of the unit
 FIELDS = ("time", "device", "client", "name", "type", "result", "list", "rule", "rcode",
           "upstream", "latency_ms")
 
@@ -76,8 +77,12 @@ def _open(args: argparse.Namespace) -> tuple[Config, Any] | None:
     if not config.query_log.on:
         print(f"hushdns: the query log is off in {config.path} (query_log)", file=sys.stderr)
         return None
+    path = Path(config.query_log.path)
+    if not path.exists() and SYSTEM_LOG.exists():
+        # A shell has no $STATE_DIRECTORY: the systemd unit's state directory is the likely one.
+        path = SYSTEM_LOG
     try:
-        return config, reader.connect(config.query_log.path)
+        return config, reader.connect(str(path))
     except reader.NoLog as exc:
         print(f"hushdns: {exc}", file=sys.stderr)
         return None
