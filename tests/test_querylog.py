@@ -373,3 +373,45 @@ def test_config_values(tmp_path):
     assert ql.on and ql.path == str(tmp_path / "st" / "querylog.sqlite") and ql.max_size == 256 * 1024**2
     cfg.write_text("upstreams: [127.0.0.1]\nquery_log: false\n")
     assert not load_config(cfg).query_log.on
+
+
+def test_sigterm_to_the_whole_group_keeps_the_last_rows(tmp_path, upstream):
+    """systemd stops the unit by signalling every process in it: the writer process ignores
+    the signal and writes what the server ships it on the way out."""
+    import signal
+
+    import dns.message
+    import dns.query
+
+    from tests.fakes import free_port
+
+    port = free_port()
+    cfg = tmp_path / "config.yaml"
+    (tmp_path / "xiaomi.txt").write_text(LISTS["xiaomi"])
+    cfg.write_text(f'listen: ["127.0.0.1:{port}"]\nupstreams: ["{upstream.address}"]\n'
+                   "metrics: {listen: null}\nblocking:\n  lists:\n    xiaomi: xiaomi.txt\n" + TV)
+    proc = subprocess.Popen([sys.executable, "-m", "resolver", "serve", "-c", str(cfg)], cwd=ROOT,
+                            start_new_session=True, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                dns.query.udp(dns.message.make_query("warm.example.org", "A"), "127.0.0.1",
+                              port=port, timeout=0.5)
+                break
+            except Exception:
+                assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
+        for i in range(20):
+            dns.query.udp(dns.message.make_query(f"n{i}.tracking.miui.com", "A"), "127.0.0.1",
+                          port=port, timeout=2)
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    err = proc.stderr.read()
+    assert "Traceback" not in err, err
+    db = reader.connect(str(Path(os.environ["STATE_DIRECTORY"]) / "querylog.sqlite"))
+    names = [r["name"] for r in reader.rows(db, reader.Filter(blocked=True))]
+    assert names == [f"n{i}.tracking.miui.com" for i in range(20)]

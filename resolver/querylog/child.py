@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from multiprocessing.connection import Connection
 from typing import Any
@@ -81,6 +82,10 @@ def main() -> int:
     opts = json.loads(sys.argv[1])
     logging.basicConfig(level=opts.get("level", logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Ctrl-C and systemd's stop signal go to the whole group: this process ends when the
+    # server closes the pipe (or dies), after writing what it was sent.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.nice(10)
     # The pipes are fds 0 and 1; nothing else may write to stdout.
