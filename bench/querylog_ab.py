@@ -3,9 +3,10 @@
     python bench/querylog_ab.py [--duration 5] [--rounds 2]
 
 Two hushdns servers from this checkout (identical configs but ``query_log``), the blocked
-and cache-hit mixes of bench/run.py, dnsperf peak runs taking turns (off, on, on, off, ...).
+and cache-hit mixes of bench/run.py, dnsperf peak runs taking turns (off, on, on, off, ...),
+then cache hits at a fixed moderate rate for their p99 latency.
 Prints queries/s and server CPU per query for each run, the medians, the on/off ratio, and the rows the
-log wrote and dropped (read from /metrics).  About 4 x rounds x duration seconds plus start-up.
+log wrote and dropped (read from /metrics).  About 6 x rounds x duration seconds plus start-up.
 Needs dnsperf and nsd (the upstream that warms the cache).
 """
 
@@ -35,6 +36,7 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--list-size", type=int, default=100_000)
+    ap.add_argument("--fixed-rate", type=int, default=5000, help="queries/s of the p99 runs")
     a = ap.parse_args()
     servers.require("dnsperf", "nsd")
     with tempfile.TemporaryDirectory(prefix="hushdns-qlab-") as tmp:
@@ -49,6 +51,7 @@ def main() -> int:
                  "on": servers.hushdns(work, nsd.port, blocklist, 100_000, name="log-on").start()}
         qps: dict[tuple[str, str], list[float]] = {}
         cpus: dict[tuple[str, str], list[float]] = {}
+        p99: dict[str, list[float]] = {}
         try:
             for p in procs.values():   # warm-up (not measured) and the cache for the hit mix
                 dnsperf.run(p.port, q["blocked"], duration=2)
@@ -64,6 +67,13 @@ def main() -> int:
                         cpus.setdefault((mix, which), []).append(cpu)
                         print(f"round {rnd + 1} {mix:<8} log {which:<3} {r.qps:>9.0f} q/s "
                               f"{cpu:6.1f} us CPU/query (lost {r.lost})", flush=True)
+            for rnd in range(a.rounds):   # p99 of a cache hit at a moderate fixed rate
+                for which in (order if rnd % 2 == 0 else order[::-1]):
+                    r = dnsperf.run(procs[which].port, q["hit"], duration=a.duration,
+                                    rate=a.fixed_rate, verbose=True)
+                    p99.setdefault(which, []).append(r.p99 * 1e3 if r.p99 is not None else float("nan"))
+                    print(f"round {rnd + 1} hit @{a.fixed_rate}/s log {which:<3} p99 "
+                          f"{p99[which][-1]:.3f} ms", flush=True)
             on = procs["on"]
             written = _metric(on, "hushdns_querylog_written_total")
             dropped = _metric(on, "hushdns_querylog_dropped_total")
@@ -77,6 +87,8 @@ def main() -> int:
         c_off, c_on = statistics.median(cpus[(mix, "off")]), statistics.median(cpus[(mix, "on")])
         print(f"{mix:<8} off {off:>9.0f} q/s {c_off:5.1f} us CPU/q   on {on_:>9.0f} q/s "
               f"{c_on:5.1f} us CPU/q   on/off {on_ / off:.2f}")
+    print(f"hit p99 at {a.fixed_rate}/s: off {statistics.median(p99['off']):.3f} ms, "
+          f"on {statistics.median(p99['on']):.3f} ms")
     print(f"query log rows written {written:.0f}, dropped {dropped:.0f}")
     return 0
 

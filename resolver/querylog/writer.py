@@ -14,7 +14,6 @@ import logging
 import os
 import sqlite3
 import time
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -33,83 +32,18 @@ REOPEN_SECONDS = 30.0      # how often an unusable database is tried again
 Row = tuple[Any, ...]
 
 
-# Per-connection scratch tables: the batch as it came, its (device, name) aggregate, result codes.
-_TEMP = """
-CREATE TEMP TABLE staging (t REAL, device TEXT, address TEXT, name TEXT, type INTEGER,
-                           result TEXT, list TEXT, rule TEXT, rcode INTEGER, upstream TEXT,
-                           latency REAL);
-CREATE TEMP TABLE batch (device INTEGER, name INTEGER, first INTEGER, last INTEGER,
-                         count INTEGER, blocked INTEGER, result INTEGER, list INTEGER,
-                         PRIMARY KEY (device, name)) WITHOUT ROWID;
-CREATE TEMP TABLE results (word TEXT PRIMARY KEY, code INTEGER) WITHOUT ROWID;
+_INSERT_QUERY = "INSERT INTO queries VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_SEEN = "INSERT INTO seen VALUES (?,?,?,?,?,?,?,?)"
+_UPDATE_SEEN = """
+UPDATE seen SET last = max(last, ?3), count = count + ?4, blocked = blocked + ?5, result = ?6,
+                list = coalesce(?7, list)
+WHERE device = ?1 AND name = ?2
 """
-_ROW = "(?,?,?,?,?,?,?,?,?,?,?)"
-CHUNKS = (512, 128, 32, 8, 2, 1)   # rows per INSERT ... VALUES: a few statements, all cached
-
-
-def _stage_sql(n: int) -> str:
-    return "INSERT INTO temp.staging VALUES " + ",".join([_ROW] * n)
-
-
-_INTERN = """
-INSERT OR IGNORE INTO strings (s)
-SELECT device FROM temp.staging UNION SELECT name FROM temp.staging
-UNION SELECT address FROM temp.staging WHERE address IS NOT NULL
-UNION SELECT list FROM temp.staging WHERE list IS NOT NULL
-UNION SELECT rule FROM temp.staging WHERE rule IS NOT NULL
-UNION SELECT upstream FROM temp.staging WHERE upstream IS NOT NULL
-"""
-_QUERIES = """
-INSERT INTO queries
-SELECT CAST(s.t * 1000 AS INTEGER), d.id, a.id, n.id, s.type, coalesce(r.code, 255), l.id, ru.id,
-       s.rcode, u.id, CAST(s.latency * 1000000 AS INTEGER)
-FROM temp.staging s
-JOIN strings d ON d.s = s.device
-JOIN strings n ON n.s = s.name
-LEFT JOIN strings a ON a.s = s.address
-LEFT JOIN strings l ON l.s = s.list
-LEFT JOIN strings ru ON ru.s = s.rule
-LEFT JOIN strings u ON u.s = s.upstream
-LEFT JOIN temp.results r ON r.word = s.result
-ORDER BY s.rowid
-"""
-# The batch per (device, name); the verdict and list are those of its newest row.
-# The batch per (device, name); the verdict and list are those of its newest row.
-# (Results are < 256, so the largest rowid * 256 + result is the newest row's result.)
-_BATCH = """
-INSERT INTO temp.batch
-SELECT d.id, n.id, g.first, g.last, g.count, g.blocked, g.result, l.id
-FROM (SELECT s.device, s.name, CAST(min(s.t) * 1000 AS INTEGER) AS first,
-             CAST(max(s.t) * 1000 AS INTEGER) AS last, count(*) AS count,
-             sum(s.result = 'blocked') AS blocked,
-             max(s.rowid * 256 + coalesce(r.code, 255)) & 255 AS result, max(s.list) AS list
-      FROM temp.staging s LEFT JOIN temp.results r ON r.word = s.result
-      GROUP BY s.device, s.name) g
-JOIN strings d ON d.s = g.device JOIN strings n ON n.s = g.name
-LEFT JOIN strings l ON l.s = g.list
-"""
-_NEW = """
-SELECT d.s, count(*) FROM temp.batch b JOIN strings d ON d.id = b.device
-WHERE NOT EXISTS (SELECT 1 FROM seen WHERE seen.device = b.device AND seen.name = b.name)
-GROUP BY b.device
-"""
-_SEEN = """
-INSERT INTO seen SELECT * FROM temp.batch WHERE true
-ON CONFLICT (device, name) DO UPDATE SET
-    last = max(last, excluded.last), count = count + excluded.count,
-    blocked = blocked + excluded.blocked, result = excluded.result,
-    list = coalesce(excluded.list, list)
-"""
-_ADDRESSES = """
-INSERT INTO addresses
-SELECT d.id, a.id, g.first, g.last
-FROM (SELECT device, address, CAST(min(t) * 1000 AS INTEGER) AS first,
-             CAST(max(t) * 1000 AS INTEGER) AS last
-      FROM temp.staging WHERE address IS NOT NULL GROUP BY device, address) g
-JOIN strings d ON d.s = g.device JOIN strings a ON a.s = g.address
-WHERE true
+_UPSERT_ADDRESS = """
+INSERT INTO addresses VALUES (?, ?, ?, ?)
 ON CONFLICT (device, address) DO UPDATE SET last = max(last, excluded.last)
 """
+MAX_CACHED = 500_000   # string ids and known (device, name) pairs kept in memory
 
 
 def _reason(exc: BaseException) -> str:
@@ -137,6 +71,7 @@ class Writer:
         self.failing: str | None = None   # the reason last logged, until a write works
         self.next_open = 0.0
         self.next_prune = 0.0
+        self._reset_caches()
 
     def write_all(self, rows: list[Row]) -> None:
         """Write ``rows`` in transactions of MAX_BATCH; enforce retention when it is due."""
@@ -171,6 +106,7 @@ class Writer:
             fn(*args)
         except (sqlite3.Error, OSError) as exc:
             reason = _reason(exc)
+            self._reset_caches()
             try:
                 if self.db is not None and self.db.in_transaction:
                     self.db.rollback()
@@ -247,14 +183,13 @@ class Writer:
             if ok is None or ok[0] != "ok":
                 raise sqlite3.DatabaseError(f"database disk image is malformed ({ok and ok[0]})")
             schema.create(db)
-            db.executescript(_TEMP)
-            db.executemany("INSERT INTO temp.results VALUES (?, ?)", schema.RESULT_OF.items())
             page = db.execute("PRAGMA page_size").fetchone()[0]
             cap = self.page_limit or max(64, int(self.settings.max_size * 1.25) // page)
             db.execute(f"PRAGMA max_page_count = {int(cap)}")
         except BaseException:
             db.close()
             raise
+        self._reset_caches()
         return db
 
     def _rotate(self) -> None:
@@ -279,44 +214,95 @@ class Writer:
 
     # --- writing -------------------------------------------------------------------------
     #
-    # Why SQL, many rows bound per statement: the writer shares the GIL with the event
-    # loop.  A Python loop per row (or executemany, which binds each row under the GIL and
-    # releases it for each step) costs the loop time per row and, on a busy loop, waits a
-    # switch interval for the GIL per row.  Binding 512 rows is one short C call; the rest
-    # (interning, codes, the inventory) runs inside SQLite with the GIL released.
+    # This runs in the writer process, which has its own GIL: plain Python and
+    # ``executemany`` are fine here.  Strings are interned through an in-memory map and
+    # the inventory is aggregated per batch in a dict, so SQLite sees integer rows.
+
+    def _reset_caches(self) -> None:
+        """After a rollback or a new file: ids and pairs in memory may not be in the file."""
+        self.ids: dict[str, int] = {}
+        self.known: set[tuple[int, int]] = set()
+
+    def _id(self, s: str) -> int:
+        i = self.ids.get(s)
+        if i is not None:
+            return i
+        db = self.db
+        assert db is not None
+        got = db.execute("SELECT id FROM strings WHERE s = ?", (s,)).fetchone()
+        i = got[0] if got else db.execute("INSERT INTO strings (s) VALUES (?)", (s,)).lastrowid
+        if len(self.ids) >= MAX_CACHED:
+            self.ids.clear()
+        self.ids[s] = i  # type: ignore[assignment]
+        return i  # type: ignore[return-value]
 
     def _insert(self, rows: list[Row], addresses: bool) -> None:
         db = self.db
         assert db is not None
-        blocked_only = self.settings.privacy == "blocked-only"
+        last = self.stats.device_last_query
+        for r in rows:   # every query counts for the last-query time, whatever is stored
+            if last.get(r[1], 0.0) < r[0]:
+                last[r[1]] = r[0]
+        if self.settings.privacy == "blocked-only":
+            rows = [r for r in rows if r[5] == "blocked"]
+            if not rows:
+                return
+        sid = self._id
+        codes, other, blocked_code = schema.RESULT_OF, schema.OTHER, schema.BLOCKED
+        out = []
+        seen: dict[tuple[int, int], list[Any]] = {}
+        addrs: dict[tuple[int, int], list[int]] = {}
+        labels: dict[int, str] = {}
         db.execute("BEGIN")
-        db.execute("DELETE FROM temp.staging")
-        i, n = 0, len(rows)
-        for size in CHUNKS:   # one bind of many rows per statement, not a GIL round trip per row
-            sql = _stage_sql(size)
-            while n - i >= size:
-                db.execute(sql, list(chain.from_iterable(rows[i:i + size])))
-                i += size
-        for device, t in db.execute("SELECT device, max(t) FROM temp.staging GROUP BY device"):
-            last = self.stats.device_last_query
-            if last.get(device, 0.0) < t:
-                last[device] = t
-        if blocked_only:
-            db.execute("DELETE FROM temp.staging WHERE result != 'blocked'")
-        if not addresses:
-            db.execute("UPDATE temp.staging SET address = NULL")
-        db.execute(_INTERN)
-        n = db.execute(_QUERIES).rowcount
-        db.execute("DELETE FROM temp.batch")
-        db.execute(_BATCH)
-        new = db.execute(_NEW).fetchall()
-        db.execute(_SEEN)
-        db.execute(_ADDRESSES)
+        for t, device, address, name, qtype, result, lst, rule, rcode, upstream, latency in rows:
+            ms = int(t * 1000)
+            dev, nm = sid(device), sid(name)
+            res = codes.get(result, other)
+            li = sid(lst) if lst else None
+            ad = sid(address) if addresses and address else None
+            out.append((ms, dev, ad, nm, qtype, res, li, sid(rule) if rule else None, rcode,
+                        sid(upstream) if upstream else None, int(latency * 1e6)))
+            b = res == blocked_code
+            e = seen.get((dev, nm))
+            if e is None:
+                labels[dev] = device
+                seen[(dev, nm)] = [dev, nm, ms, ms, 1, int(b), res, li]
+            else:
+                e[3] = ms
+                e[4] += 1
+                e[5] += b
+                e[6] = res
+                if li is not None:
+                    e[7] = li
+            if ad is not None:
+                a = addrs.get((dev, ad))
+                if a is None:
+                    addrs[(dev, ad)] = [dev, ad, ms, ms]
+                else:
+                    a[3] = ms
+        db.executemany(_INSERT_QUERY, out)
+        known = self.known
+        new: list[list[Any]] = []
+        old: list[tuple[Any, ...]] = []
+        for key, e in seen.items():
+            if key in known or db.execute("SELECT 1 FROM seen WHERE device = ? AND name = ?",
+                                          key).fetchone():
+                old.append((e[0], e[1], e[3], e[4], e[5], e[6], e[7]))
+            else:
+                new.append(e)
+        db.executemany(_INSERT_SEEN, new)
+        db.executemany(_UPDATE_SEEN, old)
+        db.executemany(_UPSERT_ADDRESS, addrs.values())
         db.execute("COMMIT")
-        self.stats.querylog_written += n
-        counter = self.stats.device_new_names
-        for label, k in new:
-            counter[label] = counter.get(label, 0) + k
+        if len(known) + len(seen) > MAX_CACHED:
+            known.clear()
+        known.update(seen)
+        self.stats.querylog_written += len(out)
+        if new:
+            counter = self.stats.device_new_names
+            for e in new:
+                label = labels[e[0]]
+                counter[label] = counter.get(label, 0) + 1
 
     # --- retention -------------------------------------------------------------------------
 
