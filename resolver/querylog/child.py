@@ -6,7 +6,7 @@ retake makes the loop stop and wait for the scheduler; measured with
 bench/querylog_ab.py, that halved the blocked-answer throughput under load
 although the writer used little CPU.  Here the server only appends to a deque
 and ships pickled batches from a small thread; this process runs at a lower
-priority (nice 10), so under a flood the answers win and the queue bound drops
+priority (nice 19), so under a flood the answers win and the queue bound drops
 rows (counted) instead.
 
 Protocol (``multiprocessing.connection`` framing over stdin/stdout):
@@ -87,7 +87,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with contextlib.suppress(OSError):
-        os.nice(10)
+        os.nice(19)
     # The pipes are fds 0 and 1; nothing else may write to stdout.
     inp = Connection(os.dup(0), writable=False)
     out = Connection(os.dup(1), readable=False)
