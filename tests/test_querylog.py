@@ -76,6 +76,7 @@ def test_log_shows_every_answer_with_result_and_list(serve, tmp_path, capsys, mo
         ["example.org", "nx.example.org"]
     assert len(_log(capsys, "-c", "config.yaml", "--device", "tv", "--since", "1h")) == 6
     assert _log(capsys, "-c", "config.yaml", "--device", "nobody") == []
+    assert len(_log(capsys, "-c", "config.yaml", "--device", "127.0.0.1")) == 6   # by address
     assert len(_log(capsys, "-c", "config.yaml", "--limit", "2")) == 2
     # CSV: a header and one line per row.
     capsys.readouterr()

@@ -30,9 +30,9 @@ __all__ = ["QueryLog", "device_of", "open_log"]
 
 log = logging.getLogger("hushdns.querylog")
 
-FLUSH_SECONDS = 0.5        # how often queued rows are shipped (and how late `log --follow` is)
+FLUSH_SECONDS = 0.1        # how often queued rows are shipped: small batches, short GIL holds
 MAX_QUEUE = 100_000        # rows waiting in the server; beyond it rows are dropped and counted
-SHIP_ROWS = 2_000          # rows per message (one pickle call holds the GIL: keep it short)
+SHIP_ROWS = 500            # rows per message (one pickle call holds the GIL: keep it short)
 RESPAWN_SECONDS = 30.0     # how soon a writer process that died is started again
 F_SETPIPE_SZ = 1031        # Linux: a 1 MiB pipe lets a burst through without waiting
 

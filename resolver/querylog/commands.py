@@ -29,7 +29,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``log``, ``devices`` and ``device`` on the main parser."""
     lg = sub.add_parser("log", help="show the query log (who asked what, and what happened)")
     lg.add_argument("-c", "--config", help="YAML config file (embedded default without -c)")
-    lg.add_argument("--device", help="only this device (a clients: name or an address)")
+    lg.add_argument("--device", help="only this device (its name), or this client address")
     verdict = lg.add_mutually_exclusive_group()
     verdict.add_argument("--blocked", action="store_true", help="only blocked queries")
     verdict.add_argument("--allowed", action="store_true", help="only queries that were not blocked")

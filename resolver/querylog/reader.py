@@ -67,11 +67,13 @@ def _where(db: sqlite3.Connection, f: Filter, after: int | None) -> tuple[str, l
     cond: list[str] = []
     args: list[Any] = []
     if f.device is not None:
-        dev = _string_id(db, f.device)
-        if dev is None:
+        sid = _string_id(db, f.device)
+        if sid is None:
             return None
-        cond.append("q.device = ?")
-        args.append(dev)
+        # A device name; else an address (of a named device, or a device that is its address).
+        named = db.execute("SELECT 1 FROM queries WHERE device = ? LIMIT 1", (sid,)).fetchone()
+        cond.append("q.device = ?" if named else "q.address = ?")
+        args.append(sid)
     if f.since is not None:
         cond.append("q.rowid >= ?")
         args.append(rowid_since(db, int(f.since * 1000)))
