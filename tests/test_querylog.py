@@ -416,3 +416,23 @@ def test_sigterm_to_the_whole_group_keeps_the_last_rows(tmp_path, upstream):
     db = reader.connect(str(Path(os.environ["STATE_DIRECTORY"]) / "querylog.sqlite"))
     names = [r["name"] for r in reader.rows(db, reader.Filter(blocked=True))]
     assert names == [f"n{i}.tracking.miui.com" for i in range(20)]
+
+
+def test_writer_process_dies_dns_keeps_answering(serve):
+    """A killed writer process: answers go on, rows are counted as dropped until it is back."""
+    srv = serve(TV, lists=LISTS)
+    ql = srv.server.querylog
+    ask(srv, "x.tracking.miui.com")
+    assert ql.flush()
+    ql._proc.kill()
+    ql._proc.wait()
+    for i in range(5):
+        assert ask(srv, f"n{i}.tracking.miui.com").rcode() == dns.rcode.NXDOMAIN
+    assert ql.flush()
+    assert srv.stats.querylog_dropped.get("unavailable", 0) >= 1, srv.stats.querylog_dropped
+    ql._next_spawn = 0.0          # (it is retried every 30 s; the test does not wait)
+    ask(srv, "back.tracking.miui.com")
+    assert ql.flush()
+    db = reader.connect(srv.config.query_log.path)
+    names = [r["name"] for r in reader.rows(db, reader.Filter())]
+    assert names[0] == "x.tracking.miui.com" and names[-1] == "back.tracking.miui.com"
