@@ -309,6 +309,14 @@ def test_devices_device_and_suggest_on_a_real_log(serve, tmp_path, capsys):
     assert main(["lists", "suggest", "--device", "phone", "-c", cfg]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln and not ln.startswith("#")]
     assert [ln.split()[0] for ln in lines] == ["api.miui.com"]
+    # A reference list makes its families known too.
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    (refs / "upstream-list.txt").write_text("tracker.example.org\n")
+    assert main(["lists", "suggest", "--references", str(refs), "-c", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "# == reference upstream-list: family example.org (known from rule tracker.example.org) ==" in out
+    assert "\nexample.org  # seen in traffic" in out and "\nnx.example.org  # seen" in out
 
 
 def test_a_day_of_traffic_is_small_and_a_device_query_is_fast(tmp_path):
