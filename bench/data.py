@@ -75,6 +75,28 @@ def hit_names(count: int = 1000) -> list[str]:
     return [f"hit{i}.{ZONE}" for i in range(count)]
 
 
+def first_sight_names(listed: list[str], tag: str, count: int, seed: int = 13) -> list[str]:
+    """`count` never-asked names under random listed ones (``s<i>-<tag>.<listed>``).
+
+    What a LAN mostly sends to a blocked tracker: a fresh random subdomain each time, so
+    neither a reply memo nor any per-name memory helps; only the suffix walk answers it.
+    `tag` must differ per run (as for misses).
+    """
+    rng = random.Random(f"{seed}-{tag}")
+    pick = rng.choice
+    return [f"s{i:x}-{tag}.{pick(listed)}" for i in range(count)]
+
+
+def wide_names(count: int = 90_000) -> list[str]:
+    """The wide cache working set: `count` distinct names under the zone, asked in a loop.
+
+    At full rate a name comes round again only every count/qps seconds (seconds, not
+    milliseconds), so a reply memo valid for about a second rarely answers it and the
+    cache itself must.
+    """
+    return [f"w{i:x}.{ZONE}" for i in range(count)]
+
+
 def miss_names(tag: str, count: int) -> list[str]:
     """Names nobody has asked before: `tag` must differ per run so no cache can help."""
     return [f"m{i:x}-{tag}.{ZONE}" for i in range(count)]

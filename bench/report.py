@@ -20,11 +20,16 @@ from importlib import metadata
 
 from dnsperf import Result
 
-EXPECTED_RCODE = {"blocked": "NXDOMAIN", "hit": "NOERROR", "miss": "NOERROR"}
+EXPECTED_RCODE = {"blocked": "NXDOMAIN", "firstsight": "NXDOMAIN", "hit": "NOERROR",
+                  "wide": "NOERROR", "miss": "NOERROR"}
 
 MIX_TITLES = {
     "blocked": "blocked: names from the 100k list, answered NXDOMAIN by every server",
+    "firstsight": "first-sight blocked: never-repeated random subdomains of listed names "
+                  "(NXDOMAIN; no reply memo or per-name memory can help)",
     "hit": "cache hit: 1,000 names under bench.test, warmed with one pass first",
+    "wide": "wide cache: ~90k distinct cached names under bench.test at full rate (a reply "
+            "memo rarely answers; dnsmasq's cache holds at most 10,000 of them)",
     "miss": "cache miss: unique names under bench.test, each forwarded to nsd",
 }
 
@@ -39,6 +44,7 @@ class Measurement:
     peak: Result
     cpu_us: float  # server CPU (user+sys) per completed query in the peak run
     rss_kib: int  # after the peak run
+    cpu_s: float = 0.0  # server CPU seconds (user+sys, /proc/<pid>/stat) during the peak run
     latency: Result | None = None
     rate: float = 0.0  # the -Q of the latency run
     fixed: Result | None = None  # a run at the same -Q for every server
@@ -143,7 +149,7 @@ def _int(x: int | None) -> str:
 
 
 def _num(x: float | None, digits: int = 0) -> str:
-    return "-" if x is None else f"{x:,.{digits}f}"
+    return "-" if x is None or x != x else f"{x:,.{digits}f}"
 
 
 def _answers(mix: str, rcodes: dict[str, int]) -> str:
@@ -175,6 +181,9 @@ def _agg(ms: list[Measurement]) -> dict[str, object]:
         "lost": int(_med([m.peak.lost for m in ms])),
         "avg": _med([m.peak.avg for m in ms]),
         "cpu_us": _med([m.cpu_us for m in ms]),
+        # Queries answered per CPU-second of the server = qps / (CPU-s / wall-s): what the
+        # server gets out of a core, whether or not the load generator saturated it.
+        "per_cpu": _med([m.peak.completed / m.cpu_s for m in ms if m.cpu_s > 0]),
         "rss": _med([m.rss_kib for m in ms]),
         "rate": _med([m.rate for m in ms]),
         "lat_lost": int(_med([r.lost for r in lat])) if lat else None,
@@ -216,18 +225,26 @@ def render(rep: Report) -> str:
                 f"**@fixed**: {fixed_rate:,.0f} queries/s for every server, so its CPU per "
                 "query is the like-for-like cost (per-query CPU grows as the rate falls: "
                 "fewer packets per wakeup).", ""]
-        out += ["| server | peak qps | x unbound | lost | avg ms | CPU µs/q "
-                "| @50% qps | lost | p99 ms "
+        out += ["**q/CPU-s**: answers per CPU-second of the server process in the peak run "
+                "(completed / its user+system seconds from /proc/<pid>/stat): the ratio that "
+                "still means something when a server was not CPU-bound (dnsperf shares the "
+                "cores).", ""]
+        out += ["| server | peak qps | x unbound | q/CPU-s | x unbound | lost | avg ms "
+                "| CPU µs/q | @50% qps | lost | p99 ms "
                 "| @fixed qps | lost | p50 ms | p99 ms | CPU µs/q | x unbound CPU "
                 "| RSS MiB | answers |",
-                "|---|" + "---:|" * 15 + "---|"]
+                "|---|" + "---:|" * 17 + "---|"]
         for s, a in rows.items():
             ratio = f"{a['qps'] / ref['qps']:.2f}" if ref and ref["qps"] else "-"
+            pratio = (f"{a['per_cpu'] / ref['per_cpu']:.2f}"
+                      if ref and ref["per_cpu"] == ref["per_cpu"] and ref["per_cpu"]
+                      and a["per_cpu"] == a["per_cpu"] else "-")
             cratio = (f"{a['fixed_cpu'] / ref['fixed_cpu']:.2f}"
                       if ref and ref["fixed_cpu"] and a["fixed_cpu"] else "-")
             early = " (input used up)" if a["early"] else ""
             out.append(
-                f"| {s} | {a['qps']:,.0f}{early} | {ratio} | {a['lost']} | {_ms(a['avg'])} "
+                f"| {s} | {a['qps']:,.0f}{early} | {ratio} | {_num(a['per_cpu'])} | {pratio} "
+                f"| {a['lost']} | {_ms(a['avg'])} "
                 f"| {a['cpu_us']:.1f} | {a['rate']:,.0f} | {_int(a['lat_lost'])} "
                 f"| {_ms(a['p99'])} | {_num(a['fixed_qps'])} | {_int(a['fixed_lost'])} "
                 f"| {_ms(a['fixed_p50'])} | {_ms(a['fixed_p99'])} | {_num(a['fixed_cpu'], 1)} "

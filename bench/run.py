@@ -27,10 +27,14 @@ import dnsperf
 import servers
 from report import Flood, Measurement, Report, ScaleRow, machine, render
 
-MIXES = ("blocked", "hit", "miss")
+MIXES = ("blocked", "firstsight", "hit", "wide", "miss")
 ANCHORS = ("unbound", "dnsmasq")
 # Upper bound on cache-miss queries/s any server here reaches; sizes unique-name files.
 MISS_RATE_CAP = 80_000
+# The same for first-sight blocked names (answered locally, so faster than misses).
+FIRST_SIGHT_RATE_CAP = 160_000
+# hushdns variants: -nomemo is server.reply_memo: false; -w<N> is workers: N.
+_HUSHDNS = re.compile(r"hushdns(-nomemo)?(-w\d+)?")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,10 +46,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--latency-duration", type=float, default=None,
                     help="seconds per rate-limited latency run (default duration/2)")
     ap.add_argument("--servers", default=None,
-                    help="comma list of unbound,dnsmasq,hushdns,baseline, and hushdns-w<N> "
-                         "for hushdns with workers: N (default: all but hushdns-w<N>)")
+                    help="comma list of unbound,dnsmasq,hushdns,baseline, hushdns-nomemo "
+                         "(server.reply_memo: false) and hushdns-w<N> for hushdns with "
+                         "workers: N (default: hushdns, hushdns-nomemo, unbound, dnsmasq, "
+                         "baseline)")
     ap.add_argument("--hushdns", action="store_true", help="add hushdns to --servers")
-    ap.add_argument("--mixes", default=",".join(MIXES), help="comma list of blocked,hit,miss")
+    ap.add_argument("--mixes", default=",".join(MIXES), help=f"comma list of {','.join(MIXES)}")
+    ap.add_argument("--wide-names", type=int, default=None,
+                    help="distinct cached names of the wide mix (default 90000, quick 5000)")
     ap.add_argument("--rounds", type=int, default=2, help="repeat everything; medians reported")
     ap.add_argument("--list-size", type=int, default=100_000, help="blocklist size for the mixes")
     ap.add_argument("--cache-entries", type=int, default=100_000)
@@ -88,6 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("each dnsperf run must be bounded: 0 < duration <= 30")
     if args.quick:
         args.rounds = 1
+    if args.wide_names is None:
+        args.wide_names = 5000 if args.quick else 90_000
     if args.scale_rounds is None:
         args.scale_rounds = 2 if args.quick else 8
     if not 0 < args.scale_duration <= 30 or args.scale_rounds < 1:
@@ -95,13 +105,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.servers is None:
         names = [*ANCHORS, "baseline"]
         if servers.hushdns_available():
-            names.insert(0, "hushdns")
+            names[:0] = ["hushdns", "hushdns-nomemo"]
     else:
         names = [s for s in args.servers.split(",") if s]
     if args.hushdns and "hushdns" not in names:
         names.insert(0, "hushdns")
-    unknown = {n for n in names if not re.fullmatch(r"hushdns-w\d+", n)} - {
-        "unbound", "dnsmasq", "hushdns", "baseline"}
+    unknown = {n for n in names if not _HUSHDNS.fullmatch(n)} - {
+        "unbound", "dnsmasq", "baseline"}
     if unknown:
         ap.error(f"unknown servers: {', '.join(sorted(unknown))}")
     if any(n.startswith("hushdns") for n in names) and not servers.hushdns_available():
@@ -115,8 +125,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.scale_sizes = [] if args.scale == "none" else [int(x) for x in args.scale.split(",")]
     args.scale_names = [s for s in args.scale_servers.split(",") if s]
     args.estimate = estimate_seconds(args)
-    if args.estimate > 600:
-        ap.error(f"this run would take about {args.estimate / 60:.0f} min; the bound is 10 min "
+    if args.estimate > 1200:
+        ap.error(f"this run would take about {args.estimate / 60:.0f} min; the bound is 20 min "
                  "(lower --rounds, --duration or --latency-duration)")
     return args
 
@@ -130,6 +140,8 @@ def estimate_seconds(a: argparse.Namespace) -> float:
         a.scale_rounds * (a.scale_duration + 1) + 6 + size / 100_000 for size in a.scale_sizes)
     flood = a.flood_seconds + 3 if "hushdns" in a.server_names else 0
     warmup = len(a.server_names) * min(2.0, a.duration)
+    if "wide" in a.mix_names:  # one pass over the wide set per server, forwarded (~5k/s)
+        warmup += len(a.server_names) * a.wide_names / 5000
     return a.rounds * pairs * per_pair + scale + flood + warmup + 15
 
 
@@ -174,6 +186,8 @@ class Bench:
         self.q_blocked = data.write_queries(self.dir / "blocked.q",
                                             data.blocked_queries(self.blocked, 100_000))
         self.q_hit = data.write_queries(self.dir / "hit.q", data.hit_names(1000))
+        self.q_wide = data.write_queries(self.dir / "wide.q", data.wide_names(a.wide_names))
+        self.wide_warm: set[str] = set()   # servers whose cache holds the wide set
         self._miss_serial = 0
 
     def miss_file(self, count: int) -> Path:
@@ -181,6 +195,21 @@ class Bench:
         self._miss_serial += 1
         tag = f"{self._miss_serial}{os.getpid() % 1000}"
         return data.write_queries(self.dir / "miss.q", data.miss_names(tag, max(1000, count)))
+
+    def first_sight_file(self, count: int) -> Path:
+        """A fresh file of never-asked names under listed ones (a new tag every call)."""
+        self._miss_serial += 1
+        tag = f"{self._miss_serial}{os.getpid() % 1000}"
+        return data.write_queries(self.dir / "firstsight.q",
+                                  data.first_sight_names(self.blocked, tag, max(1000, count)))
+
+    def unique_file(self, mix: str, count: int) -> Path | None:
+        """For mixes whose names must never repeat: a fresh file; None for the others."""
+        if mix == "miss":
+            return self.miss_file(count)
+        if mix == "firstsight":
+            return self.first_sight_file(count)
+        return None
 
     # ---- servers ------------------------------------------------------------------------
 
@@ -191,11 +220,11 @@ class Bench:
             p = servers.unbound(self.dir, self.nsd.port, blocked, ce)
         elif name == "dnsmasq":
             p = servers.dnsmasq(self.dir, self.nsd.port, blocked, ce)
-        elif name == "hushdns":
-            p = servers.hushdns(self.dir, self.nsd.port, blocklist, ce, name=label or name)
-        elif re.fullmatch(r"hushdns-w\d+", name):  # workers: N (SO_REUSEPORT processes)
+        elif (hm := _HUSHDNS.fullmatch(name)) is not None:
+            # -nomemo: server.reply_memo off; -w<N>: workers: N (SO_REUSEPORT processes)
             p = servers.hushdns(self.dir, self.nsd.port, blocklist, ce, name=label or name,
-                                workers=int(name.rsplit("w", 1)[1]))
+                                workers=int(hm.group(2)[2:]) if hm.group(2) else None,
+                                memo=hm.group(1) is None)
         elif name == "baseline":
             p = servers.baseline(self.dir)
         else:
@@ -214,32 +243,35 @@ class Bench:
         a = self.args
         if mix == "hit":  # warm: one pass over the working set
             self.perf(proc, self.q_hit, duration=10, once=True)
-        if mix == "miss":
-            qfile = self.miss_file(int(a.duration * MISS_RATE_CAP))
-        else:
-            qfile = self.q_blocked if mix == "blocked" else self.q_hit
+        if mix == "wide" and proc.name not in self.wide_warm:  # one pass, forwarded to nsd
+            self.perf(proc, self.q_wide, duration=60, once=True)
+            self.wide_warm.add(proc.name)
+        once = mix in ("miss", "firstsight")   # never-repeated names: one pass, no wrap
+        cap = MISS_RATE_CAP if mix == "miss" else FIRST_SIGHT_RATE_CAP
+        qfile = self.unique_file(mix, int(a.duration * cap)) or {
+            "blocked": self.q_blocked, "hit": self.q_hit, "wide": self.q_wide}[mix]
         c0 = proc.cpu_seconds()
-        peak = self.perf(proc, qfile, duration=a.duration, once=(mix == "miss"))
+        peak = self.perf(proc, qfile, duration=a.duration, once=once)
         cpu = proc.cpu_seconds() - c0
         m = Measurement(server=proc.name, mix=mix, round=rnd, peak=peak,
-                        cpu_us=cpu / max(1, peak.completed) * 1e6, rss_kib=proc.rss_kib())
+                        cpu_us=cpu / max(1, peak.completed) * 1e6, rss_kib=proc.rss_kib(),
+                        cpu_s=cpu)
         if a.load > 0 and peak.qps > 0:
             m.rate = max(100.0, peak.qps * a.load)
-            if mix == "miss":
-                qfile = self.miss_file(int(m.rate * a.latency_duration * 1.2))
+            qfile = self.unique_file(mix, int(m.rate * a.latency_duration * 1.2)) or qfile
             m.latency = self.perf(proc, qfile, duration=a.latency_duration, rate=m.rate,
-                                  verbose=True, once=(mix == "miss"))
+                                  verbose=True, once=once)
         fixed = a.fixed_rate_miss if mix == "miss" else a.fixed_rate
         if fixed > 0:  # the same moderate load for every server: comparable p99 and CPU
-            if mix == "miss":
-                qfile = self.miss_file(int(fixed * a.latency_duration * 1.2))
+            qfile = self.unique_file(mix, int(fixed * a.latency_duration * 1.2)) or qfile
             c0, t0 = proc.cpu_seconds(), servers.machine_cpu_ticks()
             m.fixed = self.perf(proc, qfile, duration=a.latency_duration, rate=fixed,
-                                verbose=True, once=(mix == "miss"))
+                                verbose=True, once=once)
             m.fixed_cpu_us = (proc.cpu_seconds() - c0) / max(1, m.fixed.completed) * 1e6
             m.fixed_steal = servers.steal_share(t0, servers.machine_cpu_ticks())
         p99 = m.latency.p99 if m.latency and m.latency.p99 is not None else float("nan")
-        self.log(f"{mix:8s} {proc.name:9s} {peak.qps:10,.0f} q/s lost {peak.lost:<5d} "
+        self.log(f"{mix:10s} {proc.name:14s} {peak.qps:10,.0f} q/s "
+                 f"{peak.completed / max(cpu, 1e-9):10,.0f} q/CPU-s lost {peak.lost:<5d} "
                  f"avg {peak.avg * 1e3:6.2f} ms  cpu {m.cpu_us:5.1f} µs/q  "
                  f"p99@{m.rate:,.0f} {p99 * 1e3:.2f} ms  rss {m.rss_kib / 1024:.1f} MiB")
         return m
@@ -320,6 +352,7 @@ class Bench:
         rep = Report(settings={
             "servers": ", ".join(a.server_names),
             "mixes": ", ".join(a.mix_names),
+            "wide mix": f"{a.wide_names:,} distinct cached names",
             "peak run": f"{a.duration:g} s, dnsperf -c {a.clients} -q {a.outstanding}",
             "latency run": f"{a.latency_duration:g} s at {a.load:.0%} of the server's own peak "
                            "(dnsperf -Q, -v for per-query latency)",

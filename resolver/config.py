@@ -89,6 +89,7 @@ class Cache:
 class Metrics:
     listen: Endpoint | None = ("127.0.0.1", 9153)
     max_clients: int = 512
+    client_idle: float = 86_400.0   # seconds without a query before a label is released
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class ServerOptions:
     max_inflight: int = 4096
     max_waiters: int = 256
     minimal_responses: bool = True
+    reply_memo: bool = True
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,21 @@ class QueryLog:
 
 
 @dataclass(frozen=True)
+class Devices:
+    """Where device names come from besides ``clients:`` (resolver/devices/).
+
+    ``enabled`` is whether the config has a ``devices:`` section at all: without
+    one nothing is read in the background, as before devices existed.
+    """
+
+    enabled: bool = False
+    leases: tuple[str, ...] = ()
+    neighbours: bool = True
+    reverse_dns: Endpoint | None = None
+    refresh: float = 60.0
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     listen: tuple[Endpoint, ...]
@@ -161,8 +178,11 @@ class Config:
     workers: int = 1
     rebind_protection: RebindProtection = field(default_factory=RebindProtection)
     query_log: QueryLog = field(default_factory=QueryLog)
+    devices: Devices = field(default_factory=Devices)
     # Not errors, but worth saying (check prints them, serve logs them): e.g. an empty file.
     warnings: tuple[str, ...] = ()
+    # Clients whose RD=0 queries are answered (from the cache only); the rest get REFUSED.
+    access_allow_snoop: tuple[IPNetwork, ...] = ()
 
     def all_lists(self) -> list[ListSpec]:
         return [*self.blocking.lists.values(), *self.blocking.allow.values()]
@@ -402,7 +422,7 @@ def parse_duration(v: Any) -> float | None:
 
 TOP_KEYS = ("listen", "upstreams", "forward_zones", "access", "blocking", "clients", "groups",
             "cache", "metrics", "server", "rate_limit", "rebind_protection", "state_dir", "log",
-            "workers", "query_log")
+            "workers", "devices", "query_log")
 
 
 def load_config(path: str | os.PathLike[str] | None = None, text: str | None = None,
@@ -473,8 +493,9 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
             doc.err(f"forward_zones.{zone}", "needs at least one server")
         zones[name] = eps
 
-    access = r.section(top.get("access"), "access", ("allow",))
+    access = r.section(top.get("access"), "access", ("allow", "allow_snoop"))
     allow_nets = r.networks(access.get("allow", list(DEFAULT_ALLOW)), "access.allow")
+    snoop_nets = r.networks(access.get("allow_snoop") or [], "access.allow_snoop")
 
     blocking = _blocking(r, top.get("blocking"), base)
 
@@ -502,7 +523,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
     if cache.min_ttl > cache.max_ttl:
         doc.err("cache.min_ttl", "is larger than cache.max_ttl")
 
-    m = r.section(top.get("metrics"), "metrics", ("listen", "max_clients"))
+    m = r.section(top.get("metrics"), "metrics", ("listen", "max_clients", "client_idle"))
     mlisten: Endpoint | None = ("127.0.0.1", 9153)
     if "listen" in m:
         if m["listen"] is None:
@@ -510,7 +531,8 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         else:
             eps = r.endpoints(m["listen"], "metrics.listen", 9153)
             mlisten = eps[0] if eps else None
-    metrics = Metrics(mlisten, r.typed(m, "max_clients", "metrics", int, 512, _at_least(1)))
+    metrics = Metrics(mlisten, r.typed(m, "max_clients", "metrics", int, 512, _at_least(1)),
+                      _dur(r, m, "client_idle", "metrics", Metrics.client_idle))
 
     s = r.section(top.get("server"), "server", tuple(ServerOptions.__dataclass_fields__))
     d = ServerOptions()
@@ -524,6 +546,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         max_inflight=r.typed(s, "max_inflight", "server", int, d.max_inflight, _at_least(1)),
         max_waiters=r.typed(s, "max_waiters", "server", int, d.max_waiters, _at_least(1)),
         minimal_responses=r.typed(s, "minimal_responses", "server", bool, d.minimal_responses),
+        reply_memo=r.typed(s, "reply_memo", "server", bool, d.reply_memo),
     )
 
     rl = r.section(top.get("rate_limit"), "rate_limit", ("qps", "burst", "action"))
@@ -534,6 +557,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         doc.err("rate_limit.burst", "must be at least 1 when rate_limit.qps is set")
 
     rebind = _rebind(r, top.get("rebind_protection"))
+    devices = _devices(r, top, base)
 
     state_default = os.environ.get("STATE_DIRECTORY") or str(
         Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "hushdns")
@@ -567,6 +591,39 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         workers=workers,
         rebind_protection=rebind,
         query_log=query_log,
+        access_allow_snoop=snoop_nets,
+        devices=devices,
+    )
+
+
+def _devices(r: _Reader, top: dict[str, Any], base: Path) -> Devices:
+    """``devices: {leases: [paths], neighbours: true, reverse_dns: IP:port | null, refresh: 60s}``.
+
+    A lease file need not exist yet (the DHCP server creates it); a missing one is
+    logged by the refresh, not rejected here.
+    """
+    if "devices" not in top:
+        return Devices()
+    d = r.section(top.get("devices"), "devices", ("leases", "neighbours", "reverse_dns", "refresh"))
+    leases = tuple(str((base / os.path.expanduser(p)).resolve()) if p else ""
+                   for p in r.str_list(d.get("leases"), "devices.leases"))
+    for i, p in enumerate(leases):
+        if not p:
+            r.doc.err(f"devices.leases[{i}]", "must be a file path, not an empty string")
+    reverse: Endpoint | None = None
+    if d.get("reverse_dns") is not None:
+        if isinstance(d["reverse_dns"], str):
+            eps = r.endpoints(d["reverse_dns"], "devices.reverse_dns", 53)
+            reverse = eps[0] if eps else None
+        else:
+            r.doc.err("devices.reverse_dns", f"must be the router's address like '192.168.1.1' "
+                      f"or '192.168.1.1:53', or null, not {_tname(d['reverse_dns'])}")
+    return Devices(
+        enabled=True,
+        leases=tuple(p for p in leases if p),
+        neighbours=r.typed(d, "neighbours", "devices", bool, True),
+        reverse_dns=reverse,
+        refresh=_dur(r, d, "refresh", "devices", 60.0, _at_least(1)),
     )
 
 

@@ -46,7 +46,8 @@ _BLOCKED, _CACHED = "blocked", "cached"
 class FastPath:
     """``answer(data, addr)`` -> the reply when it can be given here; a miss's Request; else None."""
 
-    def __init__(self, head: Any, clients: ClientTable, stats: Stats, udp_cap: int) -> None:
+    def __init__(self, head: Any, clients: ClientTable, stats: Stats, udp_cap: int,
+                 memo: bool = True) -> None:
         self.clients = clients.cache     # address -> ClientInfo, filled by the chain's edge
         self.stats = stats
         self.udp_cap = udp_cap
@@ -58,6 +59,7 @@ class FastPath:
         # Devices repeat the same questions, so most queries end at this lookup.
         # A new FastPath (and so an empty table) comes with every new chain.
         self.replies: dict[bytes, tuple] = {}
+        self.memo = memo   # server.reply_memo: false never remembers (benchmarks, A/B)
         # The query log's record(), set by the server when the log is on.
         self.record: Any = None
         self.enabled = self._adopt(head)
@@ -97,7 +99,8 @@ class FastPath:
                 return data[:2] + wire
         # A standard query (QR=0, opcode 0); one question, no answer or
         # authority records, at most one additional (the OPT).
-        if len(data) < 17 or data[2] & 0xF8 or data[4:10] != _ONE_QUESTION or data[10]:
+        # RD=0 is the chain's (REFUSED, or the cache only for access.allow_snoop).
+        if len(data) < 17 or data[2] & 0xF9 != 1 or data[4:10] != _ONE_QUESTION or data[10]:
             return None
         n = len(data)
         i = 12
@@ -141,7 +144,7 @@ class FastPath:
                 rl = self.ratelimit
                 if rl is not None and not rl.take(addr[0], monotonic()):
                     return None
-                rcode, body, an, ns = blocking.template(qtype)
+                rcode, body, an, ns = blocking.template(qtype, data[12])
                 wire = reply_for(data, qend, qflags, rcode, body, an, ns,
                                  blocking.opt[do] if edns else None)
                 list_name = blocking.by_bit[hit.bit]
@@ -238,6 +241,8 @@ class FastPath:
         return seen[3]
 
     def _remember(self, tail: bytes, reply: tuple) -> None:
+        if not self.memo:
+            return
         replies = self.replies
         if len(replies) >= MAX_REPLIES:
             replies.clear()

@@ -119,6 +119,12 @@ class StatsCollector:
             m.add_metric((client, reason), n)
         yield m
 
+        yield CounterMetricFamily(
+            "hushdns_client_labels_released",
+            "Client label values released after metrics.client_idle without a query "
+            "(their series are gone; the slot is free for a new client).",
+            value=getattr(s, "client_labels_released", 0))
+
         m = CounterMetricFamily(
             "hushdns_rebind_removed",
             "Private or loopback addresses removed from answers for public names "
@@ -199,6 +205,14 @@ class StatsCollector:
         yield m
 
         yield from _querylog_families(s)
+        g = GaugeMetricFamily(
+            "hushdns_device_last_query_timestamp_seconds",
+            "Unix time of the device's (client's) last query, to within 10 s; 0 for a device "
+            "known from leases or the neighbour table that never asked.",
+            labels=("client",))
+        for client, t in _items(getattr(s, "device_last_query", {})):
+            g.add_metric((client,), t)
+        yield g
 
         yield GaugeMetricFamily(
             "hushdns_config_reload_success",
@@ -231,13 +245,6 @@ def _querylog_families(s: Stats) -> Iterator[Metric]:
     for client, n in _items(getattr(s, "device_new_names", {})):
         m.add_metric((client,), n)
     yield m
-    g = GaugeMetricFamily(
-        "hushdns_device_last_query_timestamp_seconds",
-        "Unix time of the device's last query (a device that goes silent uses another resolver).",
-        labels=("client",))
-    for client, t in _items(getattr(s, "device_last_query", {})):
-        g.add_metric((client,), t)
-    yield g
 
 
 def _safe_call(fn: Callable[[], int]) -> float:

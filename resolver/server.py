@@ -18,14 +18,16 @@ from collections.abc import Callable
 from typing import Any
 
 from . import upstream
+from .carryover import carry_over
 from .chain import build_chain
 from .clients import ClientTable, LabelBound
 from .config import Config, ConfigError, Endpoint, format_endpoint
+from .devices.service import DeviceService
 from .fastpath import FastPath
 from .listen_errors import ListenError, listen_error
 from .lists import loader, remote
 from .lists.loader import Blocklists
-from .metrics import start_metrics_server
+from .metrics import snapshot, start_metrics_server
 from .querylog import QueryLog, device_of, open_log
 from .response import Response
 from .stages import Stage
@@ -316,10 +318,12 @@ class Server:
         self.reuse_port = reuse_port   # several worker processes share the listen ports
         self.stats = stats or Stats()
         self.reload_config = reload_config
-        self.labels = LabelBound(config.metrics.max_clients)
+        self.labels = LabelBound(config.metrics.max_clients, config.metrics.client_idle)
         self.lists = Blocklists()
         self.head: Stage | None = None
         self.clients: ClientTable | None = None
+        # Device names (leases, neighbours, PTR) refreshed in the background: resolver/devices/.
+        self.devices = DeviceService(self.stats, lambda: self.clients)
         self.cache = None
         # FastPath.answer of the current chain, or None (see resolver/fastpath.py).
         self.fast: Callable[[bytes, Any], bytes | Request | None] | None = None
@@ -346,13 +350,16 @@ class Server:
         # The loader logs each list that fails, once.
         self.lists = await asyncio.to_thread(loader.load_all, self.config, None, self.stats)
         log.info("config %s: %s", self.config.path, _lists_summary(self.lists))
+        await self.devices.configure(self.config)
         self._install(self.config, self.lists)
         for ep in self.config.listen:
             await self._bind(ep)
         await self._start_metrics()
         self._background.append(asyncio.create_task(self._sweep_tcp()))
+        self._background.append(asyncio.create_task(self._release_idle_labels()))
         self._background.append(asyncio.create_task(self._watch_lists()))
         self._background.append(asyncio.create_task(self._refresh_url_lists()))
+        self._background.append(asyncio.create_task(self.devices.run()))
         log.info("serving on %s (udp) and %s (tcp); upstreams %s",
                  ", ".join(map(format_endpoint, self.udp_addresses)),
                  ", ".join(map(format_endpoint, self.tcp_addresses)),
@@ -397,6 +404,7 @@ class Server:
             if new.listen != self.config.listen:
                 log.warning("listen addresses changed: restart hushdns to rebind them")
             metrics_moved = new.metrics.listen != self.config.metrics.listen
+            await self.devices.configure(new)
             self._install(new, lists)
             if metrics_moved:
                 await self._start_metrics(reloading=True)
@@ -419,11 +427,17 @@ class Server:
         if ep is None:
             return
         try:
-            self.metrics_server = await start_metrics_server(self.stats, ep[0], ep[1])
+            self.metrics_server = await start_metrics_server(self.stats, ep[0], ep[1],
+                                                             source=self._scrape)
         except OSError as exc:
             # A busy metrics port must not take DNS down with it, at start-up or on reload.
             log.error("metrics: %s; DNS keeps serving without /metrics",
                       listen_error(ep, "tcp", exc, "--metrics ADDR or --metrics off"))
+
+    async def _scrape(self) -> Stats:
+        """What /metrics reads: a snapshot, with the devices' last-query clock brought up to now."""
+        self.devices.note_activity()
+        return snapshot(self.stats)
 
     def _install(self, config: Config, lists: Blocklists) -> None:
         """Swap in a new chain; the cache table carries over when its settings did not change."""
@@ -433,11 +447,14 @@ class Server:
             self.config.rebind_protection == config.rebind_protection
         entries = self.cache.entries if keep else None  # type: ignore[union-attr]
         head, cache = build_chain(config, lists, self.stats, entries)
+        carry_over(self.head, head, self.stats)   # buckets, upstream health, in flight
         self.labels.limit = config.metrics.max_clients
-        self.clients = ClientTable(config, lists, self.labels)
+        self.labels.idle = config.metrics.client_idle
+        self.clients = ClientTable(config, lists, self.labels, self.devices.map.names)
         self.config, self.lists, self.head, self.cache = config, lists, head, cache
         self._install_querylog(config)
-        fast = FastPath(head, self.clients, self.stats, config.server.udp_size)
+        fast = FastPath(head, self.clients, self.stats, config.server.udp_size,
+                        memo=config.server.reply_memo)
         fast.record = self.querylog.record if self.querylog is not None else None
         # The query log wants every query through the edge, with its reasons.
         self.fast = fast.answer if fast.enabled and not config.log_queries else None
@@ -570,6 +587,16 @@ class Server:
                       resp.result, f" list={resp.list} rule={resp.rule}" if resp.list else "")
 
     # --- background ----------------------------------------------------------------
+
+    async def _release_idle_labels(self) -> None:
+        """Free the client label slots of addresses gone quiet (metrics.client_idle)."""
+        while True:
+            idle = self.labels.idle
+            await asyncio.sleep(min(60.0, max(0.05, idle / 4)) if idle > 0 else 60.0)
+            keep = frozenset(self.config.clients) | {"other"}
+            gone = self.labels.release_idle(self.stats, time.monotonic(), keep, self.clients)
+            if gone:
+                log.info("released %d idle client label(s)", len(gone))
 
     async def _sweep_tcp(self) -> None:
         """Close idle, slow-loris and never-reading TCP clients."""

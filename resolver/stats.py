@@ -81,12 +81,16 @@ class Stats:
         self.rebind_removed = 0
         # The query log (resolver/querylog): rows written; rows dropped by reason
         # (queue_full, disk_full, locked, corrupt, unavailable, error); per device
-        # (client label) the (device, name) pairs never seen before and the unix
-        # time of its last query.  Set by the writer thread, read at scrape time.
+        # (client label) the (device, name) pairs never seen before.  Added up by the
+        # log's shipper thread from the writer process's reports, read at scrape time.
         self.querylog_written = 0
         self.querylog_dropped: dict[str, int] = {}
         self.device_new_names: dict[str, int] = {}
+        # client label -> unix time its query count last grew (0: a known device that never
+        # asked); kept by resolver/devices/service.py every few seconds, not per query
         self.device_last_query: dict[str, float] = {}
+        # Client label values released after metrics.client_idle without a query
+        self.client_labels_released = 0
 
     def query(self, client: str, qtype: str, result: str, duration: float) -> None:
         """Count one answered (or dropped) query; called once per query at the edge."""

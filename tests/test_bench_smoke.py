@@ -30,7 +30,8 @@ def _run(tmp_path: Path, *args: str) -> str:
     out = tmp_path / "results.md"
     proc = subprocess.run(
         [sys.executable, str(RUN), "--quick", "--duration", "1", "--latency-duration", "1",
-         "--rounds", "1", "--fixed-rate", "1000", "--scale-duration", "1", "--out", str(out), *args],
+         "--rounds", "1", "--fixed-rate", "1000", "--scale-duration", "1", "--wide-names", "2000",
+         "--out", str(out), *args],
         capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -89,23 +90,38 @@ def test_dnsperf_output_without_summary_is_an_error() -> None:
 def test_harness_runs_each_mix_against_unbound(tmp_path: Path) -> None:
     md = _run(tmp_path, "--servers", "unbound", "--scale", "none")
     assert "## Machine" in md and "nproc" in md
-    for section in ("blocked", "cache hit", "cache miss"):
+    for section in ("blocked", "first-sight blocked", "cache hit", "wide cache", "cache miss"):
         rows = _rows(md, section)
         assert set(rows) == {"unbound"}, section
         cells = rows["unbound"]
         assert float(cells[1].split()[0].replace(",", "")) > 0, cells  # peak qps parsed
         assert cells[2] == "1.00"  # ratio to itself
+        assert float(cells[3].replace(",", "")) > 0, cells  # queries per CPU-second
+        assert cells[4] == "1.00", cells
         assert cells[-1] == "ok", cells  # every answer had the expected RCODE
 
 
 @pytest.mark.skipif(bool(_missing("dnsperf", "nsd")), reason="needs dnsperf and nsd")
 @pytest.mark.skipif(not (ROOT / "resolver" / "server.py").exists(), reason="core not merged yet")
 def test_harness_runs_hushdns_and_the_list_scale_run(tmp_path: Path) -> None:
-    md = _run(tmp_path, "--servers", "hushdns", "--mixes", "blocked,hit", "--scale", "100,1000")
-    assert _rows(md, "blocked")["hushdns"][-1] == "ok"
-    assert _rows(md, "cache hit")["hushdns"][-1] == "ok"
+    md = _run(tmp_path, "--servers", "hushdns,hushdns-nomemo",
+              "--mixes", "blocked,firstsight,hit,wide", "--scale", "100,1000")
+    for section in ("blocked", "first-sight blocked", "cache hit", "wide cache"):
+        rows = _rows(md, section)
+        assert set(rows) == {"hushdns", "hushdns-nomemo"}, section
+        assert all(r[-1] == "ok" for r in rows.values()), rows
     scale = md.split("## List scale", 1)[1]
     sizes = re.findall(r"^\| hushdns \| ([\d,]+) \|.*\| ok \|$", scale, re.M)
     assert sizes == ["100", "1,000"], scale
     assert re.search(r"hushdns: 1,000 vs 100 domains: .* blocked qps x[\d.]+ \(x[\d.]+-[\d.]+\), "
                      r"CPU/query x[\d.]+ .*medians and ranges of 2 rounds", scale), scale
+
+
+def test_first_sight_names_never_repeat_and_sit_under_listed_names() -> None:
+    import data  # noqa: PLC0415  (bench/ on sys.path above)
+    listed = data.blocklist_names(50)
+    a = data.first_sight_names(listed, "1", 5000)
+    b = data.first_sight_names(listed, "2", 5000)
+    assert len(set(a) | set(b)) == 10_000   # within a run and across runs
+    assert all(n.split(".", 1)[1] in listed for n in a)
+    assert len(set(data.wide_names(90_000))) == 90_000

@@ -92,6 +92,9 @@ def _fill_cache(server: Server) -> None:
                         "ns.example.org", "h.example.org", (1, 2, 3, 4, 60))))
                 elif qtype == "A":
                     rep.add_answer(dnslib.RR(name, 1, ttl=300, rdata=dnslib.A("192.0.2.1")))
+                else:   # NODATA, with the SOA that makes it cacheable (RFC 2308 s5)
+                    rep.add_auth(dnslib.RR("example.org", dnslib.QTYPE.SOA, ttl=300, rdata=dnslib.SOA(
+                        "ns.example.org", "h.example.org", (1, 2, 3, 4, 300))))
                 rep.header.ad = int(do)
                 answer = parse_answer(rep.pack(), req, 0, 86400, 3600)
                 answer.stored = NOW - (400 if name.startswith("old") else 7)
@@ -363,3 +366,20 @@ def test_remembered_replies_follow_the_clock_and_the_cache(tmp_path, monkeypatch
     assert server.fast(bytes(dnslib.DNSRecord.question("tracker.example").pack()),
                        CLIENTS[0]) is not None   # blocked answers do not expire
     assert server.stats.cache_hits == 4
+
+
+def test_reply_memo_false_remembers_nothing_and_answers_the_same(tmp_path):
+    """server.reply_memo: false (the bench's hushdns-nomemo): same replies, none remembered."""
+    with_memo = _server(tmp_path, "nxdomain")
+    without = _server(tmp_path, "nxdomain", "server: {reply_memo: false}\n")
+    assert without.config.server.reply_memo is False
+    _fill_cache(with_memo)
+    _fill_cache(without)
+    for name in ("www.example.org", "tracker.example"):
+        q = bytes(dnslib.DNSRecord.question(name).pack())
+        for _ in range(3):
+            a, b = with_memo.fast(q, CLIENTS[0]), without.fast(q, CLIENTS[0])  # type: ignore[misc]
+            assert isinstance(b, bytes) and a == b
+    assert len(with_memo.fast.__self__.replies) == 2   # type: ignore[union-attr]
+    assert without.fast.__self__.replies == {}          # type: ignore[union-attr]
+    assert without.stats.cache_hits == with_memo.stats.cache_hits == 3

@@ -40,11 +40,9 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 
 
 def device_of(info: Any) -> str:
-    """The device a query is from: its ``ClientInfo``'s device name (configured name, else address).
-
-    The one place that decides it, so device identity (DHCP, PTR, neighbours) plugs in here.
-    """
-    return info.label
+    """The device a query is from: its ``ClientInfo``'s device name (``clients:``, DHCP
+    leases, reverse DNS, neighbours: resolver/devices/), else its metrics label (the address)."""
+    return info.device or info.label
 
 
 class QueryLog:
@@ -195,10 +193,6 @@ class QueryLog:
         for key, target in (("dropped", s.querylog_dropped), ("new_names", s.device_new_names)):
             for k, v in d[key].items():
                 target[k] = target.get(k, 0) + v
-        last = s.device_last_query
-        for k, v in d["last_query"].items():
-            if last.get(k, 0.0) < v:
-                last[k] = v
 
     # --- the writer process ------------------------------------------------------------------
 

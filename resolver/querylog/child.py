@@ -38,18 +38,15 @@ class Reporter:
         self.written = 0
         self.dropped: dict[str, int] = {}
         self.new_names: dict[str, int] = {}
-        self.last: dict[str, float] = {}
 
     def deltas(self) -> dict[str, Any]:
         s = self.stats
         out = {"written": s.querylog_written - self.written,
                "dropped": _diff(s.querylog_dropped, self.dropped),
-               "new_names": _diff(s.device_new_names, self.new_names),
-               "last_query": {k: v for k, v in s.device_last_query.items() if self.last.get(k) != v}}
+               "new_names": _diff(s.device_new_names, self.new_names)}
         self.written = s.querylog_written
         self.dropped = dict(s.querylog_dropped)
         self.new_names = dict(s.device_new_names)
-        self.last = dict(s.device_last_query)
         return out
 
 

@@ -63,8 +63,8 @@ def add_suggest_parser(lsub: argparse._SubParsersAction) -> None:
     s.add_argument("-c", "--config", help="YAML config file (embedded default without -c)")
     s.add_argument("--device", help="only names this device asked for")
     s.add_argument("--references", action="append", metavar="DIR",
-                   help="a directory of reference lists (*.txt) whose families count too "
-                        "(default: references/ beside the bundled lists, if present)")
+                   help="a directory of reference lists (its vendors.yaml, else every *.txt) "
+                        "whose families count too (default: the checkout's references/)")
     s.set_defaults(func=cmd_suggest)
 
 
@@ -202,8 +202,10 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     if opened is None:
         return 1
     config, db = opened
+    from ..lists.references import default_references_dir
+
     refs = [Path(r) for r in args.references] if args.references else \
-        [p for p in (bundled.lists_dir().parent / "references",) if p.is_dir()]
+        [p for p in (default_references_dir(bundled.lists_dir()),) if p.is_dir()]
     lists = loader.load_all(config)
     sys.stdout.write(suggest.render(suggest.candidates(db, lists, refs, args.device)))
     return 0

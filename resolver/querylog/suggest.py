@@ -43,10 +43,12 @@ class Candidate:
     devices: set[str] = field(default_factory=set)
 
 
-def _files(directory: Path) -> list[Path]:
+def _files(directory: Path, deep: bool = False) -> list[Path]:
+    """The list files of a directory (``deep``: and of its subdirectories, as references/ has)."""
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir() if p.suffix == ".txt" and p.name != ESSENTIAL)
+    found = directory.rglob("*.txt") if deep else directory.iterdir()
+    return sorted(p for p in found if p.suffix == ".txt" and p.name != ESSENTIAL and p.is_file())
 
 
 def known_families(lists: Blocklists, references: list[Path]) -> dict[str, Known]:
@@ -57,13 +59,35 @@ def known_families(lists: Blocklists, references: list[Path]) -> dict[str, Known
             continue
         for domain in sorted(lists.index.domains_of(info.bit)):
             out.setdefault(family(domain), Known(name, domain))
-    for directory, tag in [(bundled.lists_dir(), ""), *((r, "reference ") for r in references)]:
-        for path in _files(directory):
-            parsed = parse_text(path.read_text(encoding="utf-8", errors="replace"))
-            label = tag + (vendor_of_list(path.stem) if not tag else path.stem)
-            for domain in parsed.domains:
+    for path in _files(bundled.lists_dir()):
+        for domain in parse_text(path.read_text(encoding="utf-8", errors="replace")).domains:
+            out.setdefault(family(domain), Known(vendor_of_list(path.stem), domain))
+    for directory in references:
+        for label, names in _reference_names(directory):
+            for domain in sorted(names):
                 out.setdefault(family(domain), Known(label, domain))
     return out
+
+
+def _reference_names(directory: Path) -> list[tuple[str, set[str]]]:
+    """(label, names) per reference: by ``vendors.yaml`` when the directory has one (its
+    telemetry references only: a list of a vendor's *services* says nothing about telemetry),
+    else every ``*.txt`` below it."""
+    from ..lists import references as refs
+
+    if (directory / refs.VENDORS_FILE).is_file():
+        out = []
+        try:
+            for vendor in refs.load_vendors(directory / refs.VENDORS_FILE).values():
+                for src in vendor.references:
+                    if src.kind == "telemetry":
+                        out.append((f"reference {vendor.name} ({src.name})", refs.read_source(src).names))
+        except refs.ReferenceFileError:
+            return []
+        return out
+    return [(f"reference {p.relative_to(directory).with_suffix('').as_posix()}",
+             set(parse_text(p.read_text(encoding="utf-8", errors="replace")).domains))
+            for p in _files(directory, deep=True)]
 
 
 def essential_hosts() -> set[str]:

@@ -239,10 +239,6 @@ class Writer:
     def _insert(self, rows: list[Row], addresses: bool) -> None:
         db = self.db
         assert db is not None
-        last = self.stats.device_last_query
-        for r in rows:   # every query counts for the last-query time, whatever is stored
-            if last.get(r[1], 0.0) < r[0]:
-                last[r[1]] = r[0]
         if self.settings.privacy == "blocked-only":
             rows = [r for r in rows if r[5] == "blocked"]
             if not rows:

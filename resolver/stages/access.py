@@ -33,7 +33,9 @@ class Access:
         self._opt = {do: opt_record(udp_size, do, ede=EDE_PROHIBITED) for do in (False, True)}
 
     async def resolve(self, req: Request) -> Response:
-        if not req.info.allowed:
+        if not req.info.allowed or not (req.flags & 0x0100 or req.info.snoop):
+            # RD=0 asks for our cache only: answered, it tells anyone what others
+            # resolved (cache snooping), so only for access.allow_snoop (unbound's allow).
             return Response("refused", wire=build_reply(req, REFUSED, opt=self._opt[req.do]))
         if req.qtype == T_ANY and req.proto == "udp":
             # Counted as "refused": the question was declined, not answered from upstream.

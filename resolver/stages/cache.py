@@ -15,10 +15,13 @@ from collections import OrderedDict
 from ..config import Cache as CacheConfig
 from ..response import Response
 from ..stats import Stats
-from ..wire import EDE_STALE_ANSWER, SERVFAIL, Answer, Request
+from ..wire import EDE_STALE_ANSWER, SERVFAIL, Answer, Request, build_reply, opt_record
 from . import Stage
 
 STALE_TTL = 30
+# EDE 0 (Other): the answer to an RD=0 query that is not in the cache.
+_NOT_CACHED = {do: opt_record(1232, do, ede=0, ede_text="not in cache (RD=0)")
+               for do in (False, True)}
 
 
 class Cache:
@@ -41,6 +44,8 @@ class Cache:
             result = "servfail" if entry.rcode == SERVFAIL else "cached"
             return Response(result, answer=entry)
         self.stats.cache_misses += 1
+        if not req.flags & 0x0100:   # RD=0 (an access.allow_snoop client): the cache only
+            return Response("servfail", wire=build_reply(req, SERVFAIL, opt=_NOT_CACHED[req.do]))
         resp = await self.next.resolve(req)
         answer = resp.answer
         if answer is None:
