@@ -277,10 +277,12 @@ def test_devices_device_and_suggest_on_a_real_log(serve, tmp_path, capsys):
     assert set(devs) == {"tv", "phone"}
     assert devs["tv"]["queries"] == 8 and devs["tv"]["blocked"] == 2
     assert devs["tv"]["addresses"][0] == "127.0.0.1" and devs["phone"]["addresses"] == ["127.0.0.2"]
+    assert devs["tv"]["macs"] == []       # no devices: section, so no neighbour table is read
     assert devs["tv"]["top_vendors"]["miui.com"] == 3 and devs["tv"]["top_vendors"]["xiaomi"] == 2
     assert main(["devices", "-c", cfg]) == 0
     table = capsys.readouterr().out
-    assert table.splitlines()[0].startswith("DEVICE") and "25.0%" in table
+    assert table.splitlines()[0].split()[:4] == ["DEVICE", "ADDRESSES", "MAC", "LAST"]
+    assert "25.0%" in table
 
     assert main(["device", "tv", "--json", "-c", cfg]) == 0
     names = {e["name"]: e for e in map(json.loads, capsys.readouterr().out.splitlines())}

@@ -144,11 +144,13 @@ def cmd_devices(args: argparse.Namespace) -> int:
     opened = _open(args)
     if opened is None:
         return 1
-    _, db = opened
+    config, db = opened
     devs = reader.devices(db)
+    macs = _macs(config)
     if args.json:
         for d in devs:
-            print(json.dumps({"device": d.name, "addresses": d.addresses, "last_query": d.last,
+            print(json.dumps({"device": d.name, "addresses": d.addresses,
+                              "macs": macs.get(d.name, []), "last_query": d.last,
                               "queries": d.queries, "blocked": d.blocked,
                               "blocked_share": round(d.blocked_share, 4),
                               "top_vendors": dict(d.top_vendors())}, separators=(",", ":")))
@@ -156,13 +158,29 @@ def cmd_devices(args: argparse.Namespace) -> int:
     if not devs:
         print("no devices in the query log yet")
         return 0
-    print(f"{'DEVICE':<20} {'ADDRESSES':<32} {'LAST QUERY':<20} {'QUERIES':>8} {'BLOCKED':>8}  TOP VENDORS")
+    print(f"{'DEVICE':<20} {'ADDRESSES':<32} {'MAC':<17} {'LAST QUERY':<14} {'QUERIES':>8} "
+          f"{'BLOCKED':>8}  TOP VENDORS")
     for d in devs:
         addrs = ", ".join(d.addresses[:2]) + (f" +{len(d.addresses) - 2}" if len(d.addresses) > 2 else "")
         vendors = ", ".join(f"{v} {n}" for v, n in d.top_vendors())
-        print(f"{d.name:<20} {addrs or '-':<32} {_ago(d.last):<20} {d.queries:>8} "
+        mac = ", ".join(macs.get(d.name, [])) or "-"
+        print(f"{d.name:<20} {addrs or '-':<32} {mac:<17} {_ago(d.last):<14} {d.queries:>8} "
               f"{d.blocked_share:>7.1%}  {vendors}")
     return 0
+
+
+def _macs(config: Config) -> dict[str, list[str]]:
+    """Device name -> its MACs, from the ``devices:`` sources as they are now (the neighbour
+    table, leases: resolver/devices/); empty without a ``devices:`` section."""
+    if not config.devices.enabled:
+        return {}
+    from ..devices.registry import devices_now
+
+    try:
+        return {name: list(d.macs) for name, d in devices_now(config).devices.items()}
+    except Exception as exc:   # names are a bonus here; the log is the point
+        print(f"hushdns: device sources not read: {exc}", file=sys.stderr)
+        return {}
 
 
 def cmd_device(args: argparse.Namespace) -> int:
