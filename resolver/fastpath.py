@@ -26,6 +26,7 @@ from time import monotonic, perf_counter
 from typing import Any
 
 from .clients import ClientTable
+from .querylog import device_of
 from .stages.access import Access
 from .stages.blocking import Blocking
 from .stages.cache import Cache
@@ -59,6 +60,8 @@ class FastPath:
         # A new FastPath (and so an empty table) comes with every new chain.
         self.replies: dict[bytes, tuple] = {}
         self.memo = memo   # server.reply_memo: false never remembers (benchmarks, A/B)
+        # The query log's record(), set by the server when the log is on.
+        self.record: Any = None
         self.enabled = self._adopt(head)
 
     def _adopt(self, stage: Any) -> bool:
@@ -91,7 +94,7 @@ class FastPath:
         tail = data[2:]
         seen = self.replies.get(tail)
         if seen is not None and seen[1] == info.block and seen[2] == info.allow:
-            wire = self._again(seen, info.label, addr[0], t0)
+            wire = self._again(seen, info, addr[0], t0)
             if wire is not None:
                 return data[:2] + wire
         # A standard query (QR=0, opcode 0); one question, no answer or
@@ -148,8 +151,12 @@ class FastPath:
                 rule = hit.rule if hit.bit & blocking.tracked and not hit.regex else None
                 stats.block(info.label, list_name, rule)
                 self._remember(tail, (_BLOCKED, info.block, info.allow, wire[2:], qtype,
-                                      list_name, rule))
-                stats.query(info.label, qtype_label(qtype), "blocked", perf_counter() - t0)
+                                      list_name, rule, qname, hit.rule))
+                took = perf_counter() - t0
+                stats.query(info.label, qtype_label(qtype), "blocked", took)
+                if self.record is not None:
+                    self.record(device_of(info), addr[0], qname, qtype, "blocked", list_name,
+                                hit.rule, rcode, None, took)
                 return wire
 
         key = data[12:i + 1].lower() + data[i + 1:qend] + _KEY_FLAGS[do | ((qflags >> 3) & 2)]
@@ -191,20 +198,29 @@ class FastPath:
         entries.move_to_end(key)
         stats.cache_hits += 1
         self._remember(tail, (_CACHED, info.block, info.allow, wire[2:], qtype,
-                              entry, key, int(now - entry.stored)))
-        stats.query(info.label, qtype_label(qtype), "cached", perf_counter() - t0)
+                              entry, key, int(now - entry.stored), qname))
+        took = perf_counter() - t0
+        stats.query(info.label, qtype_label(qtype), "cached", took)
+        if self.record is not None:
+            self.record(device_of(info), addr[0], qname, qtype, "cached", None, None,
+                        entry.rcode, None, took)
         return wire
 
-    def _again(self, seen: tuple, label: str, client: str, t0: float) -> bytes | None:
+    def _again(self, seen: tuple, info: Any, client: str, t0: float) -> bytes | None:
         """The remembered reply (without its ID) to the same bytes, if it still holds; counted."""
         stats = self.stats
+        label = info.label
         qtype = seen[4]
         if seen[0] is _BLOCKED:
             rl = self.ratelimit
             if rl is not None and not rl.take(client, monotonic()):
                 return None
             stats.block(label, seen[5], seen[6])
-            stats.query(label, qtype_label(qtype), "blocked", perf_counter() - t0)
+            took = perf_counter() - t0
+            stats.query(label, qtype_label(qtype), "blocked", took)
+            if self.record is not None:
+                self.record(device_of(info), client, seen[7], qtype, "blocked", seen[5], seen[8],
+                            seen[3][1] & 15, None, took)
             return seen[3]
         # A cache hit: the same entry, still fresh, still in the cache, the same age in seconds.
         entry = seen[5]
@@ -217,7 +233,11 @@ class FastPath:
             return None
         self.entries.move_to_end(seen[6])
         stats.cache_hits += 1
-        stats.query(label, qtype_label(qtype), "cached", perf_counter() - t0)
+        took = perf_counter() - t0
+        stats.query(label, qtype_label(qtype), "cached", took)
+        if self.record is not None:
+            self.record(device_of(info), client, seen[8], qtype, "cached", None, None,
+                        seen[3][1] & 15, None, took)
         return seen[3]
 
     def _remember(self, tail: bytes, reply: tuple) -> None:

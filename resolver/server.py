@@ -28,6 +28,7 @@ from .listen_errors import ListenError, listen_error
 from .lists import loader, offload, remote
 from .lists.loader import Blocklists
 from .metrics import snapshot, start_metrics_server
+from .querylog import QueryLog, device_of, open_log
 from .response import Response
 from .stages import Stage
 from .stats import Stats
@@ -369,6 +370,7 @@ class Server:
         self._reload_lock = asyncio.Lock()
         self._disposals: set[asyncio.Task[Any]] = set()   # old snapshots being freed
         self.metrics_server: Any = None
+        self.querylog: QueryLog | None = None   # query_log: the SQLite log (resolver/querylog)
         # Lifecycle hooks (sd_notify uses them); plain callables.
         self.on_ready: Callable[[], None] = lambda: None
         self.on_reload_start: Callable[[], None] = lambda: None
@@ -418,6 +420,8 @@ class Server:
                 await s.wait_closed()
         if self.metrics_server is not None:
             await self.metrics_server.close()
+        if self.querylog is not None:
+            await asyncio.to_thread(self.querylog.close)
 
     async def reload(self) -> bool:
         """Re-read config and lists; on any failure the running ones keep serving."""
@@ -499,10 +503,21 @@ class Server:
         self.labels.idle = config.metrics.client_idle
         self.clients = ClientTable(config, lists, self.labels, self.devices.map.names)
         self.config, self.lists, self.head, self.cache = config, lists, head, cache
+        self._install_querylog(config)
         fast = FastPath(head, self.clients, self.stats, config.server.udp_size,
                         memo=config.server.reply_memo)
+        fast.record = self.querylog.record if self.querylog is not None else None
         # The query log wants every query through the edge, with its reasons.
         self.fast = fast.answer if fast.enabled and not config.log_queries else None
+
+    def _install_querylog(self, config: Config) -> None:
+        """(Re)open the query log when its settings changed; the old writer finishes on its own."""
+        old = self.querylog
+        if old is not None and old.settings == config.query_log:
+            return
+        if old is not None:
+            old.close_soon()   # ships what it has queued, then ends (not awaited here)
+        self.querylog = open_log(config.query_log, self.stats)
 
     async def _bind(self, ep: Endpoint) -> None:
         loop = asyncio.get_running_loop()
@@ -616,8 +631,12 @@ class Server:
             if req.proto == "udp" and len(wire) > req.max_udp(udp_cap):
                 wire = truncate(req, wire)
             sink.sendto(wire, addr)
-        self.stats.query(req.info.label, qtype_label(req.qtype), resp.result,
-                         time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        self.stats.query(req.info.label, qtype_label(req.qtype), resp.result, took)
+        if self.querylog is not None:
+            self.querylog.record(device_of(req.info), req.client, req.qname, req.qtype, resp.result,
+                                 resp.list, resp.rule, wire[3] & 15 if wire else None,
+                                 resp.upstream, took)
         if self.config.log_queries:
             qlog.info("%s %s %s %s%s", req.client, req.qname, qtype_label(req.qtype),
                       resp.result, f" list={resp.list} rule={resp.rule}" if resp.list else "")
