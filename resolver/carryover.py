@@ -1,13 +1,14 @@
-"""What a reload hands from the old chain to the new one: rate-limit buckets, upstream
+"""What a reload hands from the old pipeline to the new one: rate-limit buckets, upstream
 health and questions in flight.
 
-Why: a reload (SIGHUP, a list refresh, an edited list file) builds a new chain.  Before,
+Why: a reload (SIGHUP, a list refresh, an edited list file) builds a new pipeline.  Before,
 it also forgot every client's token bucket (a flood got a fresh burst per reload), every
 upstream's health (a dead upstream was asked first again, each query waiting
 ``upstream_timeout`` for it) and the in-flight table (the same question asked again while
 the old query was still out).  The cache table is carried by the caller (``_install``),
-under its own conditions.  Functions over the stages' state, not stage methods, so that a
-differently built chain can use them the same way.
+under its own conditions, and the in-flight table is one per server.  Functions over the
+stages' state, not stage methods, so that a differently built pipeline can use them the
+same way.
 """
 
 from __future__ import annotations
@@ -20,20 +21,18 @@ from .stages.ratelimit import RateLimit
 from .stats import Stats
 
 
-def stages(head: Any) -> Iterator[Any]:
-    """The stages of a chain, head first (each knows the next as ``.next``)."""
-    stage = head
-    while stage is not None:
-        yield stage
-        stage = getattr(stage, "next", None)
+def stages(pipeline: Any) -> Iterator[Any]:
+    """The stages of a pipeline in request order, then its terminal."""
+    yield from pipeline.stages
+    yield pipeline.terminal
 
 
-def carry_over(old_head: Any, new_head: Any, stats: Stats) -> None:
-    """Give the new chain's stages the old ones' runtime state (nothing when there was none)."""
-    if old_head is None:
+def carry_over(old_pipeline: Any, new_pipeline: Any, stats: Stats) -> None:
+    """Give the new pipeline's stages the old ones' runtime state (nothing when there was none)."""
+    if old_pipeline is None:
         return
-    old = {type(s): s for s in stages(old_head)}
-    for stage in stages(new_head):
+    old = {type(s): s for s in stages(old_pipeline)}
+    for stage in stages(new_pipeline):
         prev = old.get(type(stage))
         if prev is None:
             continue

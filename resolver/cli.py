@@ -221,9 +221,27 @@ def _rule_location(spec: ListSpec, rule: str, state_dir: str) -> str:
     return spec.source
 
 
+def _question(name: str, qtype: str) -> bytes | None:
+    """A plain query for ``name``/``qtype`` as a stub would send it, or None for an unknown type."""
+    from .wire import QTYPE_NAMES, encode_name
+
+    codes = {v: k for k, v in QTYPE_NAMES.items()}
+    code = codes.get(qtype)
+    if code is None and qtype.startswith("TYPE") and qtype[4:].isdigit():
+        code = int(qtype[4:])
+    if code is None or not 0 < code < 65536:
+        return None
+    return (b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + encode_name(name)
+            + code.to_bytes(2, "big") + b"\x00\x01")
+
+
 def cmd_query(args: argparse.Namespace) -> int:
+    """Explain a decision by running the serving pipeline's on_query stages on the question."""
     from .clients import ClientTable, LabelBound, UnknownClient, client_address
     from .lists.parse import normalize_domain
+    from .pipeline import build_pipeline
+    from .stats import Stats
+    from .wire import Drop, Reject, parse_query
 
     try:
         config = _load(args)
@@ -235,6 +253,10 @@ def cmd_query(args: argparse.Namespace) -> int:
         print(f"not a valid name: {args.name!r}", file=sys.stderr)
         return 2
     qtype = args.type.upper()
+    data = _question(name, qtype)
+    if data is None:
+        print(f"not a query type: {args.type!r}", file=sys.stderr)
+        return 2
     from .devices import devices_now
 
     devices = devices_now(config)   # leases, neighbours, PTR when devices: is configured
@@ -250,37 +272,43 @@ def cmd_query(args: argparse.Namespace) -> int:
                          devices.names).lookup(address)
     named = client.device or client.name
     who = f"client {address}" + (f" ({named})" if named else "") + f", group {client.group}"
-    if not client.allowed:
-        print(f"{name} {qtype} for {who}: refused (client outside access.allow)")
+    head = f"{name} {qtype} for {who}"
+    try:
+        q = parse_query(data)
+    except (Drop, Reject) as exc:
+        print(f"{head}: rejected before any stage ({exc})")
         return 0
-    if qtype == "ANY" and not args.tcp:
-        print(f"{name} {qtype} for {who}: minimal answer (RFC 8482: ANY over UDP)")
-        return 0
-    m = lists.index.explain(name, client.block, client.allow)
-    if m is not None:
-        lname = lists.by_bit[m.bit]
-        spec = lists.lists[lname].spec
-        rule = f"/{m.rule}/" if m.regex else m.rule
-        where = _rule_location(spec, m.rule, config.state_dir)
-        verdict = "allowed" if m.allow else "blocked"
-        print(f"{name} {qtype} for {who}: {verdict} by list {lname}, rule `{rule}` ({where})")
-        if not m.allow:
-            mode = config.blocking.mode if config.blocking.mode != "custom" else \
-                "sinkhole " + ", ".join(config.blocking.sinkhole)
-            print(f"  answer: {mode}, ttl {config.blocking.ttl}")
-            return 0
-    from .stages.forward import Forward
-    from .stats import Stats
-
-    ups = Forward(config, Stats()).route(name)
-    zone = next((z for z, u in config.forward_zones.items()
-                 if name == z or name.endswith("." + z)), None)
-    via = f" (forward zone {zone})" if zone is not None else ""
-    print(f"{name} {qtype} for {who}: forwarded to {', '.join(u.label for u in ups)}{via}"
-          + (", unless a CNAME in the answer is blocked" if client.block else ""))
+    q.client, q.proto, q.info, q.addr = address, "tcp" if args.tcp else "udp", client, (address, 0)
+    reply, notes, terminal = build_pipeline(config, lists, Stats()).explain(q)
+    for r in (*notes, reply):
+        if r is not None and r.list is not None and r.rule and r.rule.startswith("/"):
+            # A regex verdict names the list's whole alternation: show the one that matched.
+            bit = lists.lists[r.list].bit
+            r.rule = "/" + lists.index.which_regex(bit, name, r.rule[1:-1]) + "/"
+    for note in notes:   # why a stage let the query through (an allow rule)
+        print(f"{head}: {note.result} by list {note.list}, rule `{note.rule}` "
+              f"({_where(lists, note, config.state_dir)})")
+    if reply is None:
+        print(f"{head}: {terminal}"
+              + (", unless a CNAME in the answer is blocked" if client.block else ""))
+    elif reply.list is not None:
+        print(f"{head}: {reply.result} by list {reply.list}, rule `{reply.rule}` "
+              f"({_where(lists, reply, config.state_dir)})")
+        if reply.note:
+            print(f"  {reply.note}")
+    else:
+        print(f"{head}: {reply.note or reply.result}")
     for info in lists.failed():
         print(f"  note: list {info.spec.name} failed to load: {info.error}")
     return 0
+
+
+def _where(lists: Any, reply: Any, state_dir: str) -> str:
+    """File and line of the rule a reply names (regex rules are shown between slashes)."""
+    rule = reply.rule
+    if len(rule) > 1 and rule.startswith("/") and rule.endswith("/"):
+        rule = rule[1:-1]
+    return _rule_location(lists.lists[reply.list].spec, rule, state_dir)
 
 
 # --- config ---------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ MAX_CACHED_ADDRESSES = 65_536
 
 @dataclass(frozen=True, slots=True)
 class ClientInfo:
-    """Everything the chain needs to know about one client address."""
+    """Everything the pipeline needs to know about one client address."""
 
     allowed: bool
     label: str      # metrics label: the device name, else the address, else "other"
@@ -33,6 +33,9 @@ class ClientInfo:
     # The device's name (a clients: name, else leases/reverse DNS/neighbours: see
     # resolver/devices/), unbounded unlike ``label``; None when no source names it.
     device: str | None = None
+    # What selects policy, as the reply memo's key: the group, whether the client may
+    # ask at all, and whether it may snoop.  Two clients with one policy get the same answers.
+    policy: str = ""
 
 
 class LabelBound:
@@ -148,7 +151,8 @@ class ClientTable:
         try:
             ip = ipaddress.ip_address(address.split("%")[0])
         except ValueError:
-            return ClientInfo(False, self.labels("other"), None, "default", 0, 0)
+            return ClientInfo(False, self.labels("other"), None, "default", 0, 0, False, None,
+                              "!default")
         if ip.version == 6 and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
         snoop = any(ip.version == n.version and ip in n for n in self.snoop_nets)
@@ -157,8 +161,9 @@ class ClientTable:
         device = name or self.devices.get(str(ip))
         group = _longest(ip, self.groups) or "default"
         block, allow = self.masks.get(group, (0, 0))
+        policy = ("" if allowed else "!") + ("~" if snoop else "") + group
         return ClientInfo(allowed, self.labels(device or str(ip)), name, group, block, allow, snoop,
-                          device)
+                          device, policy)
 
 
 class UnknownClient(ValueError):

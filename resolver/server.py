@@ -1,10 +1,11 @@
-"""The edge: UDP and TCP listeners, turning bytes into Requests and Responses into bytes.
+"""The edge: UDP and TCP listeners, bytes in and bytes out; lifecycle and reloads.
 
-Why the edge does so little per packet: validation (``wire.parse_query``), one
-dict lookup for the client, and a chain call that usually completes without
-ever suspending (blocked answers and cache hits).  Such calls are driven
-synchronously, without creating a Task; only queries that really wait for an
-upstream become Tasks.  Unexpected errors become SERVFAIL here and only here.
+Why the edge does so little per packet: a repeated question is answered by the
+reply memo before it is even parsed; anything else is validated once
+(``wire.parse_query``), its client looked up (one dict lookup), and handed to
+the pipeline (``resolver.pipeline``), which answers through the sink given
+with the query, now or when the upstream answers.  Unexpected errors become
+SERVFAIL here and in the pipeline's forwarding callback, nowhere else.
 """
 
 from __future__ import annotations
@@ -19,88 +20,28 @@ from typing import Any
 
 from . import upstream
 from .carryover import carry_over
-from .chain import build_chain
 from .clients import ClientTable, LabelBound
 from .config import Config, ConfigError, Endpoint, format_endpoint
 from .devices.service import DeviceService
-from .fastpath import FastPath
 from .listen_errors import ListenError, listen_error
-from .lists import loader, offload, remote
+from .lists import loader, offload
 from .lists.loader import Blocklists
+from .lists.upkeep import ListUpkeep
+from .memo import ReplyMemo
 from .metrics import snapshot, start_metrics_server
-from .querylog import QueryLog, device_of, open_log
-from .response import Response
-from .stages import Stage
+from .pipeline import Pipeline, build_pipeline, new_memo
+from .querylog import QueryLog, open_log
 from .stats import Stats
 from .tcp_limits import ConnectionTable
-from .wire import (
-    SERVFAIL,
-    Drop,
-    Reject,
-    Request,
-    build_reply,
-    parse_query,
-    qtype_label,
-    truncate,
-)
+from .wire import Drop, Reject, parse_query
 
 log = logging.getLogger("hushdns")
-qlog = logging.getLogger("hushdns.query")
 
-LIST_POLL_SECONDS = 2.0
-URL_REFRESH_TICK = 1.0      # how often the URL refresher looks for lists that are due
 UDP_RCVBUF = 4 * 1024 * 1024
 UDP_BATCH = 64            # datagrams read per readiness event before the replies go out
 UDP_MAX_QUERY = 4096      # larger datagrams are cut here: no real query comes near it
 TCP_WRITE_HIGH = 16 * 1024   # answers buffered for a TCP client before its reading pauses
 TCP_BATCH = 64               # frames of one connection answered per loop iteration
-
-
-class _Waiting:
-    """A query whose chain call is suspended on a future (an upstream answer): resumed by hand.
-
-    Why not a Task: a Task per forwarded query (its creation, registration and
-    an extra loop iteration before it first runs) cost more than anything else
-    the edge does for a miss.  The chain awaits only futures, so resuming it is
-    what a Task would do: when the future it yielded is done, send ``None`` in
-    (``await`` then reads the future's result or raises its exception).
-    """
-
-    __slots__ = ("server", "coro", "req", "addr", "sink", "t0")
-
-    def __init__(self, server: Server, coro: Any, req: Request, addr: Any, sink: Any,
-                 t0: float) -> None:
-        self.server, self.coro, self.req, self.addr, self.sink, self.t0 = \
-            server, coro, req, addr, sink, t0
-
-    def wait(self, fut: Any) -> None:
-        if fut is None:   # a bare yield (asyncio.sleep(0)): go round the loop once
-            asyncio.get_running_loop().call_soon(self.step, None)
-            return
-        fut._asyncio_future_blocking = False
-        fut.add_done_callback(self.step)
-
-    def step(self, _fut: Any) -> None:
-        server = self.server
-        if self not in server.waiting:
-            return   # closed by stop()
-        try:
-            fut = self.coro.send(None)
-        except StopIteration as stop:
-            server.waiting.discard(self)
-            server._answer(self.req, stop.value, self.addr, self.sink, self.t0)
-            return
-        except Exception:
-            server.waiting.discard(self)
-            log.exception("error answering %s", self.req.qname)
-            server._answer(self.req, Response("servfail", wire=build_reply(self.req, SERVFAIL)),
-                           self.addr, self.sink, self.t0)
-            return
-        self.wait(fut)
-
-    def close(self) -> None:
-        self.server.waiting.discard(self)
-        self.coro.close()   # runs the chain's finally blocks (in-flight table, sockets)
 
 
 class UdpEdge:
@@ -109,7 +50,7 @@ class UdpEdge:
     Why not a DatagramProtocol: a callback per datagram interleaves every
     answer with two syscalls, and the Python code runs with cold CPU caches
     each time.  On each readiness event this reads up to ``UDP_BATCH``
-    datagrams, answers them (fast path, else the chain), then sends the
+    datagrams, answers them (reply memo, else the pipeline), then sends the
     replies; measured in bench/README.md.  An answer that waits for an
     upstream is sent on its own when it arrives.  A reply the kernel will not
     take (socket buffer full) is dropped, as any UDP reply can be lost.
@@ -134,7 +75,7 @@ class UdpEdge:
         self.sock.close()
 
     def sendto(self, wire: bytes | None, addr: Any = None) -> None:
-        """The chain's sink: queued during a batch, else sent once this loop iteration ends.
+        """The pipeline's sink: queued during a batch, else sent once this loop iteration ends.
 
         Why not at once: forwarded answers complete in bursts (one wakeup drains
         every upstream reply that is ready), and on loopback the sender pays for
@@ -176,20 +117,18 @@ class UdpEdge:
         server = self.server
         self.out = out = []
         try:
-            fast = server.fast
+            memo = server.memo
             for data, addr in batch:
                 wire = None
-                if fast is not None:
+                if memo is not None:
                     try:
-                        wire = fast(data, addr)
-                    except Exception:   # a bug in the accelerator must not cost the answer
-                        log.exception("fast path failed; the chain answers")
+                        wire = memo.answer(data, addr, self)
+                    except Exception:   # a bug in the memo must not cost the answer
+                        log.exception("reply memo failed; the pipeline answers")
                 if wire is None:
                     server.handle(data, addr, "udp", self)
-                elif type(wire) is bytes:
+                elif wire:
                     out.append((wire, addr))
-                else:   # a cache miss, already parsed
-                    server.handle_parsed(wire, addr, self)
         finally:
             self.out = None
             self._send_all(out)
@@ -340,7 +279,7 @@ class TcpConnection(asyncio.Protocol):
 
 
 class Server:
-    """Owns the sockets, the chain, the lists and the stats for one configuration at a time."""
+    """Owns the sockets, the pipeline, the lists and the stats for one configuration at a time."""
 
     def __init__(self, config: Config, stats: Stats | None = None,
                  reload_config: Callable[[], Config] | None = None,
@@ -351,13 +290,14 @@ class Server:
         self.reload_config = reload_config
         self.labels = LabelBound(config.metrics.max_clients, config.metrics.client_idle)
         self.lists = Blocklists()
-        self.head: Stage | None = None
+        self.pipeline: Pipeline | None = None
         self.clients: ClientTable | None = None
         # Device names (leases, neighbours, PTR) refreshed in the background: resolver/devices/.
         self.devices = DeviceService(self.stats, lambda: self.clients)
-        self.cache = None
-        # FastPath.answer of the current chain, or None (see resolver/fastpath.py).
-        self.fast: Callable[[bytes, Any], bytes | Request | None] | None = None
+        # The reply memo of the current pipeline, or None (see resolver/memo.py).
+        self.memo: ReplyMemo | None = None
+        # Questions waiting for an upstream, shared by every pipeline this server builds.
+        self.inflight: dict[bytes, Any] = {}
         self.udp_edges: list[UdpEdge] = []
         self.tcp_servers: list[asyncio.AbstractServer] = []
         self.tcp_connections: ConnectionTable[TcpConnection] = ConnectionTable(
@@ -365,7 +305,6 @@ class Server:
             TcpConnection.idle_since)
         self.udp_addresses: list[Endpoint] = []
         self.tcp_addresses: list[Endpoint] = []
-        self.waiting: set[_Waiting] = set()   # queries waiting for an upstream
         self._background: list[asyncio.Task[Any]] = []
         self._reload_lock = asyncio.Lock()
         self._disposals: set[asyncio.Task[Any]] = set()   # old snapshots being freed
@@ -377,10 +316,15 @@ class Server:
         self.on_reload_done: Callable[[], None] = lambda: None
         self.on_stopping: Callable[[], None] = lambda: None
 
+    @property
+    def waiting(self) -> dict[bytes, Any]:
+        """The questions in flight upstream (each with the queries waiting for it)."""
+        return self.inflight
+
     # --- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load lists, build the chain, bind every listener; returns once serving."""
+        """Load lists, build the pipeline, bind every listener; returns once serving."""
         # The loader logs each list that fails, once.
         self.lists = await asyncio.to_thread(loader.load_all, self.config, None, self.stats)
         log.info("config %s: %s", self.config.path, _lists_summary(self.lists))
@@ -391,8 +335,9 @@ class Server:
         await self._start_metrics()
         self._background.append(asyncio.create_task(self._sweep_tcp()))
         self._background.append(asyncio.create_task(self._release_idle_labels()))
-        self._background.append(asyncio.create_task(self._watch_lists()))
-        self._background.append(asyncio.create_task(self._refresh_url_lists()))
+        upkeep = ListUpkeep(lambda: self.config, lambda: self.lists, self.stats,
+                            lambda lists: self._swap(self.config, lists), self._reload_lock)
+        self._background += upkeep.tasks()
         self._background.append(asyncio.create_task(self.devices.run()))
         log.info("serving on %s (udp) and %s (tcp); upstreams %s",
                  ", ".join(map(format_endpoint, self.udp_addresses)),
@@ -411,8 +356,8 @@ class Server:
         for c in list(self.tcp_connections):
             if c.transport is not None:
                 c.transport.abort()
-        for w in list(self.waiting):
-            w.close()
+        if self.pipeline is not None:
+            self.pipeline.close()   # the questions in flight, of this and earlier pipelines
         upstream.close_idle_sockets(asyncio.get_running_loop())
         await asyncio.gather(*self._background, return_exceptions=True)
         for s in self.tcp_servers:
@@ -491,24 +436,29 @@ class Server:
             task.add_done_callback(self._disposals.discard)
 
     def _install(self, config: Config, lists: Blocklists) -> None:
-        """Swap in a new chain; the cache table carries over when its settings did not change."""
-        keep = self.cache is not None and self.config.cache == config.cache and \
+        """Swap in a new pipeline; the cache table carries over when its settings did not change."""
+        old = self.pipeline
+        keep = old is not None and self.config.cache == config.cache and \
             self.config.upstreams == config.upstreams and \
             self.config.forward_zones == config.forward_zones and \
             self.config.rebind_protection == config.rebind_protection
-        entries = self.cache.entries if keep else None  # type: ignore[union-attr]
-        head, cache = build_chain(config, lists, self.stats, entries)
-        carry_over(self.head, head, self.stats)   # buckets, upstream health, in flight
+        entries = old.cache_entries if keep else None  # type: ignore[union-attr]
+        pipeline = build_pipeline(config, lists, self.stats, entries, self.inflight)
+        carry_over(old, pipeline, self.stats)   # buckets, upstream health, in flight
         self.labels.limit = config.metrics.max_clients
         self.labels.idle = config.metrics.client_idle
-        self.clients = ClientTable(config, lists, self.labels, self.devices.map.names)
-        self.config, self.lists, self.head, self.cache = config, lists, head, cache
+        clients = ClientTable(config, lists, self.labels, self.devices.map.names)
+        # The text query log wants every query through the pipeline, with its reasons;
+        # server.reply_memo: false (the bench's hushdns-nomemo) measures the pipeline alone.
+        memo = None if config.log_queries or not config.server.reply_memo else \
+            new_memo(pipeline, clients.cache, self.stats)
+        if memo is not None:
+            memo.on_miss = self._handle
+        self.config, self.lists, self.pipeline, self.clients, self.memo = \
+            config, lists, pipeline, clients, memo
         self._install_querylog(config)
-        fast = FastPath(head, self.clients, self.stats, config.server.udp_size,
-                        memo=config.server.reply_memo)
-        fast.record = self.querylog.record if self.querylog is not None else None
-        # The query log wants every query through the edge, with its reasons.
-        self.fast = fast.answer if fast.enabled and not config.log_queries else None
+        # The SQLite query log: a row per answer, from finish and from the memo alike.
+        pipeline.record = self.querylog.record if self.querylog is not None else None
 
     def _install_querylog(self, config: Config) -> None:
         """(Re)open the query log when its settings changed; the old writer finishes on its own."""
@@ -572,10 +522,16 @@ class Server:
 
     def handle(self, data: bytes, addr: tuple[Any, ...], proto: str, sink: Any) -> None:
         """Answer one message from ``addr``; ``sink.sendto(wire, addr)`` delivers the reply."""
-        t0 = time.perf_counter()
-        info = self.clients.lookup(addr[0])  # type: ignore[union-attr]
+        self._handle(data, addr, sink, time.perf_counter(), None, proto)
+
+    def _handle(self, data: bytes, addr: tuple[Any, ...], sink: Any, t0: float,
+                info: Any, proto: str = "udp") -> None:
+        """``handle``, and the reply memo's ``on_miss`` for what it could not answer (it has
+        read the clock and looked the client up already: ``info``, or None if unknown)."""
+        if info is None:
+            info = self.clients.lookup(addr[0])  # type: ignore[union-attr]
         try:
-            req = parse_query(data)
+            q = parse_query(data, addr[0], proto, info, addr, sink, t0)
         except Drop:
             self.stats.query(info.label, "none", "dropped", time.perf_counter() - t0)
             if proto == "tcp":
@@ -591,55 +547,12 @@ class Server:
                     sink.sendto(None, addr)
             self.stats.query(info.label, "none", result, time.perf_counter() - t0)
             return
-        req.client = addr[0]
-        req.proto = proto
-        req.info = info
-        self._run(req, addr, sink, t0)
-
-    def handle_parsed(self, req: Request, addr: tuple[Any, ...], sink: Any) -> None:
-        """Answer a UDP query the fast path has already read (a cache miss)."""
-        t0 = time.perf_counter()
-        req.client = addr[0]
-        req.info = self.clients.lookup(addr[0])  # type: ignore[union-attr]
-        self._run(req, addr, sink, t0)
-
-    def _run(self, req: Request, addr: tuple[Any, ...], sink: Any, t0: float) -> None:
-        """Drive the chain; a query that must wait (for an upstream) is resumed by ``_Waiting``."""
-        coro = self.head.resolve(req)  # type: ignore[union-attr]
+        pipeline = self.pipeline
         try:
-            fut = coro.send(None)
-        except StopIteration as stop:
-            self._answer(req, stop.value, addr, sink, t0)
-            return
+            pipeline.run(q)  # type: ignore[union-attr]
         except Exception:
-            log.exception("error answering %s", req.qname)
-            self._answer(req, Response("servfail", wire=build_reply(req, SERVFAIL)), addr, sink, t0)
-            return
-        w = _Waiting(self, coro, req, addr, sink, t0)
-        self.waiting.add(w)
-        w.wait(fut)
-
-    def _answer(self, req: Request, resp: Response, addr: Any, sink: Any, t0: float) -> None:
-        wire = resp.wire
-        udp_cap = self.config.server.udp_size
-        if wire is None and resp.answer is not None:
-            wire = resp.answer.render(req, time.monotonic(), udp_cap)
-        if wire is None:
-            if req.proto == "tcp":
-                sink.sendto(None, addr)
-        else:
-            if req.proto == "udp" and len(wire) > req.max_udp(udp_cap):
-                wire = truncate(req, wire)
-            sink.sendto(wire, addr)
-        took = time.perf_counter() - t0
-        self.stats.query(req.info.label, qtype_label(req.qtype), resp.result, took)
-        if self.querylog is not None:
-            self.querylog.record(device_of(req.info), req.client, req.qname, req.qtype, resp.result,
-                                 resp.list, resp.rule, wire[3] & 15 if wire else None,
-                                 resp.upstream, took)
-        if self.config.log_queries:
-            qlog.info("%s %s %s %s%s", req.client, req.qname, qtype_label(req.qtype),
-                      resp.result, f" list={resp.list} rule={resp.rule}" if resp.list else "")
+            log.exception("error answering %s", q.qname)
+            pipeline.finish(q, pipeline.servfail(q), 0)  # type: ignore[union-attr]
 
     # --- background ----------------------------------------------------------------
 
@@ -662,63 +575,6 @@ class Server:
             for conn in list(self.tcp_connections):
                 if conn.expired(now, idle) and conn.transport is not None:
                     conn.transport.abort()
-
-    async def _watch_lists(self) -> None:
-        """Local list files are polled: a ``git pull`` takes effect within seconds, no restart."""
-        while True:
-            await asyncio.sleep(LIST_POLL_SECONDS)
-            try:
-                if await asyncio.to_thread(loader.changed, self.lists):
-                    async with self._reload_lock:
-                        old = self.lists
-                        lists = await offload.build(self.config, self.lists, self.stats)
-                        self._swap(self.config, lists)
-                    for name, info in lists.lists.items():
-                        was = old.lists.get(name)
-                        if was is not None and was.fingerprint != info.fingerprint and not info.error:
-                            log.info("list %s changed on disk: %d entries now (was %d)",
-                                     name, info.entries, was.entries)
-            except Exception:
-                log.exception("list watcher")
-
-    async def _refresh_url_lists(self) -> None:
-        """URL lists are downloaded in the background: right after start-up when their disk
-        copy is missing or older than ``refresh``, then every ``refresh`` (sooner after a
-        failure).  A failed or refused download keeps the current version serving."""
-        schedule = remote.RefreshSchedule()
-        while True:
-            for spec in schedule.due(self.config.all_lists(), self.config.state_dir):
-                ok = False
-                try:
-                    ok = await self._refresh_url(spec)
-                except Exception:
-                    log.exception("refreshing list %s", spec.name)
-                schedule.done(spec, ok)
-            await asyncio.sleep(URL_REFRESH_TICK)
-
-    async def _refresh_url(self, spec: Any) -> bool:
-        try:
-            got = await asyncio.to_thread(remote.fetch, spec, self.config.state_dir)
-            error = got.error
-        except loader.LoadError as exc:
-            got, error = None, str(exc)
-            log.error("list %s: %s", spec.name, error)
-        info = self.lists.lists.get(spec.name)
-        if got is None or error is not None:
-            failures = self.stats.list_load_failures
-            failures[spec.name] = failures.get(spec.name, 0) + 1
-            if info is not None:
-                info.error = error
-            return False
-        if got.changed or info is None or not info.loaded_at or info.spec != spec:
-            async with self._reload_lock:
-                lists = await offload.build(self.config, self.lists, self.stats,
-                                            {spec.name: got.text})
-                self._swap(self.config, lists)
-        else:   # 304 or the same bytes: the list in service is current
-            info.loaded_at, info.error = time.time(), None
-            loader.publish(self.lists, self.stats)
-        return True
 
 
 def _lists_summary(lists: Blocklists) -> str:

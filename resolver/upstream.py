@@ -197,9 +197,9 @@ class _Timeouts:
         self.loop = loop
         self.fifo: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
         self.timer: asyncio.TimerHandle | None = None
-        self.outbox: list[tuple[_UdpAttempt, bytes]] = []
+        self.outbox: list[tuple[UdpAttempt, bytes]] = []
 
-    def send_soon(self, a: _UdpAttempt, msg: bytes) -> None:
+    def send_soon(self, a: UdpAttempt, msg: bytes) -> None:
         """Send ``msg`` on ``a``'s socket once this loop iteration's callbacks have run.
 
         Why: the upstream is woken by every datagram that finds it asleep, and on
@@ -272,7 +272,7 @@ class _Mux(_Timeouts):
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
-        self.waiting: dict[int, _UdpAttempt] = {}
+        self.waiting: dict[int, UdpAttempt] = {}
         self.ep = select.epoll()
         loop.add_reader(self.ep.fileno(), self._ready)
         self.free: dict[int, list[Any]] = {}
@@ -296,7 +296,7 @@ class _Mux(_Timeouts):
         self.socks[sock.fileno()] = sock
         return sock
 
-    def watch(self, fd: int, a: _UdpAttempt) -> None:
+    def watch(self, fd: int, a: UdpAttempt) -> None:
         self.waiting[fd] = a
 
     def forget(self, fd: int) -> None:
@@ -395,7 +395,7 @@ class _ReaderMux(_Timeouts):
     def open(self, family: int) -> Any:
         return _new_socket(family)
 
-    def watch(self, fd: int, a: _UdpAttempt) -> None:
+    def watch(self, fd: int, a: UdpAttempt) -> None:
         self.loop.add_reader(fd, a.readable)
 
     def forget(self, fd: int) -> None:
@@ -428,7 +428,35 @@ def close_idle_sockets(loop: asyncio.AbstractEventLoop) -> None:
         mux.close_idle()
 
 
-class _UdpAttempt:
+class Attempt:
+    """One exchange with one upstream over one transport: what the policy (``Upstreams``) sees.
+
+    A transport is a subclass that sends the question when it is made and, when it
+    ends, has ``done`` set, ``data`` holding the accepted reply (validated: ID,
+    question, and ``check``, whose result is in ``parsed``) or ``error`` what went
+    wrong, and calls ``notify()``.  ``close()`` gives up on it.  ``t0`` is when it
+    began (perf_counter), ``edns`` whether the question carried an OPT.  The policy
+    decides the rest (order, timeouts, back-off, health), so DNS over TLS or HTTPS
+    is a new subclass, not a new loop.
+    """
+
+    __slots__ = ()
+    transport = ""
+    up: Upstream
+    req: Request
+    edns: bool
+    check: Check | None
+    parsed: Any
+    t0: float
+    done: bool
+    data: bytes | None
+    error: BaseException | None
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class UdpAttempt(Attempt):
     """One datagram exchange on a socket connected for it alone (a fresh random port).
 
     When it ends (``done``), ``data`` holds the accepted reply or ``error`` the
@@ -438,6 +466,7 @@ class _UdpAttempt:
 
     __slots__ = ("mux", "up", "req", "edns", "stats", "check", "notify", "parsed", "qid",
                  "t0", "sock", "fd", "done", "data", "error")
+    transport = "udp"
 
     def __init__(self, mux: _Mux | _ReaderMux, up: Upstream, req: Request, edns: bool,
                  stats: Stats, check: Check | None, notify: Callable[[], None]) -> None:
@@ -551,6 +580,43 @@ async def _tcp_exchange(up: Upstream, req: Request, edns: bool) -> bytes:
         writer.close()
 
 
+class TcpAttempt(Attempt):
+    """One exchange over TCP (RFC 7766 framing): the full answer after a truncated UDP one.
+
+    Validated like UDP (ID, question, ``check``).  Rare, so it runs as a Task of its
+    own; the policy waits for it as for any attempt.
+    """
+
+    __slots__ = ("up", "req", "edns", "check", "notify", "parsed", "t0", "done", "data",
+                 "error", "task")
+    transport = "tcp"
+
+    def __init__(self, up: Upstream, req: Request, edns: bool, check: Check | None,
+                 notify: Callable[[], None], timeout: float) -> None:
+        self.up, self.req, self.edns, self.check, self.notify = up, req, edns, check, notify
+        self.parsed: Any = None
+        self.t0 = time.perf_counter()
+        self.done = False
+        self.data: bytes | None = None
+        self.error: BaseException | None = None
+        self.task = asyncio.get_running_loop().create_task(self._run(timeout))
+
+    async def _run(self, timeout: float) -> None:
+        try:
+            data = await tcp_exchange(self.up, self.req, timeout, self.edns)
+            if self.check is not None:
+                self.parsed = self.check(data)
+            self.data = data
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, WireError) as exc:
+            self.error = exc
+        self.done = True
+        self.notify()
+
+    def close(self) -> None:
+        if not self.done:
+            self.task.cancel()
+
+
 class _Waker:
     """What a query waits on: any of its attempts ending, or its timer, wakes it."""
 
@@ -566,7 +632,8 @@ class _Waker:
 
 
 class Upstreams:
-    """Sends a question to a list of upstreams: next one after ``upstream_timeout``
+    """The policy over the attempts (``UdpAttempt``, ``TcpAttempt``): sends a question to a
+    list of upstreams, the next one after ``upstream_timeout``
     without giving up on the earlier ones, until ``upstream_total_timeout``.
 
     Health: after DOWN_AFTER consecutive failures an upstream is down.  While
@@ -604,9 +671,9 @@ class Upstreams:
         return self.plan(ups)[0]
 
     def _send(self, mux: _Mux | _ReaderMux, up: Upstream, req: Request, edns: bool,
-              check: Check | None, notify: Callable[[], None]) -> _UdpAttempt | None:
+              check: Check | None, notify: Callable[[], None]) -> UdpAttempt | None:
         try:
-            return _UdpAttempt(mux, up, req, edns, self.stats, check, notify)
+            return UdpAttempt(mux, up, req, edns, self.stats, check, notify)
         except OSError as exc:
             if fd_exhaustion.is_fd_exhaustion(exc):   # our limit, not the upstream's fault
                 info = getattr(req, "info", None)
@@ -668,7 +735,7 @@ class Upstreams:
         start = loop.time()
         deadline = start + opts.upstream_total_timeout
         max_sends = max(3, len(order))
-        attempts: list[_UdpAttempt] = []
+        attempts: list[Attempt] = []
         sends = 0
         next_send = start
         last_bad: tuple[bytes, Upstream, Any] | None = None
@@ -712,10 +779,13 @@ class Upstreams:
                         waker.fut = None
                 for a in [a for a in attempts if a.done]:
                     attempts.remove(a)
-                    if a.data is not None and a.data[2] & 0x02:   # TC: the rare TCP path
-                        outcome = await self._over_tcp(a, deadline - loop.time())
-                    else:
-                        outcome = self._outcome(a)
+                    if a.data is not None and a.data[2] & 0x02 and a.transport == "udp":
+                        # TC: the full answer only fits over TCP (the rare path).
+                        stats.upstream(a.up.label, "truncated")
+                        attempts.append(TcpAttempt(a.up, req, a.edns, check, wake,
+                                                   max(0.1, deadline - loop.time())))
+                        continue
+                    outcome = self._outcome(a)
                     if outcome == "retry-no-edns":
                         no_edns.add(a.up.label)
                         b = self._send(mux, a.up, req, False, check, wake)
@@ -749,37 +819,28 @@ class Upstreams:
             return last_bad
         raise UpstreamFailure("no upstream answered")
 
-    def _outcome(self, a: _UdpAttempt) -> bytes | str | None:
+    def _outcome(self, a: Attempt) -> bytes | str | None:
         """An ended attempt -> the reply, "retry-no-edns", or None (it failed)."""
         stats = self.stats
         data = a.data
         if data is None:
+            exc = a.error
+            if a.transport != "udp" and isinstance(exc, OSError) and \
+                    fd_exhaustion.is_fd_exhaustion(exc):
+                # Our file descriptors ran out (EMFILE/ENFILE), not the upstream's fault.
+                info = getattr(a.req, "info", None)
+                fd_exhaustion.count(stats, info.label if info is not None else "other", exc)
+                return None
             stats.upstream(a.up.label, "error")
-            self._failed(a.up, reason=failure_reason(a.error))
+            reason = failure_reason(exc)
+            self._failed(a.up, reason=reason if a.transport == "udp" else
+                         f"over {a.transport.upper()}: {reason}")
             return None
         if a.edns and data[3] & 0xF in (FORMERR, NOTIMP):
             stats.upstream(a.up.label, "error")
             return "retry-no-edns"
         stats.upstream(a.up.label, "ok", time.perf_counter() - a.t0)
         return data
-
-    async def _over_tcp(self, a: _UdpAttempt, remaining: float) -> bytes | str | None:
-        """TC: the full answer only fits over TCP."""
-        self.stats.upstream(a.up.label, "truncated")
-        try:
-            data = await tcp_exchange(a.up, a.req, max(0.1, remaining), a.edns)
-            if a.check is not None:
-                a.parsed = a.check(data)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, WireError) as exc:
-            if isinstance(exc, OSError) and fd_exhaustion.is_fd_exhaustion(exc):
-                info = getattr(a.req, "info", None)
-                fd_exhaustion.count(self.stats, info.label if info is not None else "other", exc)
-                return None
-            self.stats.upstream(a.up.label, "error")
-            self._failed(a.up, reason="over TCP: " + failure_reason(exc))
-            return None
-        a.data = data
-        return self._outcome(a)
 
     def _failed(self, up: Upstream, probe: bool = False, reason: str = "timeout") -> None:
         if not up.down:

@@ -17,6 +17,7 @@ import pytest
 from resolver.clients import MAX_CACHED_ADDRESSES, ClientTable, LabelBound
 from resolver.config import load_config
 from resolver.lists import loader
+from resolver.stages.cache import Cache
 from tests.conftest import ask
 from tests.fakes import FakeUpstream, default_answer
 
@@ -268,7 +269,7 @@ def test_cache_stays_within_max_entries_under_a_flood_of_unique_names(serve):
     srv = serve("cache: {max_entries: 200}\n")
     got = flood(srv, [f"u{i}.flood.test" for i in range(1000)])
     assert len(got) == 1000
-    assert len(srv.server.cache.entries) == 200
+    assert len(srv.server.pipeline.find(Cache).entries) == 200
     assert srv.stats.cache_evictions == 800
     assert srv.stats.cache_entries() == 200
     # The newest names are the ones kept (LRU).

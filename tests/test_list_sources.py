@@ -168,7 +168,7 @@ def fast(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(remote, "BACKOFF", 0.01)
     monkeypatch.setattr(remote, "MAX_BYTES", 64 * 1024)
     monkeypatch.setattr(remote, "RETRY_AFTER_FAILURE", 0.2)
-    monkeypatch.setattr(resolver.server, "URL_REFRESH_TICK", 0.1)
+    monkeypatch.setattr(resolver.lists.upkeep, "URL_REFRESH_TICK", 0.1)
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
 

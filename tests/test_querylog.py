@@ -49,7 +49,7 @@ def _traffic(srv) -> None:
 
 def test_log_shows_every_answer_with_result_and_list(serve, tmp_path, capsys, monkeypatch):
     srv = serve(TV, lists=LISTS)
-    assert srv.server.fast is not None   # the UDP fast path answers repeats, and records them
+    assert srv.server.memo is not None   # the reply memo answers repeats, and records them
     _traffic(srv)
     _flush(srv)
     monkeypatch.chdir(tmp_path)
@@ -57,9 +57,9 @@ def test_log_shows_every_answer_with_result_and_list(serve, tmp_path, capsys, mo
     got = [(r["device"], r["client"], r["name"], r["type"], r["result"], r["list"]) for r in rows]
     assert got == [
         ("tv", "127.0.0.1", "x.tracking.miui.com", "A", "blocked", "xiaomi"),
-        ("tv", "127.0.0.1", "x.tracking.miui.com", "A", "blocked", "xiaomi"),   # fast path, remembered
+        ("tv", "127.0.0.1", "x.tracking.miui.com", "A", "blocked", "xiaomi"),   # now remembered
         ("tv", "127.0.0.1", "api.miui.com", "A", "forwarded", None),
-        ("tv", "127.0.0.1", "api.miui.com", "A", "cached", None),               # fast path
+        ("tv", "127.0.0.1", "api.miui.com", "A", "cached", None),
         ("tv", "127.0.0.1", "example.org", "AAAA", "forwarded", None),
         ("tv", "127.0.0.1", "nx.example.org", "A", "forwarded", None),
     ]
@@ -127,10 +127,31 @@ def test_privacy_modes(serve, tmp_path, capsys, monkeypatch, privacy):
         assert db.execute("SELECT count(*) FROM seen").fetchone()[0] == 1   # the inventory too
 
 
+def test_memo_answers_get_their_rows_too(serve, tmp_path, capsys, monkeypatch):
+    srv = serve(TV, lists=LISTS)
+    memo = srv.server.memo
+    real, answered = memo.answer, []
+
+    def counting(data, addr, sink):   # type: ignore[no-untyped-def]
+        wire = real(data, addr, sink)
+        answered.append(bool(wire))
+        return wire
+
+    memo.answer = counting
+    for _ in range(4):
+        assert ask(srv, "x.tracking.miui.com").rcode() == dns.rcode.NXDOMAIN
+    assert answered.count(True) >= 1     # the repeats after the second came from the memo
+    _flush(srv)
+    monkeypatch.chdir(tmp_path)
+    rows = _log(capsys, "-c", "config.yaml")
+    assert [(r["name"], r["result"], r["list"], r["rule"], r["rcode"]) for r in rows] == [
+        ("x.tracking.miui.com", "blocked", "xiaomi", "tracking.miui.com", "NXDOMAIN")] * 4
+
+
 def test_off_stores_nothing(serve, tmp_path, capsys):
     srv = serve(TV + "query_log: {privacy: off}\n", lists=LISTS)
     ask(srv, "x.tracking.miui.com")
-    assert srv.server.querylog is None and srv.server.fast is not None
+    assert srv.server.querylog is None and srv.server.memo is not None
     assert not Path(srv.config.query_log.path).exists()
     assert main(["log", "-c", str(tmp_path / "config.yaml")]) == 1
     assert "query log is off" in capsys.readouterr().err
@@ -142,7 +163,7 @@ def test_reload_turns_the_log_off_and_on(serve, tmp_path):
     cfg = tmp_path / "config.yaml"
     cfg.write_text(cfg.read_text() + "query_log: false\n")
     assert srv.reload()
-    assert srv.server.querylog is None and srv.server.fast.__self__.record is None
+    assert srv.server.querylog is None and srv.server.pipeline.record is None
     assert srv.server.querylog is None
     assert ask(srv, "x.tracking.miui.com").rcode() == dns.rcode.NXDOMAIN
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import socket
 import time
@@ -15,11 +14,10 @@ import pytest
 import yaml
 
 from resolver import bundled
-from resolver.chain import build_chain
 from resolver.config import DEFAULT_ALLOW, load_config, parse_endpoint
 from resolver.config import RateLimit as RateLimitConfig
 from resolver.lists.loader import Blocklists
-from resolver.response import Response
+from resolver.pipeline import build_pipeline
 from resolver.stages.ratelimit import RateLimit
 from resolver.stats import Stats
 from resolver.wire import parse_query
@@ -148,44 +146,33 @@ def test_rate_limit_over_tcp_answers_refused_rather_than_stalling_the_stream(ser
     assert sorted(r.rcode() for r in got) == [dns.rcode.NOERROR] * 3 + [dns.rcode.REFUSED] * 3
 
 
-class _Next:
-    async def resolve(self, req):
-        return Response("forwarded", wire=b"")
-
-
 class _Info:
     label = "x"
 
 
 def test_rate_limiter_state_is_bounded():
     stats = Stats()
-    stage = RateLimit(_Next(), RateLimitConfig(qps=1, burst=1), stats, max_buckets=100)
+    stage = RateLimit(RateLimitConfig(qps=1, burst=1), stats, max_buckets=100)
     wire = dns.message.make_query("a.test", "A").to_wire()
-
-    async def run():
-        for i in range(1000):
-            req = parse_query(wire)
-            req.client = f"10.0.{i // 256}.{i % 256}"
-            req.info = _Info()
-            assert (await stage.resolve(req)).result == "forwarded"
-        # The newest addresses are remembered (their bucket is empty), the oldest forgotten.
+    for i in range(1000):
         req = parse_query(wire)
-        req.client, req.info = "10.0.3.231", _Info()
-        assert (await stage.resolve(req)).result == "dropped"
-
-    asyncio.run(run())
+        req.client = f"10.0.{i // 256}.{i % 256}"
+        req.info = _Info()
+        assert stage.on_query(req) is None   # passed on
+    # The newest addresses are remembered (their bucket is empty), the oldest forgotten.
+    req = parse_query(wire)
+    req.client, req.info = "10.0.3.231", _Info()
+    assert stage.on_query(req).result == "dropped"
     assert len(stage.buckets) == 100
     assert "10.0.0.0" not in stage.buckets
 
 
-def test_rate_limit_is_left_out_of_the_chain_when_off():
-    def stages(head):
-        while head is not None:
-            yield type(head)
-            head = getattr(head, "next", None)
+def test_rate_limit_is_left_out_of_the_pipeline_when_off():
+    def stages(pipeline):
+        return list(map(type, pipeline.stages))
 
     off = load_config(None, text="upstreams: [127.0.0.1]\nblocking: {}")
     on = load_config(None, text="upstreams: [127.0.0.1]\nblocking: {}\nrate_limit: {qps: 50}")
     assert on.rate_limit.burst == 100        # burst defaults to 2 x qps
-    assert RateLimit not in stages(build_chain(off, Blocklists(), Stats())[0])
-    assert RateLimit in stages(build_chain(on, Blocklists(), Stats())[0])
+    assert RateLimit not in stages(build_pipeline(off, Blocklists(), Stats()))
+    assert RateLimit in stages(build_pipeline(on, Blocklists(), Stats()))

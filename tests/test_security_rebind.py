@@ -9,9 +9,9 @@ import dns.rdatatype
 import dnslib
 import pytest
 
-from resolver.chain import build_chain
 from resolver.config import ConfigError, load_config
 from resolver.lists.loader import Blocklists
+from resolver.pipeline import build_pipeline
 from resolver.stages.rebind import Rebind, private_v4, private_v6
 from resolver.stats import Stats
 from tests.conftest import ask
@@ -91,20 +91,15 @@ def test_private_addresses_removed_from_public_answers(serve, rebinding):
         lan.close()
 
 
-def test_off_by_default_and_left_out_of_the_chain(serve, rebinding, tmp_path):
+def test_off_by_default_and_left_out_of_the_pipeline(serve, rebinding, tmp_path):
     srv = serve(up=rebinding)
     assert addrs(ask(srv, "attacker.test")) == set(PRIVATE + PUBLIC)
-
-    def stages(head):
-        while head is not None:
-            yield type(head)
-            head = getattr(head, "next", None)
 
     for text, present in (("", False), ("rebind_protection: false", False),
                           ("rebind_protection: true", True)):
         cfg = load_config(None, text=f"upstreams: [127.0.0.1]\nblocking: {{}}\n{text}")
-        head, _ = build_chain(cfg, Blocklists(), Stats())
-        assert (Rebind in stages(head)) is present, text
+        pipeline = build_pipeline(cfg, Blocklists(), Stats())
+        assert (Rebind in map(type, pipeline.stages)) is present, text
 
 
 @pytest.mark.parametrize("bad", [

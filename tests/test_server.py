@@ -325,7 +325,7 @@ def test_kdig_udp_tcp_and_blocked(serve) -> None:
 
 
 def test_stop_with_queries_waiting_for_the_upstream_cleans_up(serve, upstream) -> None:
-    """Queries waiting for a silent upstream are resumed by hand, not by Tasks: stop()
+    """Questions waiting for a silent upstream are driven by hand, not by Tasks: stop()
     must close them, run their clean-up (in-flight table, upstream sockets) and log no error."""
     upstream.silent = True
     srv = serve()
@@ -338,9 +338,7 @@ def test_stop_with_queries_waiting_for_the_upstream_cleans_up(serve, upstream) -
     while len(srv.server.waiting) < 5 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(srv.server.waiting) == 5
-    forward = srv.server.cache.next
-    while not hasattr(forward, "inflight"):
-        forward = forward.next
+    forward = srv.server.pipeline.terminal
     assert len(forward.inflight) == 5
     srv.stop()
     assert not srv.server.waiting and not forward.inflight

@@ -15,20 +15,13 @@ from pathlib import Path
 
 from ..config import Config, ListSpec
 from ..stats import Stats
-from . import local_file
+from . import local_file, remote
 from .index import DomainIndex
-from .parse import Parsed, parse_text
+from .parse import LoadError, Parsed, parse_checked
+
+__all__ = ["Blocklists", "ListInfo", "LoadError", "load_all", "parse_checked", "read_source"]
 
 log = logging.getLogger("hushdns.lists")
-
-# A list whose lines are mostly unparseable is probably an HTML error page or a
-# format we do not know: refuse it rather than serve a fraction of it.
-MAX_REJECTED_SHARE = 0.5
-
-
-class LoadError(Exception):
-    """A list could not be read or its content was refused."""
-
 
 @dataclass
 class ListInfo:
@@ -106,22 +99,8 @@ def read_source(spec: ListSpec, state_dir: str, fetch: bool = False) -> str:
     snapshot at start-up or on reload never waits on the network.
     """
     if spec.kind == "url":
-        from . import remote
-
         return remote.fetch_text(spec, state_dir) if fetch else remote.disk_text(spec, state_dir)
     return read_local(spec)
-
-
-def parse_checked(spec: ListSpec, text: str, keep_rules: bool = False) -> Parsed:
-    """Parse and apply the refusal rules (nothing usable, or mostly garbage)."""
-    parsed = parse_text(text, keep_rules=keep_rules)
-    total = len(parsed) + len(parsed.rejected)
-    if total and len(parsed.rejected) / total > MAX_REJECTED_SHARE:
-        raise LoadError(f"{len(parsed.rejected)} of {total} lines are not rules; refusing the list "
-                        f"(first: line {parsed.rejected[0][0]}: {parsed.rejected[0][2]})")
-    if spec.kind == "url" and len(parsed) == 0:
-        raise LoadError("the download parsed to zero entries; refusing it")
-    return parsed
 
 
 def load_all(config: Config, previous: Blocklists | None = None,

@@ -17,6 +17,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import ListSpec
 
 from . import safe_regex
 
@@ -196,3 +200,29 @@ def _rule_line(out: Parsed, line: str, text: str, lineno: int) -> None:
         out.rejected.append((lineno, text, f"not a valid hostname: {tok!r}"))
         return
     out.add(name, lineno, text)
+
+
+# A list whose lines are mostly unparseable is probably an HTML error page or a
+# format we do not know: refuse it rather than serve a fraction of it.
+MAX_REJECTED_SHARE = 0.5
+
+
+class LoadError(Exception):
+    """A list could not be read or its content was refused."""
+
+
+def parse_checked(spec: ListSpec, text: str, keep_rules: bool = False) -> Parsed:
+    """Parse and apply the refusal rules (nothing usable, or mostly garbage).
+
+    Here, beside the parser, so that both the loader and the downloader
+    (``remote``, which checks a download before it replaces the disk copy) use
+    it without importing each other.
+    """
+    parsed = parse_text(text, keep_rules=keep_rules)
+    total = len(parsed) + len(parsed.rejected)
+    if total and len(parsed.rejected) / total > MAX_REJECTED_SHARE:
+        raise LoadError(f"{len(parsed.rejected)} of {total} lines are not rules; refusing the list "
+                        f"(first: line {parsed.rejected[0][0]}: {parsed.rejected[0][2]})")
+    if spec.kind == "url" and len(parsed) == 0:
+        raise LoadError("the download parsed to zero entries; refusing it")
+    return parsed

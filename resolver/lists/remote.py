@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from .. import __version__
 from ..config import ListSpec
-from .loader import LoadError, parse_checked
+from .parse import LoadError, parse_checked
 
 log = logging.getLogger("hushdns.lists")
 

@@ -4,16 +4,24 @@ Why answers come from templates: a blocked query is the commonest answer a
 telemetry blocker gives, so its reply is the client's header and question plus
 record bytes built once per query type.  Allow lists win over block lists;
 the client's group decides which lists apply (masks from ClientInfo).
+
+``on_query`` blocks listed names; ``on_answer`` (CNAME cloaking) blocks answers
+from the cache or upstream whose CNAME chain leads into a list.  Memo-safe:
+the verdict depends on the question, the client's group (its policy key) and
+the lists, which live as long as the pipeline; a name blocked through a
+CNAME is not remembered (it depends on a cache entry too).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import struct
 
 from ..config import Blocking as BlockingConfig
 from ..lists.index import Match
 from ..lists.loader import Blocklists
-from ..response import Response
+from ..memo import Listed
+from ..reply import Reply
 from ..stats import Stats
 from ..wire import (
     EDE_BLOCKED,
@@ -24,22 +32,23 @@ from ..wire import (
     T_AAAA,
     T_SOA,
     Request,
-    build_reply,
     encode_name,
     opt_record,
     rr,
 )
-from . import Stage
 
+_H = struct.Struct("!HHHHHH")
 _SOA_MNAME = encode_name("ns.hushdns.invalid")
 _SOA_RNAME = encode_name("blocked.hushdns.invalid")
 
 
 class Blocking:
-    def __init__(self, next: Stage, lists: Blocklists, cfg: BlockingConfig, stats: Stats,
+    per_query = False
+
+    def __init__(self, lists: Blocklists, cfg: BlockingConfig, stats: Stats,
                  udp_size: int = 1232) -> None:
-        self.next = next
-        self.index = lists.index
+        self.lists = lists
+        self.match = lists.index.match
         self.by_bit = lists.by_bit
         self.tracked = lists.tracked
         self.stats = stats
@@ -48,31 +57,74 @@ class Blocking:
         self.v4 = [ipaddress.ip_address(a).packed for a in cfg.sinkhole if ":" not in a]
         self.v6 = [ipaddress.ip_address(a).packed for a in cfg.sinkhole if ":" in a]
         self.templates: dict[int, tuple[int, bytes, int, int]] = {}
+        # One Keep per list (by bit; by domain for a tracked list), shared by the memo's entries.
+        self.keeps: dict[int | str, Listed] = {}
         self.opt = {do: opt_record(udp_size, do, ede=EDE_BLOCKED) for do in (False, True)}
+        mode = cfg.mode if cfg.mode != "custom" else "sinkhole " + ", ".join(cfg.sinkhole)
+        self.describe = f"answer: {mode}, ttl {cfg.ttl}"
 
-    async def resolve(self, req: Request) -> Response:
-        info = req.info
-        if info.block and not req.unlisted:
-            hit = self.index.match(req.qname, info.block, info.allow)
+    def on_query(self, q: Request) -> Reply | None:
+        info = q.info
+        if info.block:
+            hit = self.match(q.qname, info.block, info.allow)
             if hit is not None:
-                return self.blocked(req, hit)
-        resp = await self.next.resolve(req)
-        answer = resp.answer
-        if answer is not None and answer.cnames and info.block:
-            # CNAME cloaking: a tracker hidden behind a first-party name.
-            for target in answer.cnames:
-                hit = self.index.match(target, info.block, info.allow)
-                if hit is not None:
-                    return self.blocked(req, hit)
-        return resp
+                return self.blocked(q, hit, True)
+        return None
 
-    def blocked(self, req: Request, hit: Match) -> Response:
-        list_name = self.by_bit[hit.bit]
-        self.stats.block(req.info.label, list_name,
-                         hit.rule if hit.bit & self.tracked and not hit.regex else None)
-        rcode, body, an, ns = self.template(req.qtype, req.data[12])
-        wire = build_reply(req, rcode, body, an, ns, opt=self.opt[req.do])
-        return Response("blocked", wire=wire, list=list_name, rule=hit.rule)
+    def on_answer(self, q: Request, reply: Reply) -> Reply:
+        answer = reply.answer
+        if answer is not None and answer.cnames:
+            info = q.info
+            if info.block:
+                # CNAME cloaking: a tracker hidden behind a first-party name.
+                for target in answer.cnames:
+                    hit = self.match(target, info.block, info.allow)
+                    if hit is not None:
+                        return self.blocked(q, hit, False)
+        return reply
+
+    def explain(self, q: Request) -> Reply | None:
+        """The allow rule that let a listed name through, if any."""
+        info = q.info
+        m = self.lists.index.explain(q.qname, info.block, info.allow)
+        if m is None or not m.allow:
+            return None
+        return Reply("allowed", list=self.by_bit[m.bit], rule=f"/{m.rule}/" if m.regex else m.rule)
+
+    def blocked(self, q: Request, hit: Match, remember: bool) -> Reply:
+        bit = hit.bit
+        list_name = self.by_bit[bit]
+        keeps = self.keeps
+        if bit & self.tracked and not hit.regex:
+            rule = hit.rule
+            keep = keeps.get(rule) if remember else None
+            if keep is None and remember:
+                keep = keeps[rule] = Listed(self.stats, list_name, rule)
+        else:
+            rule = None
+            keep = keeps.get(bit) if remember else None
+            if keep is None and remember:
+                keep = keeps[bit] = Listed(self.stats, list_name, None)
+        if rule is None:   # Stats.block, inlined for the common case (no per-domain count)
+            counts = self.stats.blocked
+            key = (q.info.label, list_name)
+            counts[key] = counts.get(key, 0) + 1
+        else:
+            self.stats.block(q.info.label, list_name, rule)
+        data = q.data
+        # Per type and length of the first label (where the SOA's owner, the parent, starts).
+        tkey = q.qtype | data[12] << 16
+        t = self.templates.get(tkey)
+        if t is None:
+            t = self.templates[tkey] = self._template(q.qtype, data[12])
+        # As reply_for(), inlined: the client's ID, flags and question, then the records.
+        rcode, body, an, ns = t
+        if q.edns:
+            body += self.opt[q.do]
+        wire = _H.pack(data[0] << 8 | data[1], 0x8080 | (q.flags & 0x0110) | rcode, 1, an, ns,
+                       1 if q.edns else 0) + data[12:q.qend] + body
+        return Reply("blocked", wire, None, list_name,
+                     f"/{hit.rule}/" if hit.regex else hit.rule, None, self.describe, keep)
 
     def template(self, qtype: int, first: int = 0) -> tuple[int, bytes, int, int]:
         """(rcode, record bytes, answer count, authority count) of the block answer, built

@@ -1,17 +1,31 @@
-"""Forwarding: the last stage, asking upstreams (or a forward zone's servers) and parsing the answer once.
+"""Forwarding: the terminal of the pipeline, asking upstreams (or a forward zone's servers).
+
+It is the one asynchronous part: ``start(q, done)`` sends the question and
+returns; ``done(q, reply)`` is called when the answer is in (or with None when
+asking failed with an error, which the pipeline turns into SERVFAIL).  Only the
+upstream transport code awaits: its coroutine is driven by hand here
+(``_Flight``), without a Task.  Why not a Task: a Task per forwarded query (its
+creation, registration and an extra loop iteration before it first runs) cost
+more than anything else the edge does for a miss.  The transport awaits only
+futures, so resuming it is what a Task would do: when the future it yielded is
+done, send ``None`` in.
 
 Why de-duplicate: identical questions in flight share one upstream query, which
 saves upstream work and defeats the birthday attack on the forwarder
 (CVE-2020-25686); the number of waiters per question and the number of
-questions in flight are bounded.
+questions in flight are bounded.  The answer is parsed once, for every waiter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
 
 from ..config import Config
-from ..response import Response
+from ..names import in_zones
+from ..reply import Reply
 from ..stats import Stats
 from ..upstream import Upstream, UpstreamFailure, Upstreams
 from ..wire import (
@@ -23,9 +37,53 @@ from ..wire import (
     parse_answer,
 )
 
+log = logging.getLogger("hushdns")
+
+Done = Callable[[Request, "Reply | None"], None]
+
+
+class _Flight:
+    """One question in flight upstream: the transport coroutine and the queries waiting for it."""
+
+    __slots__ = ("forward", "key", "coro", "waiters")
+
+    def __init__(self, forward: Forward, key: bytes, waiters: list[tuple[Request, Done]]) -> None:
+        self.forward = forward
+        self.key = key
+        self.waiters = waiters
+        self.coro: Any = None
+
+    def step(self, _fut: Any = None) -> None:
+        coro = self.coro
+        if coro is None:
+            return   # closed (server stop)
+        try:
+            fut = coro.send(None)
+        except StopIteration as stop:
+            self.coro = None
+            self.forward._land(self, stop.value)
+            return
+        except Exception:
+            self.coro = None
+            log.exception("error forwarding %s", self.waiters[0][0].qname)
+            self.forward._land(self, None)
+            return
+        if fut is None:   # a bare yield (asyncio.sleep(0)): go round the loop once
+            asyncio.get_running_loop().call_soon(self.step, None)
+            return
+        fut._asyncio_future_blocking = False
+        fut.add_done_callback(self.step)
+
+    def close(self) -> None:
+        """Stop waiting: close the transport (its sockets), answer nobody."""
+        coro, self.coro = self.coro, None
+        if coro is not None:
+            coro.close()
+
 
 class Forward:
-    def __init__(self, config: Config, stats: Stats) -> None:
+    def __init__(self, config: Config, stats: Stats,
+                 inflight: dict[bytes, _Flight] | None = None) -> None:
         self.stats = stats
         self.cache_cfg = config.cache
         self.opts = config.server
@@ -36,60 +94,60 @@ class Forward:
                       for z, eps in config.forward_zones.items()}
         stats.upstream_state = {u.label: 0 if u.down else 1 for u in pool.values()}
         self.upstreams = Upstreams(config.server, stats)
-        # Questions in flight -> futures of the queries waiting for the same answer.
-        self.inflight: dict[bytes, list[asyncio.Future[tuple[Answer, str]]]] = {}
+        # Questions in flight (shared by the pipelines of one server, across reloads).
+        self.inflight: dict[bytes, _Flight] = inflight if inflight is not None else {}
+
+    def zone(self, qname: str) -> str | None:
+        """The longest forward zone ``qname`` is in, or None."""
+        return in_zones(qname, self.zones) if self.zones else None
 
     def route(self, qname: str) -> list[Upstream]:
         """The servers for a name: the longest matching forward zone, else the upstreams."""
-        zones = self.zones
-        if zones:
-            s = qname
-            while True:
-                ups = zones.get(s)
-                if ups is not None:
-                    return ups
-                i = s.find(".")
-                if i < 0:
-                    break
-                s = s[i + 1:]
+        if self.zones:
+            z = in_zones(qname, self.zones)
+            if z is not None:
+                return self.zones[z]
         return self.default
 
-    async def resolve(self, req: Request) -> Response:
-        key = req.key
-        inflight = self.inflight
-        waiting = inflight.get(key)
-        if waiting is not None:
-            return await self._join(req, waiting)
-        if len(inflight) >= self.opts.max_inflight:
-            return self._limited(req, "inflight")
-        # The waiters' futures, if any join: none is made for the usual lone question.
-        inflight[key] = waiting = []
-        try:
-            answer, label = await self._ask(req)
-        except BaseException as exc:
-            for fut in waiting:
-                if not fut.done():
-                    fut.set_exception(exc)
-                    fut.exception()   # retrieved: a waiter that went away must not log it
-            raise
-        finally:
-            del inflight[key]
-        for fut in waiting:
-            if not fut.done():
-                fut.set_result((answer, label))
-        return Response("servfail" if answer.rcode == SERVFAIL else "forwarded",
-                        answer=answer, upstream=label)
+    def explain(self, q: Request) -> str:
+        zone = self.zone(q.qname)
+        via = f" (forward zone {zone})" if zone is not None else ""
+        return "forwarded to " + ", ".join(u.label for u in self.route(q.qname)) + via
 
-    async def _join(self, req: Request,
-                    waiting: list[asyncio.Future[tuple[Answer, str]]]) -> Response:
-        """Wait for the answer to the same question already in flight."""
-        if len(waiting) >= self.opts.max_waiters:
-            return self._limited(req, "waiters")
-        fut = asyncio.get_running_loop().create_future()
-        waiting.append(fut)
-        answer, label = await fut
-        return Response("servfail" if answer.rcode == SERVFAIL else "forwarded",
-                        answer=answer, upstream=label)
+    def start(self, q: Request, done: Done) -> None:
+        """Ask upstream for ``q``; ``done(q, reply)`` follows (at once when over a bound)."""
+        key = q.key
+        inflight = self.inflight
+        flight = inflight.get(key)
+        if flight is not None:
+            if len(flight.waiters) > self.opts.max_waiters:   # the first is the asker
+                done(q, self._limited(q, "waiters"))
+            else:
+                flight.waiters.append((q, done))
+            return
+        if len(inflight) >= self.opts.max_inflight:
+            done(q, self._limited(q, "inflight"))
+            return
+        inflight[key] = flight = _Flight(self, key, [(q, done)])
+        flight.coro = self._ask(q)
+        flight.step()
+
+    def _land(self, flight: _Flight, got: tuple[Answer, str] | None) -> None:
+        if self.inflight.get(flight.key) is flight:
+            del self.inflight[flight.key]
+        for q, done in flight.waiters:
+            if got is None:
+                done(q, None)
+            else:
+                answer, label = got
+                done(q, Reply("servfail" if answer.rcode == SERVFAIL else "forwarded",
+                              answer=answer, upstream=label))
+
+    def close(self) -> None:
+        """Server stop: drop every question in flight (their queries get no answer)."""
+        for flight in list(self.inflight.values()):
+            flight.close()
+        self.inflight.clear()
 
     async def _ask(self, req: Request) -> tuple[Answer, str]:
         c = self.cache_cfg
@@ -116,8 +174,8 @@ class Forward:
         return Answer(SERVFAIL, False, 0, 0, 0, b"", (), self.cache_cfg.servfail_ttl,
                       ede=EDE_NETWORK_ERROR if ede is None else ede)
 
-    def _limited(self, req: Request, reason: str) -> Response:
+    def _limited(self, req: Request, reason: str) -> Reply:
         key = (req.info.label, reason)
         self.stats.limited[key] = self.stats.limited.get(key, 0) + 1
         # Bytes, not an Answer: a limit must not be cached for everyone else.
-        return Response("servfail", wire=build_reply(req, SERVFAIL))
+        return Reply("servfail", wire=build_reply(req, SERVFAIL), note=f"over the {reason} limit")

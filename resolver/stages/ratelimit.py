@@ -6,6 +6,8 @@ gets ``burst`` tokens refilled at ``qps`` per second; a query without a token
 is dropped, answered REFUSED, or answered TC (over UDP: the client may retry
 over TCP, which proves its address).  The bucket table is bounded: beyond
 ``max_buckets`` addresses the oldest bucket is forgotten.
+
+``per_query`` is True: the reply memo spends a token for every answer it gives.
 """
 
 from __future__ import annotations
@@ -13,18 +15,18 @@ from __future__ import annotations
 import time
 
 from ..config import RateLimit as RateLimitConfig
-from ..response import Response
+from ..reply import Reply
 from ..stats import Stats
 from ..wire import REFUSED, Request, build_reply, truncate
-from . import Stage
 
 MAX_BUCKETS = 65_536
 
 
 class RateLimit:
-    def __init__(self, next: Stage, cfg: RateLimitConfig, stats: Stats,
-                 max_buckets: int = MAX_BUCKETS) -> None:
-        self.next = next
+    per_query = True
+
+    def __init__(self, cfg: RateLimitConfig, stats: Stats, max_buckets: int = MAX_BUCKETS,
+                 buckets: dict[str, list[float]] | None = None) -> None:
         self.rate = cfg.qps
         self.burst = max(cfg.burst, 1.0)
         self.action = cfg.action
@@ -32,12 +34,12 @@ class RateLimit:
         self.max_buckets = max_buckets
         # address -> [tokens, last refill]; dicts keep insertion order, so the
         # first key is the oldest bucket.
-        self.buckets: dict[str, list[float]] = {}
+        self.buckets: dict[str, list[float]] = buckets if buckets is not None else {}
 
-    async def resolve(self, req: Request) -> Response:
-        if self.take(req.client, time.monotonic()):
-            return await self.next.resolve(req)
-        return self.limited(req)
+    def on_query(self, q: Request) -> Reply | None:
+        if self.take(q.client, time.monotonic()):
+            return None
+        return self.limited(q)
 
     def take(self, client: str, now: float) -> bool:
         """Spend one of ``client``'s tokens; False when it has none left (nothing is spent)."""
@@ -55,14 +57,14 @@ class RateLimit:
             return True
         return False
 
-    def limited(self, req: Request) -> Response:
-        key = (req.info.label, "ratelimit")
+    def limited(self, q: Request) -> Reply:
+        key = (q.info.label, "ratelimit")
         self.stats.limited[key] = self.stats.limited.get(key, 0) + 1
         action = self.action
-        if action == "tc" and req.proto == "udp":
-            return Response("refused", wire=truncate(req, build_reply(req, 0)))
-        if action == "drop" and req.proto == "udp":
-            return Response("dropped")
+        if action == "tc" and q.proto == "udp":
+            return Reply("refused", wire=truncate(q, build_reply(q, 0)), note="rate limited (TC)")
+        if action == "drop" and q.proto == "udp":
+            return Reply("dropped", note="rate limited (dropped)")
         # Over TCP the address is proven and a silent drop would stall the
         # client's pipelined stream: answer REFUSED instead.
-        return Response("refused", wire=build_reply(req, REFUSED))
+        return Reply("refused", wire=build_reply(q, REFUSED), note="rate limited (REFUSED)")

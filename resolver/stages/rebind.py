@@ -8,8 +8,9 @@ from the victim's browser.  Like unbound's ``private-address`` and CoreDNS's
 stays; with none left it is NODATA).  Names in the LAN's own zones
 (``allow_zones``, every forward zone, ``localhost``) keep their answers.
 
-It sits between the cache and forward, so the check runs once per upstream
-answer and the cache stores the cleaned answer; cache hits cost nothing.
+It has only an ``on_answer`` and sits between the cache and forward, so the
+check runs once per upstream answer and the cache stores the cleaned answer;
+cache hits cost nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import logging
 import struct
 
 from ..config import Config
-from ..response import Response
+from ..names import in_zones
+from ..reply import Reply
 from ..stats import Stats
 from ..wire import (
     EDE_BLOCKED,
@@ -33,7 +35,6 @@ from ..wire import (
     parse_answer,
     parse_answer_nocheck,
 )
-from . import Stage
 
 log = logging.getLogger("hushdns")
 
@@ -74,8 +75,7 @@ def _private_records(answer: Answer) -> list[int]:
 
 
 class Rebind:
-    def __init__(self, next: Stage, config: Config, stats: Stats) -> None:
-        self.next = next
+    def __init__(self, config: Config, stats: Stats) -> None:
         self.stats = stats
         self.cache_cfg = config.cache
         self.allow = frozenset(config.rebind_protection.allow_zones) | frozenset(
@@ -83,18 +83,9 @@ class Rebind:
 
     def allowed(self, qname: str) -> bool:
         """Is the name in (or under) one of the LAN's own zones?"""
-        allow = self.allow
-        s = qname
-        while True:
-            if s in allow:
-                return True
-            i = s.find(".")
-            if i < 0:
-                return False
-            s = s[i + 1:]
+        return in_zones(qname, self.allow) is not None
 
-    async def resolve(self, req: Request) -> Response:
-        resp = await self.next.resolve(req)
+    def on_answer(self, req: Request, resp: Reply) -> Reply:
         answer = resp.answer
         if answer is None or answer.rcode != NOERROR or not answer.ttl_offsets:
             return resp
@@ -105,7 +96,7 @@ class Rebind:
             resp.answer = self._strip(req, answer)
         except WireError:
             # Cannot take the private addresses out: do not pass them on either.
-            return Response("servfail", wire=build_reply(req, SERVFAIL))
+            return Reply("servfail", wire=build_reply(req, SERVFAIL))
         self.stats.rebind_removed += len(bad)
         log.info("rebind protection: removed %d private address(es) from the answer for %s",
                  len(bad), req.qname)

@@ -1,0 +1,44 @@
+"""parse_query's one-pass read of the plain stub query agrees with the general parse."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+
+from resolver import wire
+from resolver.wire import Drop, Reject, Request, parse_query
+from tests.test_memo import datagrams
+
+
+def _slow(data: bytes, monkeypatch: pytest.MonkeyPatch) -> object:
+    with monkeypatch.context() as m:
+        m.setattr(wire, "_plain_query", lambda *a: None)
+        m.setattr(wire, "_QUESTIONS", {})
+        return _outcome(data)
+
+
+def _outcome(data: bytes) -> object:
+    try:
+        req = parse_query(data)
+    except Drop:
+        return "drop"
+    except Reject as rej:
+        return ("reject", rej.reply, rej.result)
+    return {s: getattr(req, s, None) for s in Request.__slots__}
+
+
+def test_the_plain_query_read_matches_the_general_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = {"plain": 0, "other": 0}
+
+    @settings(max_examples=1500, deadline=None, derandomize=True)
+    @given(data=datagrams())
+    def check(data: bytes) -> None:
+        n = len(data)
+        plain = n >= 17 and data[4:10] == wire._ONE_QUESTION and not data[10] and \
+            not data[2] & 0xF8 and wire._plain_query(data, n, data[2] << 8 | data[3], "", "udp",
+                                                         None, None, None, 0.0) is not None
+        taken["plain" if plain else "other"] += 1
+        assert _outcome(data) == _slow(data, monkeypatch)
+
+    check()
+    assert taken["plain"] > 300 and taken["other"] > 300, taken
