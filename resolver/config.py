@@ -104,6 +104,9 @@ class ServerOptions:
     max_waiters: int = 256
     minimal_responses: bool = True
     reply_memo: bool = True
+    # Sources that put a PROXY protocol v2 header before each query (dnsdist, HAProxy):
+    # only they may, and from them it is required (resolver/proxy_protocol.py).
+    proxy_protocol_from: tuple[IPNetwork, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -512,6 +515,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         max_waiters=r.typed(s, "max_waiters", "server", int, d.max_waiters, _at_least(1)),
         minimal_responses=r.typed(s, "minimal_responses", "server", bool, d.minimal_responses),
         reply_memo=r.typed(s, "reply_memo", "server", bool, d.reply_memo),
+        proxy_protocol_from=r.networks(s.get("proxy_protocol_from"), "server.proxy_protocol_from"),
     )
 
     rl = r.section(top.get("rate_limit"), "rate_limit", ("qps", "burst", "action"))

@@ -29,6 +29,7 @@ from .lists.upkeep import ListUpkeep
 from .memo import ReplyMemo
 from .metrics import start_metrics_server
 from .pipeline import Pipeline, build_pipeline, new_memo
+from .proxy_protocol import SIGNATURE, ProxyDrop, ProxyGate, parse
 from .stats import Stats
 from .wire import Drop, Reject, parse_query
 
@@ -58,6 +59,16 @@ class UdpEdge:
         self.out: list[tuple[bytes, Any]] | None = None   # replies of the batch being read
         self.later: list[tuple[bytes, Any]] = []          # replies of answers that waited
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.proxies: dict[Any, ProxiedSink] = {}          # proxy address -> its sink
+
+    def via(self, proxy: Any) -> ProxiedSink:
+        """The sink that sends a proxied client's replies back to the proxy (one per proxy socket)."""
+        sink = self.proxies.get(proxy)
+        if sink is None:
+            if len(self.proxies) >= 4096:
+                self.proxies.clear()
+            sink = self.proxies[proxy] = ProxiedSink(self, proxy)
+        return sink
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -113,20 +124,41 @@ class UdpEdge:
         self.out = out = []
         try:
             memo = server.memo
-            for data, addr in batch:
+            gate = server.proxy
+            for data, peer in batch:
+                addr, sink = peer, self
+                if gate is not None:   # PROXY v2: the client is who the header names
+                    opened = gate.open(data, peer)
+                    if opened is None:
+                        continue
+                    data, addr = opened
+                    if addr is not peer:
+                        sink = self.via(peer)
                 wire = None
                 if memo is not None:
                     try:
-                        wire = memo.answer(data, addr, self)
+                        wire = memo.answer(data, addr, sink)
                     except Exception:   # a bug in the memo must not cost the answer
                         log.exception("reply memo failed; the pipeline answers")
                 if wire is None:
-                    server.handle(data, addr, "udp", self)
+                    server.handle(data, addr, "udp", sink)
                 elif wire:
-                    out.append((wire, addr))
+                    out.append((wire, peer))
         finally:
             self.out = None
             self._send_all(out)
+
+
+class ProxiedSink:
+    """Replies to a client that came through a PROXY v2 proxy go to the proxy, bare (no header)."""
+
+    __slots__ = ("edge", "to")
+
+    def __init__(self, edge: UdpEdge, to: Any) -> None:
+        self.edge, self.to = edge, to
+
+    def sendto(self, wire: bytes | None, addr: Any = None) -> None:
+        self.edge.sendto(wire, self.to)
 
 
 class TcpConnection(asyncio.Protocol):
@@ -143,6 +175,9 @@ class TcpConnection(asyncio.Protocol):
         self.read_paused = False
         self.write_paused = False
         self.dispatching = False
+        # PROXY v2: "header" until a trusted proxy's header is read, "check" for the
+        # first bytes of anyone else while the feature is on, None after that.
+        self.proxy: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -154,6 +189,11 @@ class TcpConnection(asyncio.Protocol):
             transport.abort()  # type: ignore[attr-defined]
             return
         srv.tcp_connections.add(self)
+        gate = srv.proxy
+        if gate is not None:
+            self.proxy = "header" if gate.trusted(self.peer[0]) else "check"
+            if self.proxy == "header":
+                self.frame_started = time.monotonic()   # the sweep closes a stalled header
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.tcp_connections.discard(self)
@@ -161,7 +201,32 @@ class TcpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buf += data
         self.last = time.monotonic()
+        if self.proxy is not None and not self._proxy_header():
+            return
         self._dispatch()
+
+    def _proxy_header(self) -> bool:
+        """Read (trusted proxy) or refuse (anyone else) a PROXY v2 header; False: not yet, or gone."""
+        buf, gate = self.buf, self.server.proxy
+        if self.proxy == "check":
+            if len(buf) < 12 and buf == SIGNATURE[:len(buf)]:
+                return False
+            if buf[:12] == SIGNATURE:
+                gate.drop("untrusted")  # type: ignore[union-attr]
+                self.transport.abort()  # type: ignore[union-attr]
+                return False
+            self.proxy = None
+            return True
+        try:
+            end, client = parse(buf, self.peer)
+        except ProxyDrop as d:
+            if d.reason != "truncated":
+                gate.drop(d.reason)  # type: ignore[union-attr]
+                self.transport.abort()  # type: ignore[union-attr]
+            return False
+        del buf[:end]
+        self.peer, self.proxy, self.frame_started = client, None, None
+        return True
 
     def _dispatch(self) -> None:
         """Hand complete frames to the server, at most ``tcp_max_pipelined`` in flight.
@@ -271,6 +336,8 @@ class Server:
         self._background: list[asyncio.Task[Any]] = []
         self._reload_lock = asyncio.Lock()
         self.metrics_server: Any = None
+        # PROXY v2 trusted sources, or None when server.proxy_protocol_from is empty.
+        self.proxy: ProxyGate | None = None
         # Lifecycle hooks (sd_notify uses them); plain callables.
         self.on_ready: Callable[[], None] = lambda: None
         self.on_reload_start: Callable[[], None] = lambda: None
@@ -387,6 +454,8 @@ class Server:
             new_memo(pipeline, clients.cache, self.stats)
         if memo is not None:
             memo.on_miss = self._handle
+        nets = config.server.proxy_protocol_from
+        self.proxy = ProxyGate(nets, self.stats.proxy_dropped) if nets else None
         self.config, self.lists, self.pipeline, self.clients, self.memo = \
             config, lists, pipeline, clients, memo
 

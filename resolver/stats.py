@@ -81,6 +81,10 @@ class Stats:
         self.rebind_removed = 0
         # Client label values released after metrics.client_idle without a query
         self.client_labels_released = 0
+        # PROXY protocol v2: reason -> datagrams / connections dropped (resolver/proxy_protocol.py)
+        self.proxy_dropped: dict[str, int] = {}
+        # dnstap: messages not sent because the queue was full or the collector gone
+        self.dnstap_dropped = 0
 
     def query(self, client: str, qtype: str, result: str, duration: float) -> None:
         """Count one answered (or dropped) query; called once per query at the edge."""
