@@ -129,6 +129,18 @@ class RebindProtection:
 
 
 @dataclass(frozen=True)
+class Dnstap:
+    """Where dnstap messages go (resolver/dnstap/); ``socket`` or ``tcp``, never both."""
+
+    socket: str | None = None          # a unix socket path (fstrm_capture -u, a collector)
+    tcp: Endpoint | None = None        # or a TCP collector
+    identity: str = ""
+    queries: bool = True               # CLIENT_QUERY messages
+    responses: bool = True             # CLIENT_RESPONSE messages
+    queue: int = 10_000                # messages waiting for the writer; beyond: dropped, counted
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     listen: tuple[Endpoint, ...]
@@ -151,6 +163,7 @@ class Config:
     warnings: tuple[str, ...] = ()
     # Clients whose RD=0 queries are answered (from the cache only); the rest get REFUSED.
     access_allow_snoop: tuple[IPNetwork, ...] = ()
+    dnstap: Dnstap | None = None       # None: off
 
     def all_lists(self) -> list[ListSpec]:
         return [*self.blocking.lists.values(), *self.blocking.allow.values()]
@@ -390,7 +403,7 @@ def parse_duration(v: Any) -> float | None:
 
 TOP_KEYS = ("listen", "upstreams", "forward_zones", "access", "blocking", "clients", "groups",
             "cache", "metrics", "server", "rate_limit", "rebind_protection", "state_dir", "log",
-            "workers")
+            "workers", "dnstap")
 
 
 def load_config(path: str | os.PathLike[str] | None = None, text: str | None = None,
@@ -558,7 +571,30 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         workers=workers,
         rebind_protection=rebind,
         access_allow_snoop=snoop_nets,
+        dnstap=_dnstap(r, top.get("dnstap"), base),
     )
+
+
+def _dnstap(r: _Reader, data: Any, base: Path) -> Dnstap | None:
+    """``dnstap: {socket: PATH | tcp: IP:PORT, identity, queries, responses, queue}``."""
+    if data is None:
+        return None
+    d = r.section(data, "dnstap", tuple(Dnstap.__dataclass_fields__))
+    if not d:
+        return None
+    sock = r.typed(d, "socket", "dnstap", str, None)
+    tcp = None
+    if d.get("tcp") is not None:
+        eps = r.endpoints(d["tcp"], "dnstap.tcp", 6000)
+        tcp = eps[0] if eps else None
+    if ("socket" in d) == ("tcp" in d):
+        r.doc.err("dnstap", "needs exactly one of socket (a unix socket path) or tcp (IP:PORT)")
+    if sock is not None:
+        sock = str(base / sock)
+    return Dnstap(sock, tcp, r.typed(d, "identity", "dnstap", str, ""),
+                  r.typed(d, "queries", "dnstap", bool, True),
+                  r.typed(d, "responses", "dnstap", bool, True),
+                  r.typed(d, "queue", "dnstap", int, Dnstap.queue, _at_least(1)))
 
 
 def _rebind(r: _Reader, data: Any) -> RebindProtection:

@@ -97,6 +97,7 @@ class ReplyMemo:
         self.tables: dict[str, dict[bytes, tuple]] = {}
         self.size = 0
         self.on_miss: Any = None
+        self.tap: Any = None   # the dnstap writer: memo answers are logged like the pipeline's
 
     def answer(self, data: bytes, addr: Any, sink: Any) -> bytes | bool | None:
         """The reply bytes to send; False when the pipeline took the query (and answered
@@ -113,7 +114,7 @@ class ReplyMemo:
             if table is not None:
                 seen = table.get(data[2:])
                 if seen is not None:
-                    tail, qlabel, result, keep, gates, q = seen
+                    tail, qlabel, result, keep, gates, q, rule = seen
                     if keep.valid(monotonic()):
                         if gates:
                             q = q.again(data, addr, info, sink, t0)
@@ -124,7 +125,11 @@ class ReplyMemo:
                                     return False
                         keep.replay(info.label)
                         self.stats.query(info.label, qlabel, result, perf_counter() - t0)
-                        return data[:2] + tail
+                        wire = data[:2] + tail
+                        tap = self.tap
+                        if tap is not None:
+                            tap.hit(data, addr, wire, result, keep, rule, t0)
+                        return wire
         on_miss = self.on_miss
         if on_miss is None:
             return None
@@ -146,4 +151,4 @@ class ReplyMemo:
             self.size = 1
         # The Request only when a gate will need it again: fewer objects for the GC to track.
         table[q.data[2:]] = (wire[2:], _QTYPES.get(q.qtype, "other"), reply.result, keep, gates,
-                             q if gates else None)
+                             q if gates else None, reply.rule)

@@ -131,7 +131,7 @@ class StatsCollector:
         yield CounterMetricFamily(
             "hushdns_dnstap_dropped",
             "dnstap messages dropped because the queue was full or the collector was gone.",
-            value=getattr(s, "dnstap_dropped", 0))
+            value=getattr(s, "dnstap_dropped", 0) + getattr(s, "dnstap_lost", lambda: 0)())
 
         yield CounterMetricFamily(
             "hushdns_client_labels_released",

@@ -91,6 +91,7 @@ class Pipeline:
         self.udp_cap = config.server.udp_size
         self.log_queries = config.log_queries
         self.memo: ReplyMemo | None = None
+        self.tap: Any = None   # the dnstap writer (resolver/dnstap), None when off
         self.cache_entries: OrderedDict[bytes, Answer] | None = None
         outs: list[Callable[[Request, Reply], Reply]] = []
         # (on_query, the on_answers above it innermost first, its position) per answering stage.
@@ -180,6 +181,9 @@ class Pipeline:
             q.sink.sendto(wire, q.addr)
         qtype = _QTYPES.get(q.qtype, "other")   # as qtype_label(), inlined
         self.stats.query(q.info.label, qtype, r.result, time.perf_counter() - q.t0)
+        tap = self.tap
+        if tap is not None:
+            tap.emit(q, wire, r)
         if self.log_queries:
             qlog.info("%s %s %s %s%s", q.client, q.qname, qtype,
                       r.result, f" list={r.list} rule={r.rule}" if r.list else "")

@@ -22,6 +22,7 @@ from . import upstream
 from .carryover import carry_over
 from .clients import ClientTable, LabelBound
 from .config import Config, ConfigError, Endpoint, format_endpoint
+from .dnstap import DnstapWriter
 from .listen_errors import ListenError, listen_error
 from .lists import loader
 from .lists.loader import Blocklists
@@ -338,6 +339,8 @@ class Server:
         self.metrics_server: Any = None
         # PROXY v2 trusted sources, or None when server.proxy_protocol_from is empty.
         self.proxy: ProxyGate | None = None
+        # The dnstap writer (kept across reloads while its settings hold), or None.
+        self.tap: DnstapWriter | None = None
         # Lifecycle hooks (sd_notify uses them); plain callables.
         self.on_ready: Callable[[], None] = lambda: None
         self.on_reload_start: Callable[[], None] = lambda: None
@@ -384,6 +387,8 @@ class Server:
                 c.transport.abort()
         if self.pipeline is not None:
             self.pipeline.close()   # the questions in flight, of this and earlier pipelines
+        if self.tap is not None:
+            await asyncio.to_thread(self.tap.close)
         upstream.close_idle_sockets(asyncio.get_running_loop())
         await asyncio.gather(*self._background, return_exceptions=True)
         for s in self.tcp_servers:
@@ -454,6 +459,15 @@ class Server:
             new_memo(pipeline, clients.cache, self.stats)
         if memo is not None:
             memo.on_miss = self._handle
+        tap = self.tap
+        if tap is not None and tap.cfg != config.dnstap:
+            tap.close(0.5)
+            tap = None
+        if tap is None and config.dnstap is not None:
+            tap = DnstapWriter(config.dnstap, self.stats)
+        self.tap = pipeline.tap = tap
+        if memo is not None:
+            memo.tap = tap
         nets = config.server.proxy_protocol_from
         self.proxy = ProxyGate(nets, self.stats.proxy_dropped) if nets else None
         self.config, self.lists, self.pipeline, self.clients, self.memo = \
