@@ -127,6 +127,7 @@ class UdpEdge:
         try:
             memo = server.memo
             gate = server.proxy
+            proxies = self.proxies
             for data, peer in batch:
                 addr, sink = peer, self
                 if gate is not None:   # PROXY v2: the client is who the header names
@@ -135,7 +136,7 @@ class UdpEdge:
                         continue
                     data, addr = opened
                     if addr is not peer:
-                        sink = self.via(peer)
+                        sink = proxies.get(peer) or self.via(peer)
                 wire = None
                 if memo is not None:
                     try:

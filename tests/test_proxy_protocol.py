@@ -80,6 +80,16 @@ def test_fuzz_round_trip(ip, port: int, transport: str) -> None:
     assert (end, ipaddress.ip_address(got), got_port) == (len(h), ip, port)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.ip_addresses(v=4), st.integers(0, 65535), st.binary(max_size=30))
+def test_fuzz_gate_fast_path_agrees_with_parse(ip, port: int, query: bytes) -> None:
+    gate = ProxyGate((ipaddress.ip_network("127.0.0.1/32"),), {})
+    h = header((str(ip), port), ("127.0.0.1", 53))
+    end, client = parse(h + query, PEER)
+    assert gate.open(h + query, PEER) == ((h + query)[end:], client) == (query, (str(ip), port))
+    assert gate.open(h + query, PEER) == (query, (str(ip), port))   # from the client table
+
+
 def test_gate_counts_each_reason() -> None:
     dropped: dict[str, int] = {}
     gate = ProxyGate((ipaddress.ip_network("127.0.0.0/30"),), dropped)
@@ -114,7 +124,12 @@ def _udp(srv, payload: bytes, source: str = "127.0.0.1", timeout: float = 2.0) -
             return None
 
 
-def _counts(srv) -> dict[str, int]:
+def _counts(srv, settle: int = 0) -> dict[str, int]:
+    """Queries per client (waiting until at least ``settle`` are counted: the reply is
+    sent before its count is taken)."""
+    deadline = time.monotonic() + 2
+    while sum(dict(srv.stats.queries).values()) < settle and time.monotonic() < deadline:
+        time.sleep(0.01)
     out: dict[str, int] = {}
     for (client, _qt, _res), n in dict(srv.stats.queries).items():
         out[client] = out.get(client, 0) + n
@@ -132,7 +147,7 @@ def test_udp_proxied_client_is_the_client_and_reply_goes_to_the_proxy(serve) -> 
         h = header(("192.0.2.50", 4000 + i), ("127.0.0.1", srv.port))
         got = _udp(srv, h + q.to_wire())
         assert got is not None and dns.message.from_wire(got).id == 100 + i   # bare reply
-    assert _counts(srv).get("192.0.2.50") == 3
+    assert _counts(srv, 3).get("192.0.2.50") == 3
     assert "127.0.0.1" not in _counts(srv)
     assert srv.stats.blocked[("192.0.2.50", "ads")] == 3
 
@@ -161,7 +176,7 @@ def test_tcp_header_once_per_connection(serve) -> None:
             dns.query.send_tcp(s, q)
             r, _ = dns.query.receive_tcp(s, expiration=time.time() + 3)
             assert r.id == i
-    assert _counts(srv).get("192.0.2.60") == 2
+    assert _counts(srv, 2).get("192.0.2.60") == 2
 
 
 def test_tcp_bare_query_from_trusted_proxy_is_dropped(serve) -> None:
