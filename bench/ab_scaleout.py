@@ -43,10 +43,7 @@ import servers  # noqa: E402
 from resolver.config import load_config  # noqa: E402
 from resolver.lists.loader import load_all  # noqa: E402
 from resolver.proxy_protocol import header  # noqa: E402
-from resolver.server import (
-    Server,  # noqa: E402
-    UdpEdge,  # noqa: E402
-)
+from resolver.server import Server, UdpEdge  # noqa: E402
 
 CLIENTS = [f"10.0.{i // 250}.{i % 250 + 1}" for i in range(256)]
 
