@@ -124,3 +124,35 @@ def test_collector_gone_then_back_reconnects(serve, tmp_path: Path) -> None:
         assert _wait(lambda: coll.received > 0)
     finally:
         coll.close()
+
+
+def test_encoder_matches_encode_byte_for_byte() -> None:
+    from resolver.dnstap.message import CLIENT_RESPONSE, Encoder
+    enc = Encoder(b"id", b"v1")
+    for port, extra, q, r in ((53, b"", b"Q" * 40, None), (40000, b"blocked list=a rule=b", None,
+                                                          b"R" * 300), (200, b"x", b"q", b"r" * 20000)):
+        kind = CLIENT_QUERY if r is None else CLIENT_RESPONSE
+        for _ in range(2):   # built, then from the tables
+            got = enc.message(kind, 2, 1, b"\x20\x01" + bytes(14), port, 1_700_000_001_000_000_007,
+                              q, 1_700_000_002_5 * 10 ** 8, r, extra)
+            assert got == encode(b"id", b"v1", kind, 2, 1, b"\x20\x01" + bytes(14), port,
+                                 1_700_000_001_000_000_007, q, 1_700_000_002_5 * 10 ** 8, r, extra)
+
+
+def test_pair_is_two_frames_of_encode() -> None:
+    from resolver.dnstap import framestream
+    from resolver.dnstap.message import CLIENT_RESPONSE, Encoder
+    enc = Encoder(b"id", b"")
+    addr = b"\x0a\x00\x00\x05"
+    for _ in range(2):
+        got = enc.pair(1, 1, addr, 40000, 1_700_000_000_5 * 10 ** 8, b"Q" * 30,
+                       1_700_000_001_000_000_001, b"R" * 200, b"blocked list=a rule=None")
+        want = framestream.data(encode(b"id", b"", CLIENT_QUERY, 1, 1, addr, 40000,
+                                       1_700_000_000_5 * 10 ** 8, b"Q" * 30,
+                                       extra=b"blocked list=a rule=None")) + \
+            framestream.data(encode(b"id", b"", CLIENT_RESPONSE, 1, 1, addr, 40000,
+                                    1_700_000_000_5 * 10 ** 8, None, 1_700_000_001_000_000_001,
+                                    b"R" * 200, b"blocked list=a rule=None"))
+        assert got == want
+    assert enc.pair(1, 1, addr, 1, 0, None, 0, b"R", b"") == framestream.data(
+        encode(b"id", b"", CLIENT_RESPONSE, 1, 1, addr, 1, 0, None, 0, b"R"))

@@ -22,7 +22,7 @@ from typing import Any
 from .. import __version__
 from ..config import Dnstap, format_endpoint
 from . import framestream
-from .message import CLIENT_QUERY, CLIENT_RESPONSE, PROTOCOLS, address, encode
+from .message import PROTOCOLS, Encoder, address
 
 log = logging.getLogger("hushdns")
 
@@ -46,6 +46,8 @@ class DnstapWriter:
         self.identity = (cfg.identity or socket.gethostname()).encode()
         self.version = f"hushdns {__version__}".encode()
         self._addresses: dict[str, tuple[int, bytes]] = {}
+        self._encoder = Encoder(self.identity, self.version)
+        self._extras: dict[tuple, bytes] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dnstap", daemon=True)
         self._thread.start()
@@ -156,14 +158,15 @@ class DnstapWriter:
             self._addresses[client] = fa
         family, packed = fa
         protocol = PROTOCOLS.get(proto, 1)
-        extra = (f"{result} list={lst} rule={rule}" if lst else result).encode()
+        ekey = (result, lst, rule)
+        extra = self._extras.get(ekey)
+        if extra is None:
+            if len(self._extras) >= 4096:
+                self._extras.clear()
+            extra = self._extras[ekey] = \
+                (f"{result} list={lst} rule={rule}" if lst else result).encode()
         qtime = now_ns - int(took * 1e9)
-        out = b""
-        if self.cfg.queries:
-            out += framestream.data(encode(self.identity, self.version, CLIENT_QUERY, family,
-                                           protocol, packed, port, qtime, query, extra=extra))
-        if self.cfg.responses and response is not None:
-            out += framestream.data(encode(self.identity, self.version, CLIENT_RESPONSE, family,
-                                           protocol, packed, port, qtime, None, now_ns, response,
-                                           extra))
-        return out
+        cfg = self.cfg
+        return self._encoder.pair(family, protocol, packed, port, qtime,
+                                  query if cfg.queries else None, now_ns,
+                                  response if cfg.responses else None, extra)
