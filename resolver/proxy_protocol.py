@@ -123,6 +123,7 @@ class ProxyGate:
         self.dropped = dropped
         self._trusted: dict[str, bool] = {}
         self._clients: dict[bytes, tuple[str, int]] = {}   # header address bytes -> client
+        self.trusted_table, self.clients = self._trusted, self._clients   # read by UdpEdge
 
     def trusted(self, ip: str) -> bool:
         t = self._trusted.get(ip)
@@ -153,7 +154,7 @@ class ProxyGate:
         if t is None:
             t = self.trusted(addr[0])
         if t:
-            if data[12:16] == _V4_UDP and data[:12] == SIGNATURE and len(data) >= 28:
+            if data[12:16] == V4_UDP and data[:12] == SIGNATURE and len(data) >= 28:
                 key = data[16:26]
                 client = self._clients.get(key)
                 if client is None:
@@ -179,4 +180,4 @@ class ProxyGate:
 
 
 # PROXY command, AF_INET over DGRAM, 12 bytes of addresses: dnsdist's UDP header without TLVs.
-_V4_UDP = b"\x21\x12\x00\x0c"
+V4_UDP = b"\x21\x12\x00\x0c"

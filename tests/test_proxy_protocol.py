@@ -160,7 +160,9 @@ def test_udp_drops_are_counted_and_untrusted_plain_queries_still_answered(serve)
     assert _udp(srv, h[:22], timeout=0.3) is None                             # truncated
     assert _udp(srv, h + q, source="127.0.0.2", timeout=0.3) is None          # untrusted header
     assert _udp(srv, q, source="127.0.0.2") is not None                       # plain, untrusted
-    assert srv.stats.proxy_dropped == {"missing": 1, "truncated": 1, "untrusted": 1}
+    _udp(srv, h + q, timeout=2)                                               # known client now
+    assert _udp(srv, h[:27], timeout=0.3) is None                             # ... cut short
+    assert srv.stats.proxy_dropped == {"missing": 1, "truncated": 2, "untrusted": 1}
 
 
 def test_tcp_header_once_per_connection(serve) -> None:
