@@ -156,3 +156,22 @@ def test_pair_is_two_frames_of_encode() -> None:
         assert got == want
     assert enc.pair(1, 1, addr, 1, 0, None, 0, b"R", b"") == framestream.data(
         encode(b"id", b"", CLIENT_RESPONSE, 1, 1, addr, 1, 0, None, 0, b"R"))
+
+
+def test_reload_restarts_the_writer_only_when_dnstap_changed(serve, tmp_path: Path) -> None:
+    path = str(tmp_path / "r.sock")
+    coll = FakeCollector(path)
+    try:
+        srv = serve(f"dnstap: {{socket: {path}, identity: one}}\n")
+        first = srv.server.tap
+        assert _wait(lambda: coll.connections == 1)
+        assert srv.reload() and srv.server.tap is first            # unchanged: kept
+        conf = tmp_path / "config.yaml"
+        conf.write_text(conf.read_text().replace("identity: one", "identity: two"))
+        assert srv.reload()
+        assert srv.server.tap is not first and srv.server.tap.identity == b"two"
+        assert _wait(lambda: coll.connections == 2)
+        conf.write_text(conf.read_text().replace(f"dnstap: {{socket: {path}, identity: two}}\n", ""))
+        assert srv.reload() and srv.server.tap is None and srv.server.pipeline.tap is None
+    finally:
+        coll.close()

@@ -77,6 +77,9 @@ class DnstapWriter:
         """Send what is queued, STOP, and end the thread (waits at most ``timeout``)."""
         self._stop.set()
         self._thread.join(timeout)
+        # A reload may start another writer: its losses so far stay in the counter.
+        lost, self.lost = self.lost, 0
+        self.stats.dnstap_dropped += lost
 
     # --- on the writer thread -------------------------------------------------------
 
