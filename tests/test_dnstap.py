@@ -175,3 +175,23 @@ def test_reload_restarts_the_writer_only_when_dnstap_changed(serve, tmp_path: Pa
         assert srv.reload() and srv.server.tap is None and srv.server.pipeline.tap is None
     finally:
         coll.close()
+
+
+def test_encode_batch_is_frames_of_pair() -> None:
+    from resolver.dnstap.message import Encoder, encode_batch
+    items = [("10.0.0.5", 40000, "udp", b"Q" * 30, b"R" * 50, "blocked", "ads", "ads.example",
+              1_700_000_001_000_000_000, 0.25),
+             ("2001:db8::1", 53, "tcp", b"q" * 200, b"r" * 20000, "forwarded", None, None,
+              1_700_000_002_000_000_000, 0.001),
+             ("10.0.0.5", 40001, "udp", b"Q", None, "servfail", None, None, 1_700_000_003_0, 0.0)]
+    for queries, responses in ((True, True), (True, False), (False, True)):
+        enc, ref = Encoder(b"h", b"v"), Encoder(b"h", b"v")
+        want = b""
+        for c, port, proto, q, r, res, lst, rule, now, took in items:
+            fam, packed = (2, bytes.fromhex("20010db8" + "0" * 23 + "1")) if ":" in c else \
+                (1, bytes(int(p) for p in c.split(".")))
+            extra = (f"{res} list={lst} rule={rule}" if lst else res).encode()
+            want += ref.pair(fam, 1 if proto == "udp" else 2, packed, port, now - int(took * 1e9),
+                             q if queries else None, now, r if responses else None, extra)
+        for _ in range(2):   # built, then from the tables
+            assert encode_batch(enc, items, queries, responses, {}, {}) == want

@@ -22,7 +22,7 @@ from typing import Any
 from .. import __version__
 from ..config import Dnstap, format_endpoint
 from . import framestream
-from .message import PROTOCOLS, Encoder, address
+from .message import Encoder, encode_batch
 
 log = logging.getLogger("hushdns")
 
@@ -140,36 +140,11 @@ class DnstapWriter:
             pop = queue.popleft
             while queue and len(batch) < BATCH:
                 batch.append(pop())
-            frames = b"".join(self._frames(item) for item in batch)
+            frames = encode_batch(self._encoder, batch, self.cfg.queries, self.cfg.responses,
+                                  self._addresses, self._extras)
             try:
                 sock.sendall(frames)
             except OSError:
                 self.lost += len(batch)
                 raise
             self.sent += len(batch)
-
-    def _frames(self, item: tuple) -> bytes:
-        client, port, proto, query, response, result, lst, rule, now_ns, took = item
-        fa = self._addresses.get(client)
-        if fa is None:
-            try:
-                fa = address(client)
-            except OSError:
-                fa = (1, b"")
-            if len(self._addresses) >= 65_536:
-                self._addresses.clear()
-            self._addresses[client] = fa
-        family, packed = fa
-        protocol = PROTOCOLS.get(proto, 1)
-        ekey = (result, lst, rule)
-        extra = self._extras.get(ekey)
-        if extra is None:
-            if len(self._extras) >= 4096:
-                self._extras.clear()
-            extra = self._extras[ekey] = \
-                (f"{result} list={lst} rule={rule}" if lst else result).encode()
-        qtime = now_ns - int(took * 1e9)
-        cfg = self.cfg
-        return self._encoder.pair(family, protocol, packed, port, qtime,
-                                  query if cfg.queries else None, now_ns,
-                                  response if cfg.responses else None, extra)
