@@ -298,7 +298,7 @@ def _plain_query(data: bytes, n: int, flags: int, client: str, proto: str, info:
     """The query every stub sends (one IN question of a real type, uncompressed, at most
     one OPT and nothing else), read in one pass; None for anything else, which
     ``_parse_question`` then judges.  Accepts a strict subset of what it accepts, with
-    the same result (``tests/test_parse.py`` checks that on random input)."""
+    the same result (``tests/test_parse_query.py`` checks that on random input)."""
     i = 12
     labels = []
     while True:
