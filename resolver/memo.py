@@ -14,7 +14,7 @@ seconds, so the TTLs read the same).  Stages that must see every query
 (``per_query``, e.g. the rate limit) are run again for every memo answer, with a
 ``Request`` rebuilt from the remembered one; if one of them answers, that answer
 goes through the pipeline like any other.  Every counter the first answer moved
-moves again (``Keep.replay`` and ``Stats.query``).  A new memo, empty, comes
+moves again (``Keep.replay`` and ``Stats.query``), and the query log gets its row.  A new memo, empty, comes
 with every new pipeline; only UDP replies are remembered, and only from the second
 time the same bytes are answered (a doorkeeper set of hashes notes the first), so
 first-sight traffic does not pay for filling it.
@@ -126,7 +126,7 @@ class ReplyMemo:
                     self._missed_data = data
                     self._missed_tail = tail
                 else:
-                    tail, qlabel, result, keep, gates, q, rule = seen
+                    tail, qlabel, result, keep, gates, q, why = seen
                     if keep.valid(monotonic()):
                         if gates:
                             q = q.again(data, addr, info, sink, t0)
@@ -136,11 +136,16 @@ class ReplyMemo:
                                     self.pipeline.answered(q, r, pos)
                                     return False
                         keep.replay(info.label)
-                        self.stats.query(info.label, qlabel, result, perf_counter() - t0)
+                        took = perf_counter() - t0
+                        self.stats.query(info.label, qlabel, result, took)
+                        record = self.pipeline.record
+                        if record is not None:   # the query log, as Pipeline.finish writes it
+                            record(info.device or info.label, addr[0], why[0], why[1], result,
+                                   why[2], why[3], tail[1] & 15, None, took)
                         wire = data[:2] + tail
                         tap = self.tap
-                        if tap is not None:
-                            tap.hit(data, addr, wire, result, keep, rule, t0)
+                        if tap is not None:   # dnstap, with the verdict of the reply it repeats
+                            tap.hit(data, addr, wire, result, keep, why[3], t0)
                         return wire
         on_miss = self.on_miss
         if on_miss is None:
@@ -176,4 +181,4 @@ class ReplyMemo:
         self.size = size
         # The Request only when a gate will need it again: fewer objects for the GC to track.
         table[tail] = (wire[2:], _QTYPES.get(q.qtype, "other"), reply.result, keep, gates,
-                       q if gates else None, reply.rule)
+                       q if gates else None, (q.qname, q.qtype, reply.list, reply.rule))

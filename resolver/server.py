@@ -32,6 +32,7 @@ from .memo import ReplyMemo
 from .metrics import snapshot, start_metrics_server
 from .pipeline import Pipeline, build_pipeline, new_memo
 from .proxy_protocol import SIGNATURE, V4_UDP, ProxyDrop, ProxyGate, parse
+from .querylog import QueryLog, open_log
 from .stats import Stats
 from .tcp_limits import ConnectionTable
 from .wire import Drop, Reject, parse_query
@@ -389,6 +390,7 @@ class Server:
         self.proxy: ProxyGate | None = None
         # The dnstap writer (kept across reloads while its settings hold), or None.
         self.tap: DnstapWriter | None = None
+        self.querylog: QueryLog | None = None   # query_log: the SQLite log (resolver/querylog)
         # Lifecycle hooks (sd_notify uses them); plain callables.
         self.on_ready: Callable[[], None] = lambda: None
         self.on_reload_start: Callable[[], None] = lambda: None
@@ -446,6 +448,8 @@ class Server:
                 await s.wait_closed()
         if self.metrics_server is not None:
             await self.metrics_server.close()
+        if self.querylog is not None:
+            await asyncio.to_thread(self.querylog.close)
 
     async def reload(self) -> bool:
         """Re-read config and lists; on any failure the running ones keep serving."""
@@ -527,7 +531,7 @@ class Server:
         self.labels.limit = config.metrics.max_clients
         self.labels.idle = config.metrics.client_idle
         clients = ClientTable(config, lists, self.labels, self.devices.map.names)
-        # The query log wants every query through the pipeline, with its reasons;
+        # The text query log wants every query through the pipeline, with its reasons;
         # server.reply_memo: false (the bench's hushdns-nomemo) measures the pipeline alone.
         memo = None if config.log_queries or not config.server.reply_memo else \
             new_memo(pipeline, clients.cache, self.stats)
@@ -546,6 +550,18 @@ class Server:
         self.proxy = ProxyGate(nets, self.stats.proxy_dropped) if nets else None
         self.config, self.lists, self.pipeline, self.clients, self.memo = \
             config, lists, pipeline, clients, memo
+        self._install_querylog(config)
+        # The SQLite query log: a row per answer, from finish and from the memo alike.
+        pipeline.record = self.querylog.record if self.querylog is not None else None
+
+    def _install_querylog(self, config: Config) -> None:
+        """(Re)open the query log when its settings changed; the old writer finishes on its own."""
+        old = self.querylog
+        if old is not None and old.settings == config.query_log:
+            return
+        if old is not None:
+            old.close_soon()   # ships what it has queued, then ends (not awaited here)
+        self.querylog = open_log(config.query_log, self.stats)
 
     async def _bind(self, ep: Endpoint) -> None:
         loop = asyncio.get_running_loop()

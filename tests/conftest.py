@@ -15,6 +15,12 @@ import pytest
 from tests.fakes import FakeUpstream, ServerThread, start_server
 
 
+@pytest.fixture(autouse=True)
+def _state_directory(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's state (URL list copies, the query log) in its own directory, never ~/.local."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture
 def upstream() -> Iterator[FakeUpstream]:
     up = FakeUpstream()
