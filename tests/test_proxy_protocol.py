@@ -194,3 +194,23 @@ def test_tcp_bare_query_from_trusted_proxy_is_dropped(serve) -> None:
     while time.monotonic() < deadline and len(srv.stats.proxy_dropped) < 2:
         time.sleep(0.01)
     assert srv.stats.proxy_dropped == {"missing": 1, "untrusted": 1}
+
+
+def test_proxied_client_is_the_device_in_metrics_and_query_log(serve, tmp_path, capsys,
+                                                               monkeypatch) -> None:
+    import json
+
+    from resolver.cli import main
+    srv = serve(TRUST + "clients:\n  laptop: [192.0.2.50/32]\n", lists={"ads": "ads.example\n"})
+    q = dns.message.make_query("x.ads.example", "A")
+    for i in range(3):   # pipeline, then the reply memo
+        q.id = i
+        assert _udp(srv, header(("192.0.2.50", 999), ("127.0.0.1", srv.port)) + q.to_wire())
+    assert _counts(srv, 3) == {"laptop": 3}
+    srv.server.querylog.flush()
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["log", "--json", "-c", "config.yaml"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["device"], r["client"], r["result"]) for r in rows] == \
+        [("laptop", "192.0.2.50", "blocked")] * 3
