@@ -107,6 +107,9 @@ class ServerOptions:
     max_waiters: int = 256
     minimal_responses: bool = True
     reply_memo: bool = True
+    # Sources that put a PROXY protocol v2 header before each query (dnsdist, HAProxy):
+    # only they may, and from them it is required (resolver/proxy_protocol.py).
+    proxy_protocol_from: tuple[IPNetwork, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,18 @@ class QueryLog:
     @property
     def on(self) -> bool:
         return self.enabled and self.privacy != "off"
+
+
+@dataclass(frozen=True)
+class Dnstap:
+    """Where dnstap messages go (resolver/dnstap/); ``socket`` or ``tcp``, never both."""
+
+    socket: str | None = None          # a unix socket path (fstrm_capture -u, a collector)
+    tcp: Endpoint | None = None        # or a TCP collector
+    identity: str = ""
+    queries: bool = True               # CLIENT_QUERY messages
+    responses: bool = True             # CLIENT_RESPONSE messages
+    queue: int = 10_000                # messages waiting for the writer; beyond: dropped, counted
 
 
 @dataclass(frozen=True)
@@ -186,6 +201,7 @@ class Config:
     warnings: tuple[str, ...] = ()
     # Clients whose RD=0 queries are answered (from the cache only); the rest get REFUSED.
     access_allow_snoop: tuple[IPNetwork, ...] = ()
+    dnstap: Dnstap | None = None       # None: off
 
     def all_lists(self) -> list[ListSpec]:
         return [*self.blocking.lists.values(), *self.blocking.allow.values()]
@@ -444,7 +460,7 @@ def parse_duration(v: Any) -> float | None:
 
 TOP_KEYS = ("listen", "upstreams", "forward_zones", "access", "blocking", "clients", "groups",
             "cache", "metrics", "server", "rate_limit", "rebind_protection", "state_dir", "log",
-            "workers", "devices", "query_log")
+            "workers", "devices", "query_log", "dnstap")
 
 
 def load_config(path: str | os.PathLike[str] | None = None, text: str | None = None,
@@ -582,6 +598,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         max_waiters=r.typed(s, "max_waiters", "server", int, d.max_waiters, _at_least(1)),
         minimal_responses=r.typed(s, "minimal_responses", "server", bool, d.minimal_responses),
         reply_memo=r.typed(s, "reply_memo", "server", bool, d.reply_memo),
+        proxy_protocol_from=r.networks(s.get("proxy_protocol_from"), "server.proxy_protocol_from"),
     )
 
     rl = r.section(top.get("rate_limit"), "rate_limit", ("qps", "burst", "action"))
@@ -628,6 +645,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         query_log=query_log,
         access_allow_snoop=snoop_nets,
         devices=devices,
+        dnstap=_dnstap(r, top.get("dnstap"), base),
     )
 
 
@@ -660,6 +678,28 @@ def _devices(r: _Reader, top: dict[str, Any], base: Path) -> Devices:
         reverse_dns=reverse,
         refresh=_dur(r, d, "refresh", "devices", 60.0, _at_least(1)),
     )
+
+
+def _dnstap(r: _Reader, data: Any, base: Path) -> Dnstap | None:
+    """``dnstap: {socket: PATH | tcp: IP:PORT, identity, queries, responses, queue}``."""
+    if data is None:
+        return None
+    d = r.section(data, "dnstap", tuple(Dnstap.__dataclass_fields__))
+    if not d:
+        return None
+    sock = r.typed(d, "socket", "dnstap", str, None)
+    tcp = None
+    if d.get("tcp") is not None:
+        eps = r.endpoints(d["tcp"], "dnstap.tcp", 6000)
+        tcp = eps[0] if eps else None
+    if ("socket" in d) == ("tcp" in d):
+        r.doc.err("dnstap", "needs exactly one of socket (a unix socket path) or tcp (IP:PORT)")
+    if sock is not None:
+        sock = str(base / sock)
+    return Dnstap(sock, tcp, r.typed(d, "identity", "dnstap", str, ""),
+                  r.typed(d, "queries", "dnstap", bool, True),
+                  r.typed(d, "responses", "dnstap", bool, True),
+                  r.typed(d, "queue", "dnstap", int, Dnstap.queue, _at_least(1)))
 
 
 def _rebind(r: _Reader, data: Any) -> RebindProtection:

@@ -120,6 +120,20 @@ class StatsCollector:
             m.add_metric((client, reason), n)
         yield m
 
+        m = CounterMetricFamily(
+            "hushdns_proxy_dropped",
+            "Datagrams and TCP connections dropped at the PROXY protocol v2 check "
+            "(untrusted source, malformed, truncated, header missing from a trusted proxy).",
+            labels=("reason",))
+        for reason, n in _items(getattr(s, "proxy_dropped", {})):
+            m.add_metric((reason,), n)
+        yield m
+
+        yield CounterMetricFamily(
+            "hushdns_dnstap_dropped",
+            "dnstap messages dropped because the queue was full or the collector was gone.",
+            value=getattr(s, "dnstap_dropped", 0) + getattr(s, "dnstap_lost", lambda: 0)())
+
         yield CounterMetricFamily(
             "hushdns_client_labels_released",
             "Client label values released after metrics.client_idle without a query "

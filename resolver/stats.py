@@ -91,6 +91,12 @@ class Stats:
         self.device_last_query: dict[str, float] = {}
         # Client label values released after metrics.client_idle without a query
         self.client_labels_released = 0
+        # PROXY protocol v2: reason -> datagrams / connections dropped (resolver/proxy_protocol.py)
+        self.proxy_dropped: dict[str, int] = {}
+        # dnstap: messages not sent because the queue was full or the collector gone
+        self.dnstap_dropped = 0
+        # ... and those lost in a write to a collector that went away (the writer thread's count)
+        self.dnstap_lost: Callable[[], int] = lambda: 0
 
     def query(self, client: str, qtype: str, result: str, duration: float) -> None:
         """Count one answered (or dropped) query; called once per query at the edge."""
