@@ -93,6 +93,8 @@ class Forward:
         self.zones = {z: [pool.setdefault(ep, Upstream.of(ep)) for ep in eps]
                       for z, eps in config.forward_zones.items()}
         stats.upstream_state = {u.label: 0 if u.down else 1 for u in pool.values()}
+        stats.upstream_transport = {u.label: u.transport for u in pool.values()}
+        self.pool = list(pool.values())
         self.upstreams = Upstreams(config.server, stats)
         # Questions in flight (shared by the pipelines of one server, across reloads).
         self.inflight: dict[bytes, _Flight] = inflight if inflight is not None else {}
@@ -148,6 +150,8 @@ class Forward:
         for flight in list(self.inflight.values()):
             flight.close()
         self.inflight.clear()
+        for up in self.pool:   # DoT/DoH persistent connections
+            up.close()
 
     async def _ask(self, req: Request) -> tuple[Answer, str]:
         c = self.cache_cfg
