@@ -131,6 +131,8 @@ class UdpEdge:
 class TcpConnection(asyncio.Protocol):
     """One DNS-over-TCP client (RFC 7766): length-prefixed messages, pipelined, answered as ready."""
 
+    proto = "tcp"   # edge_tls.TlsConnection: "tls"
+
     def __init__(self, server: Server) -> None:
         self.server = server
         self.buf = bytearray()
@@ -187,7 +189,7 @@ class TcpConnection(asyncio.Protocol):
                 del buf[:2 + n]
                 self.frame_started = None
                 self.pending += 1
-                self.server.handle(msg, self.peer, "tcp", self)
+                self.server.handle(msg, self.peer, self.proto, self)
                 t = self.transport
                 if t is None or t.is_closing():
                     return
@@ -267,6 +269,9 @@ class Server:
         self.tcp_connections: set[TcpConnection] = set()
         self.udp_addresses: list[Endpoint] = []
         self.tcp_addresses: list[Endpoint] = []
+        from .edge_tls import EncryptedListeners   # edge_tls builds on TcpConnection
+
+        self.encrypted = EncryptedListeners(self)
         self._background: list[asyncio.Task[Any]] = []
         self._reload_lock = asyncio.Lock()
         self.metrics_server: Any = None
@@ -291,6 +296,7 @@ class Server:
         self._install(self.config, self.lists)
         for ep in self.config.listen:
             await self._bind(ep)
+        await self.encrypted.start(self.config)
         await self._start_metrics()
         self._background.append(asyncio.create_task(self._sweep_tcp()))
         upkeep = ListUpkeep(lambda: self.config, lambda: self.lists, self.stats,
@@ -300,6 +306,8 @@ class Server:
                  ", ".join(map(format_endpoint, self.udp_addresses)),
                  ", ".join(map(format_endpoint, self.tcp_addresses)),
                  ", ".join(map(format_endpoint, self.config.upstreams)))
+        if self.encrypted.addresses:
+            log.info("serving encrypted DNS on %s", ", ".join(u.url() for u in self.encrypted.addresses))
         self.on_ready()
 
     async def stop(self) -> None:
@@ -310,6 +318,7 @@ class Server:
             edge.close()
         for s in self.tcp_servers:
             s.close()
+        self.encrypted.close()
         for c in list(self.tcp_connections):
             if c.transport is not None:
                 c.transport.abort()
@@ -320,6 +329,7 @@ class Server:
         for s in self.tcp_servers:
             with contextlib.suppress(Exception):
                 await s.wait_closed()
+        await self.encrypted.wait_closed()
         if self.metrics_server is not None:
             await self.metrics_server.close()
 
@@ -335,10 +345,11 @@ class Server:
                 self.stats.config_reload_success = 0
                 self.on_reload_done()
                 return False
-            if new.listen != self.config.listen:
+            if new.listen != self.config.listen or new.listen_encrypted != self.config.listen_encrypted:
                 log.warning("listen addresses changed: restart hushdns to rebind them")
             metrics_moved = new.metrics.listen != self.config.metrics.listen
             self._install(new, lists)
+            self.encrypted.reload(new)
             if metrics_moved:
                 await self._start_metrics(reloading=True)
             failed = lists.failed()
@@ -442,7 +453,7 @@ class Server:
             q = parse_query(data)
         except Drop:
             self.stats.query(info.label, "none", "dropped", time.perf_counter() - t0)
-            if proto == "tcp":
+            if proto != "udp":   # stream transports count what they await
                 sink.sendto(None, addr)
             return
         except Reject as rej:
@@ -451,7 +462,7 @@ class Server:
                 result = rej.result
             else:   # outsiders get nothing they could use for reflection
                 result = "dropped"
-                if proto == "tcp":
+                if proto != "udp":
                     sink.sendto(None, addr)
             self.stats.query(info.label, "none", result, time.perf_counter() - t0)
             return

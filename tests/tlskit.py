@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import ipaddress
 import shutil
 import socket
 import subprocess
@@ -39,7 +40,9 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def make_pki(d: Path, name: str = "dns.test", expired: bool = False, tag: str = "srv") -> Pki:
+def make_pki(d: Path, name: str = "dns.test", expired: bool = False, tag: str = "srv",
+             ip: str | None = None) -> Pki:
+    """A CA and a certificate for ``name`` (and the address ``ip``, for clients that check it)."""
     d.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -56,7 +59,9 @@ def make_pki(d: Path, name: str = "dns.test", expired: bool = False, tag: str = 
     cert = (x509.CertificateBuilder().subject_name(_name(name)).issuer_name(ca.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(start).not_valid_after(end)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName(name)] + ([x509.IPAddress(ipaddress.ip_address(ip))] if ip else [])),
+                critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                            critical=False)

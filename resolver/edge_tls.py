@@ -1,0 +1,298 @@
+"""DoT and DoH listeners: the LAN's phones (Android Private DNS) and browsers, same pipeline as TCP.
+
+Why here and this small: DNS over TLS (RFC 7858) is DNS over TCP inside TLS,
+so a DoT client is a ``TcpConnection`` whose transport asyncio wraps in TLS
+(proto ``tls``).  DoH (RFC 8484) is an HTTP/2 server (``h2``, the state machine
+the DoH upstream uses too) whose every request -- GET ``?dns=`` base64url or
+POST application/dns-message -- is handed to ``Server.handle`` with a sink that
+answers its stream (proto ``https``).  Both count in the TCP connection table,
+so ``server.tcp_max_connections``, ``tcp_idle_timeout`` and ``tcp_max_pipelined``
+bound them as they bound TCP; ``server.tls_handshake_timeout`` bounds a client
+that connects and never finishes its handshake.
+
+Certificates: one ``ssl.SSLContext`` for every listener, loaded from
+``server.tls_certificate``/``tls_key``.  A reload loads the pair again into the
+same context (new connections get it, open ones keep theirs); the config loader
+has already checked that the pair is readable and matches, so a bad pair fails
+the reload and the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import os
+import socket
+import ssl
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from .encrypted_endpoints import ListenURL
+from .listen_errors import listen_error
+from .server import TcpConnection
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .server import Server
+
+log = logging.getLogger("hushdns")
+
+CONTENT_TYPE = b"application/dns-message"
+MAX_BODY = 65535
+
+
+def server_context(cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["h2", "dot"])
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+class TlsConnection(TcpConnection):
+    """A DoT client: RFC 7766 framing and limits of TCP, inside TLS."""
+
+    proto = "tls"
+
+
+class _Stream:
+    """The sink of one DoH request: the pipeline's reply becomes its HTTP response."""
+
+    __slots__ = ("conn", "sid")
+
+    def __init__(self, conn: DohServerConnection, sid: int) -> None:
+        self.conn, self.sid = conn, sid
+
+    def sendto(self, wire: bytes | None, addr: Any = None) -> None:
+        self.conn.respond(self.sid, wire)
+
+
+class DohServerConnection(asyncio.Protocol):
+    """One HTTP/2 client of the DoH listener at ``path``."""
+
+    proto = "https"
+
+    def __init__(self, server: Server, path: str) -> None:
+        self.server, self.path = server, path
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[Any, ...] = ("", 0)
+        self.last = time.monotonic()
+        self.pending = 0
+        self.requests: dict[int, tuple[dict[bytes, bytes], bytearray]] = {}
+        opts = server.config.server
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None))
+        self.h2.local_settings = h2.settings.Settings(
+            client=False, initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS:
+                                          opts.tcp_max_pipelined})
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer = transport.get_extra_info("peername") or ("", 0)
+        srv = self.server
+        if len(srv.tcp_connections) >= srv.config.server.tcp_max_connections:
+            key = (srv.clients.lookup(self.peer[0]).label, "tcp_connections")  # type: ignore[union-attr]
+            srv.stats.limited[key] = srv.stats.limited.get(key, 0) + 1
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        srv.tcp_connections.add(self)  # type: ignore[arg-type]
+        self.h2.initiate_connection()
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.tcp_connections.discard(self)  # type: ignore[arg-type]
+        self.transport = None
+
+    def _flush(self) -> None:
+        t = self.transport
+        data = self.h2.data_to_send()
+        if data and t is not None and not t.is_closing():
+            t.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        self.last = time.monotonic()
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.H2Error:
+            self._flush()   # h2 queued a GOAWAY
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for ev in events:
+            if isinstance(ev, h2.events.RequestReceived):
+                self.requests[ev.stream_id] = (dict(ev.headers), bytearray())
+            elif isinstance(ev, h2.events.DataReceived):
+                self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                req = self.requests.get(ev.stream_id)
+                if req is not None:
+                    req[1].extend(ev.data)
+                    if len(req[1]) > MAX_BODY:
+                        del self.requests[ev.stream_id]
+                        self._status(ev.stream_id, b"413")
+            elif isinstance(ev, h2.events.StreamEnded):
+                req = self.requests.pop(ev.stream_id, None)
+                if req is not None:
+                    self._request(ev.stream_id, *req)
+            elif isinstance(ev, h2.events.StreamReset):
+                self.requests.pop(ev.stream_id, None)
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                if self.transport is not None:
+                    self.transport.close()
+        self._flush()
+
+    def _request(self, sid: int, headers: dict[bytes, bytes], body: bytearray) -> None:
+        method = headers.get(b":method", b"")
+        url = urlsplit(headers.get(b":path", b"").decode("latin-1"))
+        if url.path != self.path:
+            self._status(sid, b"404")
+            return
+        if method == b"GET":
+            values = parse_qs(url.query).get("dns")
+            try:
+                msg = base64.urlsafe_b64decode(values[0] + "=" * (-len(values[0]) % 4)) if values else b""
+            except (binascii.Error, ValueError):
+                msg = b""
+        elif method == b"POST":
+            ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if ctype != CONTENT_TYPE:
+                self._status(sid, b"415")
+                return
+            msg = bytes(body)
+        else:
+            self._status(sid, b"405")
+            return
+        if len(msg) < 12:
+            self._status(sid, b"400")
+            return
+        self.pending += 1
+        self.server.handle(msg, self.peer, "https", _Stream(self, sid))
+
+    def respond(self, sid: int, wire: bytes | None) -> None:
+        """The pipeline's answer for stream ``sid`` (None: the query is dropped -> stream reset)."""
+        self.pending -= 1
+        self.last = time.monotonic()
+        if self.transport is None:
+            return
+        try:
+            if wire is None:
+                self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            else:
+                self.h2.send_headers(sid, [(b":status", b"200"), (b"content-type", CONTENT_TYPE),
+                                           (b"content-length", str(len(wire)).encode()),
+                                           (b"cache-control", b"max-age=0")])
+                self._send_body(sid, wire)
+        except h2.exceptions.H2Error:   # the client reset the stream meanwhile
+            pass
+        self._flush()
+
+    def _send_body(self, sid: int, wire: bytes) -> None:
+        # A DNS answer is at most 64 KiB, the initial window; a client that
+        # shrank its window gets what fits (the idle sweep ends a stalled one).
+        room = min(self.h2.local_flow_control_window(sid), len(wire))
+        size = self.h2.max_outbound_frame_size
+        for i in range(0, room, size):
+            chunk = wire[i:i + min(size, room - i)]
+            self.h2.send_data(sid, chunk, end_stream=i + len(chunk) >= len(wire))
+
+    def _status(self, sid: int, status: bytes) -> None:
+        with contextlib.suppress(h2.exceptions.H2Error):
+            self.h2.send_headers(sid, [(b":status", status), (b"content-length", b"0")], end_stream=True)
+
+    def expired(self, now: float, idle: float) -> bool:
+        return self.pending == 0 and now - self.last > idle
+
+
+class EncryptedListeners:
+    """The DoT/DoH listen sockets of a server and their one certificate context."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.ctx: ssl.SSLContext | None = None
+        self.servers: list[asyncio.AbstractServer] = []
+        self.addresses: list[ListenURL] = []
+        self.loaded: tuple[str, str, float, float] | None = None
+
+    async def start(self, config: Config) -> None:
+        opts = config.server
+        if not config.listen_encrypted:
+            return
+        self.ctx = server_context(opts.tls_certificate, opts.tls_key)  # type: ignore[arg-type]
+        self.loaded = _stamp(opts.tls_certificate, opts.tls_key)  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        for ep in config.listen_encrypted:
+            sock = _stream_socket(ep, self.server.reuse_port)
+            if ep.scheme == "tls":
+                def factory() -> asyncio.Protocol:
+                    return TlsConnection(self.server)
+            else:
+                def factory(path: str = ep.path) -> asyncio.Protocol:
+                    return DohServerConnection(self.server, path)
+            srv = await loop.create_server(factory, sock=sock, ssl=self.ctx,
+                                           ssl_handshake_timeout=opts.tls_handshake_timeout)
+            self.servers.append(srv)
+            self.addresses.append(ListenURL(ep[0], sock.getsockname()[1], ep.scheme, ep.path))
+
+    def reload(self, config: Config) -> None:
+        """Load the certificate pair again when its files (or paths) changed; new connections get it."""
+        opts = config.server
+        if self.ctx is None or opts.tls_certificate is None or opts.tls_key is None:
+            return
+        stamp = _stamp(opts.tls_certificate, opts.tls_key)
+        if stamp == self.loaded:
+            return
+        try:
+            self.ctx.load_cert_chain(opts.tls_certificate, opts.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            # config.py checked the pair a moment ago; a file swapped in between lands here.
+            log.error("TLS certificate reload failed, the old one keeps serving: %s", exc)
+            return
+        self.loaded = stamp
+        log.info("TLS certificate reloaded from %s", opts.tls_certificate)
+
+    def close(self) -> None:
+        for s in self.servers:
+            s.close()
+
+    async def wait_closed(self) -> None:
+        for s in self.servers:
+            with contextlib.suppress(Exception):
+                await s.wait_closed()
+
+
+def _stamp(cert: str, key: str) -> tuple[str, str, float, float]:
+    def mtime(p: str) -> float:
+        try:
+            return os.stat(p).st_mtime
+        except OSError:
+            return -1.0
+    return cert, key, mtime(cert), mtime(key)
+
+
+def _stream_socket(ep: ListenURL, reuse_port: bool) -> socket.socket:
+    host, port = ep
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise listen_error(ep, ep.scheme, exc) from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
