@@ -146,9 +146,8 @@ class DohServerConnection(asyncio.Protocol):
                     self._request(ev.stream_id, *req)
             elif isinstance(ev, h2.events.StreamReset):
                 self.requests.pop(ev.stream_id, None)
-            elif isinstance(ev, h2.events.ConnectionTerminated):
-                if self.transport is not None:
-                    self.transport.close()
+            elif isinstance(ev, h2.events.ConnectionTerminated) and self.transport is not None:
+                self.transport.close()
         self._flush()
 
     def _request(self, sid: int, headers: dict[bytes, bytes], body: bytearray) -> None:

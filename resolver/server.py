@@ -269,7 +269,7 @@ class Server:
         self.tcp_connections: set[TcpConnection] = set()
         self.udp_addresses: list[Endpoint] = []
         self.tcp_addresses: list[Endpoint] = []
-        from .edge_tls import EncryptedListeners   # edge_tls builds on TcpConnection
+        from .edge_tls import EncryptedListeners  # edge_tls builds on TcpConnection
 
         self.encrypted = EncryptedListeners(self)
         self._background: list[asyncio.Task[Any]] = []
