@@ -15,6 +15,7 @@ CNAME is not remembered (it depends on a cache entry too).
 from __future__ import annotations
 
 import ipaddress
+import struct
 
 from ..config import Blocking as BlockingConfig
 from ..lists.index import Match
@@ -33,10 +34,10 @@ from ..wire import (
     Request,
     encode_name,
     opt_record,
-    reply_for,
     rr,
 )
 
+_H = struct.Struct("!HHHHHH")
 _SOA_MNAME = encode_name("ns.hushdns.invalid")
 _SOA_RNAME = encode_name("blocked.hushdns.invalid")
 
@@ -104,12 +105,22 @@ class Blocking:
             keep = keeps.get(bit) if remember else None
             if keep is None and remember:
                 keep = keeps[bit] = Listed(self.stats, list_name, None)
-        self.stats.block(q.info.label, list_name, rule)
+        if rule is None:   # Stats.block, inlined for the common case (no per-domain count)
+            counts = self.stats.blocked
+            key = (q.info.label, list_name)
+            counts[key] = counts.get(key, 0) + 1
+        else:
+            self.stats.block(q.info.label, list_name, rule)
         t = self.templates.get(q.qtype)
         if t is None:
             t = self.templates[q.qtype] = self._template(q.qtype)
-        wire = reply_for(q.data, q.qend, q.flags, t[0], t[1], t[2], t[3],
-                         self.opt[q.do] if q.edns else None)
+        # As reply_for(), inlined: the client's ID, flags and question, then the records.
+        data = q.data
+        rcode, body, an, ns = t
+        if q.edns:
+            body += self.opt[q.do]
+        wire = _H.pack(data[0] << 8 | data[1], 0x8080 | (q.flags & 0x0110) | rcode, 1, an, ns,
+                       1 if q.edns else 0) + data[12:q.qend] + body
         return Reply("blocked", wire, None, list_name,
                      f"/{hit.rule}/" if hit.regex else hit.rule, None, self.describe, keep)
 
