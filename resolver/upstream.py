@@ -64,6 +64,8 @@ def failure_reason(exc: BaseException | None) -> str:
     """A few words for the log line saying why an upstream went down."""
     if exc is None or isinstance(exc, TimeoutError):
         return "timeout"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: certificate not trusted ({exc.verify_message})"
     if isinstance(exc, ssl.SSLError):
         return f"TLS: {exc.reason or exc}"
     if isinstance(exc, ConnectionRefusedError):

@@ -239,8 +239,9 @@ class Link:
     def failed(self, exc: BaseException) -> OSError:
         """A connect or handshake failed: back off, and log the reason once (until it works)."""
         err = exc if isinstance(exc, OSError) else OSError(str(exc) or type(exc).__name__)
-        if isinstance(exc, asyncio.TimeoutError | TimeoutError):
-            err = TimeoutError("TLS handshake timed out")
+        if isinstance(exc, asyncio.TimeoutError | TimeoutError) or (
+                isinstance(exc, ConnectionAbortedError) and "handshake" in str(exc)):
+            err = TimeoutError(f"TLS handshake timed out ({self.opts.tls_handshake_timeout:g} s)")
         self.last_error = err
         self.backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self.backoff * 2))
         self.retry_at = time.monotonic() + self.backoff
