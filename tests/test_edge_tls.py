@@ -184,3 +184,27 @@ def test_config_requires_a_readable_matching_pair(tmp_path: Path, pki: Pki) -> N
                          f'upstreams: ["127.0.0.2"]\nserver: {{tls_certificate: {pki.cert}, tls_key: {pki.key}}}\n')
     assert c.listen == (("127.0.0.1", 5533),)
     assert [u.url() for u in c.listen_encrypted] == ["tls://[::1]:8853", "https://127.0.0.1:8443/q"]
+
+
+def test_check_reports_encrypted_dns_and_query_names_the_transport(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from resolver.cli import main
+
+    good = make_pki(tmp_path / "good", NAME)
+    cfg = tmp_path / "c.yaml"
+    body = ('listen: ["127.0.0.1:5533", "tls://127.0.0.1:8853"]\n'
+            'upstreams: ["tls://192.0.2.53#dns.example", "https://doh.example/dns-query bootstrap=192.0.2.54"]\n'
+            "blocking: {lists: {}}\n")
+    cfg.write_text(body + f"server: {{tls_certificate: {good.cert}, tls_key: {good.key}}}\n")
+    assert main(["check", "--offline", "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "upstream tls://192.0.2.53#dns.example: DNS over TLS to 192.0.2.53 port 853, certificate " \
+           "must name dns.example, trusted via the system trust store" in out
+    assert "listen tls://127.0.0.1:8853: DNS over TLS" in out and f"names {NAME}" in out
+    assert main(["query", "x.example", "-c", str(cfg)]) == 0
+    assert "forwarded to tls://192.0.2.53#dns.example (DNS over TLS), " \
+           "https://doh.example/dns-query@192.0.2.54 (DNS over HTTPS)" in capsys.readouterr().out
+    old = make_pki(tmp_path / "old", NAME, expired=True)
+    cfg.write_text(body + f"server: {{tls_certificate: {old.cert}, tls_key: {old.key}}}\n")
+    assert main(["check", "--offline", "-c", str(cfg)]) == 1
+    assert "check FAILED: the TLS certificate has expired" in capsys.readouterr().out

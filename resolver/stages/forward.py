@@ -81,6 +81,15 @@ class _Flight:
             coro.close()
 
 
+TRANSPORT_NAMES = {"tls": "DNS over TLS", "https": "DNS over HTTPS"}
+
+
+def _named(up: Upstream) -> str:
+    """An upstream as ``query`` names it: plain ones by address (UDP, TCP after TC), others with their transport."""
+    name = TRANSPORT_NAMES.get(up.transport)
+    return up.label if name is None else f"{up.label} ({name})"
+
+
 class Forward:
     def __init__(self, config: Config, stats: Stats,
                  inflight: dict[bytes, _Flight] | None = None) -> None:
@@ -114,7 +123,7 @@ class Forward:
     def explain(self, q: Request) -> str:
         zone = self.zone(q.qname)
         via = f" (forward zone {zone})" if zone is not None else ""
-        return "forwarded to " + ", ".join(u.label for u in self.route(q.qname)) + via
+        return "forwarded to " + ", ".join(_named(u) for u in self.route(q.qname)) + via
 
     def start(self, q: Request, done: Done) -> None:
         """Ask upstream for ``q``; ``done(q, reply)`` follows (at once when over a bound)."""
