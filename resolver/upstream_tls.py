@@ -125,7 +125,7 @@ class StreamAttempt(Attempt):
     """
 
     __slots__ = ("up", "req", "edns", "stats", "check", "notify", "parsed", "qid", "t0",
-                 "done", "data", "error", "msg", "conn", "retried")
+                 "done", "data", "error", "msg", "conn", "retried", "sid")
     transport = "tls"
 
     def __init__(self, up: Upstream, req: Request, edns: bool, stats: Stats,
@@ -137,6 +137,7 @@ class StreamAttempt(Attempt):
         self.data: bytes | None = None
         self.error: BaseException | None = None
         self.retried = False
+        self.sid = 0   # DoH: the HTTP/2 stream
         self.t0 = time.perf_counter()
         self.qid = 0 if self.transport == "https" else secrets.randbits(16)  # RFC 8484 4.1: ID 0
         self.msg = pad_query(make_query(req, self.qid, edns))
@@ -288,10 +289,15 @@ class DotConnection(asyncio.Protocol):
             return
         self.link.connected()
         self.worked = True
-        if self.queue:
-            self.transport.write(b"".join(self.queue))  # type: ignore[union-attr]
-            self.queue.clear()
-        self._arm_idle()
+        self._write_queued()
+        if not self.waiting:
+            self._arm_idle()
+
+    def _write_queued(self) -> None:
+        queue, t = self.queue, self.transport
+        if queue and t is not None and not t.is_closing():
+            t.write(b"".join(queue))
+        queue.clear()
 
     def full(self) -> bool:
         return len(self.waiting) >= MAX_PENDING
@@ -303,11 +309,12 @@ class DotConnection(asyncio.Protocol):
             a.msg = a.msg[:0] + a.qid.to_bytes(2, "big") + a.msg[2:]
         waiting[a.qid] = a
         a.conn = self
-        frame = len(a.msg).to_bytes(2, "big") + a.msg
-        if self.worked and self.transport is not None:
-            self.transport.write(frame)
-        else:
-            self.queue.append(frame)
+        # Written once this loop iteration's callbacks have run: the queries of one
+        # burst go out as one TLS record and one send, not a syscall each (profiled).
+        queue = self.queue
+        if not queue and self.worked:
+            self.loop.call_soon(self._write_queued)
+        queue.append(len(a.msg).to_bytes(2, "big") + a.msg)
         if self.idle is not None:
             self.idle.cancel()
             self.idle = None

@@ -100,8 +100,10 @@ def _answers(port: int) -> bool:
 class Unbound:
     """unbound serving plain DNS, DoT and DoH on 127.0.0.1 from a redirect zone."""
 
-    def __init__(self, d: Path, pki: Pki, threads: int = 1, verbosity: int = 0) -> None:
+    def __init__(self, d: Path, pki: Pki, threads: int = 1, verbosity: int = 0,
+                 max_tcp: int = 100) -> None:
         self.port, self.tls_port, self.https_port = free_port(), free_port(), free_port()
+        d.mkdir(parents=True, exist_ok=True)
         conf = d / "unbound.conf"
         conf.write_text(f"""server:
   interface: 127.0.0.1@{self.port}
@@ -125,7 +127,7 @@ class Unbound:
   so-reuseport: no
   access-control: 127.0.0.0/8 allow
   module-config: "iterator"
-  incoming-num-tcp: 100
+  incoming-num-tcp: {max_tcp}
   local-zone: "test." redirect
   local-data: "test. 300 IN A 192.0.2.1"
 remote-control:
