@@ -23,6 +23,7 @@ import os
 import socket
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -87,7 +88,7 @@ def throughput(wd: Path, ub: Unbound, ca: Path, seconds: float, rounds: int) -> 
     return out
 
 
-async def _upstream_conns(ub: Unbound, ca: Path, scheme: str, n: int) -> float:
+async def _upstream_conns(ub: Unbound | argparse.Namespace, ca: Path, scheme: str, n: int) -> float:
     from resolver.config import ServerOptions
     from resolver.encrypted_endpoints import parse_upstream_url
     from resolver.stats import Stats
@@ -167,7 +168,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--conns", type=int, default=200)
+    ap.add_argument("--upstream-memory", nargs=5, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.upstream_memory:
+        scheme, tls_port, https_port, ca, n = a.upstream_memory
+        ports = argparse.Namespace(tls_port=int(tls_port), https_port=int(https_port))
+        runner = asyncio.run
+        try:
+            import uvloop  # type: ignore[import-not-found]
+
+            runner = uvloop.run
+        except ImportError:
+            pass
+        print(runner(_upstream_conns(ports, Path(ca), scheme, int(n))))  # type: ignore[arg-type]
+        return 0
     missing = servers.require("unbound", "dnsperf")
     if missing:
         print(f"needs {', '.join(missing)}", file=sys.stderr)
@@ -187,7 +201,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {t:5s}: {qps:8.0f} qps ({ratio:.2f}x UDP), {cpu:8.0f} q/CPU-s")
         print("\nmemory:")
         for scheme in ("tls", "https"):
-            per = asyncio.run(_upstream_conns(ub, pki.ca, scheme, a.conns))
+            # A fresh process each (under uvloop, as serve runs): freed memory of one
+            # kind would otherwise be reused by the next and hide its cost.
+            out = subprocess.run([sys.executable, __file__, "--upstream-memory", scheme,
+                                  str(ub.tls_port), str(ub.https_port), str(pki.ca), str(a.conns)],
+                                 capture_output=True, text=True, timeout=120)
+            per = float(out.stdout.strip() or "nan")
             print(f"  idle {scheme} upstream connection: {per:.1f} KiB each ({a.conns} connections)")
         for kind, per in _served_clients(wd, ub, a.conns).items():
             print(f"  served {kind} client: {per:.1f} KiB each in hushdns ({a.conns} clients)")
