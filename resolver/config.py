@@ -90,6 +90,7 @@ class Cache:
 class Metrics:
     listen: Endpoint | None = ("127.0.0.1", 9153)
     max_clients: int = 512
+    client_idle: float = 86_400.0   # seconds without a query before a label is released
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,8 @@ class Config:
     listen_encrypted: tuple[ListenURL, ...] = ()
     # Not errors, but worth saying (check prints them, serve logs them): e.g. an empty file.
     warnings: tuple[str, ...] = ()
+    # Clients whose RD=0 queries are answered (from the cache only); the rest get REFUSED.
+    access_allow_snoop: tuple[IPNetwork, ...] = ()
 
     def all_lists(self) -> list[ListSpec]:
         return [*self.blocking.lists.values(), *self.blocking.allow.values()]
@@ -493,8 +496,9 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
             doc.err(f"forward_zones.{zone}", "needs at least one server")
         zones[name] = eps
 
-    access = r.section(top.get("access"), "access", ("allow",))
+    access = r.section(top.get("access"), "access", ("allow", "allow_snoop"))
     allow_nets = r.networks(access.get("allow", list(DEFAULT_ALLOW)), "access.allow")
+    snoop_nets = r.networks(access.get("allow_snoop") or [], "access.allow_snoop")
 
     blocking = _blocking(r, top.get("blocking"), base)
 
@@ -522,7 +526,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
     if cache.min_ttl > cache.max_ttl:
         doc.err("cache.min_ttl", "is larger than cache.max_ttl")
 
-    m = r.section(top.get("metrics"), "metrics", ("listen", "max_clients"))
+    m = r.section(top.get("metrics"), "metrics", ("listen", "max_clients", "client_idle"))
     mlisten: Endpoint | None = ("127.0.0.1", 9153)
     if "listen" in m:
         if m["listen"] is None:
@@ -530,7 +534,8 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         else:
             eps = r.endpoints(m["listen"], "metrics.listen", 9153)
             mlisten = eps[0] if eps else None
-    metrics = Metrics(mlisten, r.typed(m, "max_clients", "metrics", int, 512, _at_least(1)))
+    metrics = Metrics(mlisten, r.typed(m, "max_clients", "metrics", int, 512, _at_least(1)),
+                      _dur(r, m, "client_idle", "metrics", Metrics.client_idle))
 
     s = r.section(top.get("server"), "server", tuple(ServerOptions.__dataclass_fields__))
     d = ServerOptions()
@@ -594,6 +599,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         workers=workers,
         rebind_protection=rebind,
         listen_encrypted=listen_enc,
+        access_allow_snoop=snoop_nets,
     )
 
 

@@ -97,6 +97,8 @@ class ReplyMemo:
         self.tables: dict[str, dict[bytes, tuple]] = {}
         self.size = 0
         self.on_miss: Any = None
+        self._missed_data = b""   # the last datagram not answered here, and its key
+        self._missed_tail = b""
 
     def answer(self, data: bytes, addr: Any, sink: Any) -> bytes | bool | None:
         """The reply bytes to send; False when the pipeline took the query (and answered
@@ -111,8 +113,14 @@ class ReplyMemo:
         if info is not None:
             table = self.tables.get(info.policy)
             if table is not None:
-                seen = table.get(data[2:])
-                if seen is not None:
+                tail = data[2:]
+                seen = table.get(tail)
+                if seen is None:
+                    # ``store`` reuses the key (and its computed hash) if this query is
+                    # answered before the next datagram is looked at.
+                    self._missed_data = data
+                    self._missed_tail = tail
+                else:
                     tail, qlabel, result, keep, gates, q = seen
                     if keep.valid(monotonic()):
                         if gates:
@@ -132,18 +140,21 @@ class ReplyMemo:
         return False
 
     def store(self, q: Request, wire: bytes, reply: Reply, gates: tuple, now: float) -> None:
-        """Remember ``wire`` (as sent to ``q``) for the next time the same bytes come."""
+        """Remember ``wire`` (as sent to ``q``, rendered at ``now`` if it was rendered)."""
         keep = reply.keep
         if keep.timed:
-            keep.hold(now)
+            keep.hold(now or monotonic())
         table = self.tables.get(q.info.policy)
         if table is None:
             table = self.tables[q.info.policy] = {}
-        self.size += 1   # counts replacements too: the memo is cleared a little early, never late
-        if self.size > MAX_REPLIES:
+        size = self.size + 1   # counts replacements too: cleared a little early, never late
+        if size > MAX_REPLIES:
             for t in self.tables.values():
                 t.clear()
-            self.size = 1
+            size = 1
+        self.size = size
+        data = q.data
+        tail = self._missed_tail if self._missed_data is data else data[2:]
         # The Request only when a gate will need it again: fewer objects for the GC to track.
-        table[q.data[2:]] = (wire[2:], _QTYPES.get(q.qtype, "other"), reply.result, keep, gates,
-                             q if gates else None)
+        table[tail] = (wire[2:], _QTYPES.get(q.qtype, "other"), reply.result, keep, gates,
+                       q if gates else None)

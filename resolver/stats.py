@@ -81,6 +81,8 @@ class Stats:
         self.limited: dict[tuple[str, str], int] = {}
         # A/AAAA records with private/loopback addresses removed from public answers
         self.rebind_removed = 0
+        # Client label values released after metrics.client_idle without a query
+        self.client_labels_released = 0
 
     def query(self, client: str, qtype: str, result: str, duration: float) -> None:
         """Count one answered (or dropped) query; called once per query at the edge."""
