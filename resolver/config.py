@@ -575,7 +575,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         state_dir = str((base / top["state_dir"]).resolve())
 
     workers = r.typed(top, "workers", "", int, 1, _between(1, 64))
-    if workers > 1 and any(port == 0 for _, port in listen):
+    if workers > 1 and any(ep[1] == 0 for ep in (*listen, *listen_enc)):
         doc.err("workers", "several workers share fixed ports (SO_REUSEPORT); listen on port 0 needs workers: 1")
 
     lg = r.section(top.get("log"), "log", ("level", "queries"))
