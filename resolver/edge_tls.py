@@ -2,8 +2,8 @@
 
 Why here and this small: DNS over TLS (RFC 7858) is DNS over TCP inside TLS,
 so a DoT client is a ``TcpConnection`` whose transport asyncio wraps in TLS
-(proto ``tls``).  DoH (RFC 8484) is an HTTP/2 server (``h2``, the state machine
-the DoH upstream uses too) whose every request -- GET ``?dns=`` base64url or
+(proto ``tls``).  DoH (RFC 8484) is an HTTP/2 server (``h2``; HTTP/1.1 for a
+client that does not offer ``h2``) whose every request -- GET ``?dns=`` base64url or
 POST application/dns-message -- is handed to ``Server.handle`` with a sink that
 answers its stream (proto ``https``).  Both count in the TCP connection table,
 so ``server.tcp_max_connections``, ``tcp_idle_timeout`` and ``tcp_max_pipelined``
@@ -55,7 +55,7 @@ MAX_BODY = 65535
 def server_context(cert: str, key: str) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_alpn_protocols(["h2", "dot"])
+    ctx.set_alpn_protocols(["h2", "http/1.1", "dot"])
     ctx.load_cert_chain(cert, key)
     return ctx
 
@@ -64,6 +64,26 @@ class TlsConnection(TcpConnection):
     """A DoT client: RFC 7766 framing and limits of TCP, inside TLS."""
 
     proto = "tls"
+
+
+def dns_message(path: str, method: bytes, target: bytes, ctype: bytes, body: bytes | bytearray) -> bytes | int:
+    """The DNS query of a DoH request (RFC 8484 4.1), or the HTTP status that refuses it."""
+    url = urlsplit(target.decode("latin-1"))
+    if url.path != path:
+        return 404
+    if method == b"GET":
+        values = parse_qs(url.query).get("dns")
+        try:
+            msg = base64.urlsafe_b64decode(values[0] + "=" * (-len(values[0]) % 4)) if values else b""
+        except (binascii.Error, ValueError):
+            msg = b""
+    elif method == b"POST":
+        if ctype.split(b";")[0].strip().lower() != CONTENT_TYPE:
+            return 415
+        msg = bytes(body)
+    else:
+        return 405
+    return msg if len(msg) >= 12 else 400
 
 
 class _Stream:
@@ -89,6 +109,7 @@ class DohServerConnection(asyncio.Protocol):
         self.peer: tuple[Any, ...] = ("", 0)
         self.last = time.monotonic()
         self.pending = 0
+        self.h1: Http1 | None = None
         self.requests: dict[int, tuple[dict[bytes, bytes], bytearray]] = {}
         opts = server.config.server
         self.h2 = h2.connection.H2Connection(
@@ -107,6 +128,10 @@ class DohServerConnection(asyncio.Protocol):
             transport.abort()  # type: ignore[attr-defined]
             return
         srv.tcp_connections.add(self)  # type: ignore[arg-type]
+        sslobj = transport.get_extra_info("ssl_object")
+        if sslobj is not None and sslobj.selected_alpn_protocol() != "h2":
+            self.h1 = Http1(self)   # a client without ALPN h2: HTTP/1.1
+            return
         self.h2.initiate_connection()
         self._flush()
 
@@ -122,6 +147,9 @@ class DohServerConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last = time.monotonic()
+        if self.h1 is not None:
+            self.h1.data(data)
+            return
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.H2Error:
@@ -151,28 +179,10 @@ class DohServerConnection(asyncio.Protocol):
         self._flush()
 
     def _request(self, sid: int, headers: dict[bytes, bytes], body: bytearray) -> None:
-        method = headers.get(b":method", b"")
-        url = urlsplit(headers.get(b":path", b"").decode("latin-1"))
-        if url.path != self.path:
-            self._status(sid, b"404")
-            return
-        if method == b"GET":
-            values = parse_qs(url.query).get("dns")
-            try:
-                msg = base64.urlsafe_b64decode(values[0] + "=" * (-len(values[0]) % 4)) if values else b""
-            except (binascii.Error, ValueError):
-                msg = b""
-        elif method == b"POST":
-            ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-            if ctype != CONTENT_TYPE:
-                self._status(sid, b"415")
-                return
-            msg = bytes(body)
-        else:
-            self._status(sid, b"405")
-            return
-        if len(msg) < 12:
-            self._status(sid, b"400")
+        msg = dns_message(self.path, headers.get(b":method", b""), headers.get(b":path", b""),
+                          headers.get(b"content-type", b""), body)
+        if isinstance(msg, int):
+            self._status(sid, str(msg).encode())
             return
         self.pending += 1
         self.server.handle(msg, self.peer, "https", _Stream(self, sid))
@@ -210,6 +220,91 @@ class DohServerConnection(asyncio.Protocol):
 
     def expired(self, now: float, idle: float) -> bool:
         return self.pending == 0 and now - self.last > idle
+
+
+class Http1:
+    """DoH over HTTP/1.1 for a client that did not pick h2: one request at a time, kept alive.
+
+    Why so little: browsers and Android use HTTP/2; this serves curl, scripts and old
+    stubs.  Requests are answered in order (a pipelined one waits in the buffer), the
+    head is bounded to 8 KiB and the body to 64 KiB; anything else closes the connection.
+    """
+
+    MAX_HEAD = 8192
+
+    def __init__(self, conn: DohServerConnection) -> None:
+        self.conn = conn
+        self.buf = bytearray()
+        self.busy = False
+        self.close_after = False
+
+    def data(self, data: bytes) -> None:
+        self.buf += data
+        self._next()
+
+    def _next(self) -> None:
+        conn, buf = self.conn, self.buf
+        if self.busy or conn.transport is None:
+            return
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > self.MAX_HEAD:
+                self._reply(431, b"", close=True)
+            return
+        lines = bytes(buf[:end]).split(b"\r\n")
+        parts = lines[0].split(b" ")
+        headers: dict[bytes, bytes] = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(b":")
+            headers[k.strip().lower()] = v.strip()
+        try:
+            length = int(headers.get(b"content-length", b"0"))
+        except ValueError:
+            length = -1
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1.") or not 0 <= length <= MAX_BODY:
+            self._reply(400, b"", close=True)
+            return
+        if len(buf) < end + 4 + length:
+            return
+        body = bytes(buf[end + 4:end + 4 + length])
+        del buf[:end + 4 + length]
+        self.close_after = headers.get(b"connection", b"").lower() == b"close" or parts[2] == b"HTTP/1.0"
+        msg = dns_message(conn.path, parts[0], parts[1], headers.get(b"content-type", b""), body)
+        if isinstance(msg, int):
+            self._reply(msg, b"", close=self.close_after)
+            return
+        self.busy = True
+        conn.pending += 1
+        conn.server.handle(msg, conn.peer, "https", self)
+
+    def sendto(self, wire: bytes | None, addr: Any = None) -> None:
+        """The pipeline's answer (None: the query is dropped -> the connection closes)."""
+        self.conn.pending -= 1
+        self.conn.last = time.monotonic()
+        self.busy = False
+        if wire is None:
+            self._reply(503, b"", close=True)
+        else:
+            self._reply(200, wire, close=self.close_after)
+        if self.buf:
+            self._next()
+
+    def _reply(self, status: int, body: bytes, close: bool) -> None:
+        t = self.conn.transport
+        if t is None or t.is_closing():
+            return
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+                  415: "Unsupported Media Type", 431: "Request Header Fields Too Large",
+                  503: "Service Unavailable"}[status]
+        head = f"HTTP/1.1 {status} {reason}\r\nContent-Length: {len(body)}\r\n"
+        if status == 200:
+            head += "Content-Type: application/dns-message\r\nCache-Control: max-age=0\r\n"
+        if close:
+            head += "Connection: close\r\n"
+        t.write(head.encode() + b"\r\n" + body)
+        if close:
+            self.buf.clear()
+            t.close()
 
 
 class EncryptedListeners:

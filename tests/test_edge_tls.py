@@ -208,3 +208,24 @@ def test_check_reports_encrypted_dns_and_query_names_the_transport(
     cfg.write_text(body + f"server: {{tls_certificate: {old.cert}, tls_key: {old.key}}}\n")
     assert main(["check", "--offline", "-c", str(cfg)]) == 1
     assert "check FAILED: the TLS certificate has expired" in capsys.readouterr().out
+
+
+def test_doh_over_http1_for_clients_without_h2(tmp_path: Path, pki: Pki, upstream: FakeUpstream) -> None:
+    st, _, https_port = serve(tmp_path, pki, upstream)
+    try:
+        url = f"https://127.0.0.1:{https_port}/dns-query"
+        with httpx.Client(http2=False, verify=ctx_for(pki), timeout=5) as c:
+            wire = dns.message.make_query("h1.example", "A").to_wire()
+            for _ in range(2):   # kept alive: the second request on the same connection
+                resp = c.post(url, content=wire, headers={"content-type": "application/dns-message"})
+                assert resp.http_version == "HTTP/1.1" and resp.status_code == 200
+                assert dns.message.from_wire(resp.content).answer[0][0].address == "192.0.2.1"
+            resp = c.get(url, params={"dns": base64.urlsafe_b64encode(wire).rstrip(b"=").decode()})
+            assert resp.status_code == 200 and resp.headers["content-type"] == "application/dns-message"
+            assert c.get(f"https://127.0.0.1:{https_port}/nope").status_code == 404
+        raw = _tls_connect(https_port, pki)   # no ALPN offered: HTTP/1.1
+        raw.sendall(b"GARBAGE\r\n\r\n")
+        assert raw.recv(100).startswith(b"HTTP/1.1 400 ") and _closed(raw, 3)
+        raw.close()
+    finally:
+        st.stop()
