@@ -15,7 +15,9 @@ seconds, so the TTLs read the same).  Stages that must see every query
 ``Request`` rebuilt from the remembered one; if one of them answers, that answer
 goes through the pipeline like any other.  Every counter the first answer moved
 moves again (``Keep.replay`` and ``Stats.query``).  A new memo, empty, comes
-with every new pipeline; only UDP replies are remembered.
+with every new pipeline; only UDP replies are remembered, and only from the second
+time the same bytes are answered (a doorkeeper set of hashes notes the first), so
+first-sight traffic does not pay for filling it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from .reply import Reply
 
 MAX_REPLIES = 16_384      # remembered replies; the memo is cleared when full
+DOOR_SIZE = 4 * MAX_REPLIES   # questions seen once (their hashes), before any is remembered
 _QTYPES = QTYPE_NAMES     # as wire.qtype_label, inlined
 
 
@@ -96,6 +99,7 @@ class ReplyMemo:
         self.stats = stats
         self.tables: dict[str, dict[bytes, tuple]] = {}
         self.size = 0
+        self.door: set[int] = set()
         self.on_miss: Any = None
         self._missed_data = b""   # the last datagram not answered here, and its key
         self._missed_tail = b""
@@ -141,6 +145,18 @@ class ReplyMemo:
 
     def store(self, q: Request, wire: bytes, reply: Reply, gates: tuple, now: float) -> None:
         """Remember ``wire`` (as sent to ``q``, rendered at ``now`` if it was rendered)."""
+        data = q.data
+        tail = self._missed_tail if self._missed_data is data else data[2:]
+        door = self.door
+        h = hash(tail)   # computed already by the lookup: bytes keep their hash
+        if h not in door:
+            # First sight: only noted.  A question seen once is rarely asked again soon
+            # (first-sight subdomains, a wide cache), and remembering it costs more than
+            # the pipeline's answer; the second time it is remembered.
+            if len(door) >= DOOR_SIZE:
+                door.clear()
+            door.add(h)
+            return
         keep = reply.keep
         if keep.timed:
             keep.hold(now or monotonic())
@@ -153,8 +169,6 @@ class ReplyMemo:
                 t.clear()
             size = 1
         self.size = size
-        data = q.data
-        tail = self._missed_tail if self._missed_data is data else data[2:]
         # The Request only when a gate will need it again: fewer objects for the GC to track.
         table[tail] = (wire[2:], _QTYPES.get(q.qtype, "other"), reply.result, keep, gates,
                        q if gates else None)
