@@ -275,3 +275,25 @@ def test_a_doh_server_answering_no_dns_is_a_failed_attempt(tmp_path: Path, pki: 
         st.stop()
         fake.close()
         good.close()
+
+
+def test_the_system_store_honours_ssl_cert_file(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ca_file: trust comes from the system store, which SSL_CERT_FILE replaces (as for OpenSSL)."""
+    from resolver import upstream_tls
+
+    fake = FakeDot(pki, "reverse")
+    try:
+        url = f"tls://127.0.0.1:{fake.port}#dns.test"
+        monkeypatch.setattr(upstream_tls, "_CONTEXTS", {})
+        monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca))
+        first, second = _ask_direct(Upstream.of(parse_upstream_url(url)[0]), ["one.test", "two.test"])
+        assert dnslib.DNSRecord.parse(first).rr and dnslib.DNSRecord.parse(second).rr
+        monkeypatch.setattr(upstream_tls, "_CONTEXTS", {})
+        monkeypatch.delenv("SSL_CERT_FILE")   # the real system store does not know the test CA
+        stats = Stats()
+        opts = ServerOptions(upstream_timeout=0.2, upstream_total_timeout=0.5)
+        with pytest.raises(Exception, match="no upstream answered"):
+            _ask_direct(Upstream.of(parse_upstream_url(url)[0]), ["three.test"], opts, stats)
+        assert stats.upstream_requests[(url, "error")] >= 1
+    finally:
+        fake.close()
