@@ -254,14 +254,21 @@ def cmd_query(args: argparse.Namespace) -> int:
     if data is None:
         print(f"not a query type: {args.type!r}", file=sys.stderr)
         return 2
+    from .devices import devices_now
+
+    devices = devices_now(config)   # leases, neighbours, PTR when devices: is configured
     try:
-        address = client_address(config, args.client)   # an address or a clients: name
+        # an address, a clients: name or a device name
+        address = client_address(config, args.client,
+                                 {n: d.addresses for n, d in devices.devices.items()})
     except UnknownClient as exc:
         print(exc, file=sys.stderr)
         return 2
     lists = loader.load_all(config)
-    client = ClientTable(config, lists, LabelBound(config.metrics.max_clients)).lookup(address)
-    who = f"client {address}" + (f" ({client.name})" if client.name else "") + f", group {client.group}"
+    client = ClientTable(config, lists, LabelBound(config.metrics.max_clients),
+                         devices.names).lookup(address)
+    named = client.device or client.name
+    who = f"client {address}" + (f" ({named})" if named else "") + f", group {client.group}"
     head = f"{name} {qtype} for {who}"
     try:
         q = parse_query(data)
@@ -270,6 +277,11 @@ def cmd_query(args: argparse.Namespace) -> int:
         return 0
     q.client, q.proto, q.info, q.addr = address, "tcp" if args.tcp else "udp", client, (address, 0)
     reply, notes, terminal = build_pipeline(config, lists, Stats()).explain(q)
+    for r in (*notes, reply):
+        if r is not None and r.list is not None and r.rule and r.rule.startswith("/"):
+            # A regex verdict names the list's whole alternation: show the one that matched.
+            bit = lists.lists[r.list].bit
+            r.rule = "/" + lists.index.which_regex(bit, name, r.rule[1:-1]) + "/"
     for note in notes:   # why a stage let the query through (an allow rule)
         print(f"{head}: {note.result} by list {note.list}, rule `{note.rule}` "
               f"({_where(lists, note, config.state_dir)})")

@@ -205,6 +205,15 @@ class StatsCollector:
             m.add_metric((name,), failures.get(name, 0))
         yield m
 
+        g = GaugeMetricFamily(
+            "hushdns_device_last_query_timestamp_seconds",
+            "Unix time of the device's (client's) last query, to within 10 s; 0 for a device "
+            "known from leases or the neighbour table that never asked.",
+            labels=("client",))
+        for client, t in _items(getattr(s, "device_last_query", {})):
+            g.add_metric((client,), t)
+        yield g
+
         yield GaugeMetricFamily(
             "hushdns_config_reload_success",
             "1 if the last configuration (re)load succeeded, 0 if it failed (the old one stays in service).",

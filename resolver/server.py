@@ -22,12 +22,13 @@ from . import upstream
 from .carryover import carry_over
 from .clients import ClientTable, LabelBound
 from .config import Config, ConfigError, Endpoint, format_endpoint
+from .devices.service import DeviceService
 from .listen_errors import ListenError, listen_error
 from .lists import loader
 from .lists.loader import Blocklists
 from .lists.upkeep import ListUpkeep
 from .memo import ReplyMemo
-from .metrics import start_metrics_server
+from .metrics import snapshot, start_metrics_server
 from .pipeline import Pipeline, build_pipeline, new_memo
 from .stats import Stats
 from .wire import Drop, Reject, parse_query
@@ -261,6 +262,8 @@ class Server:
         self.lists = Blocklists()
         self.pipeline: Pipeline | None = None
         self.clients: ClientTable | None = None
+        # Device names (leases, neighbours, PTR) refreshed in the background: resolver/devices/.
+        self.devices = DeviceService(self.stats, lambda: self.clients)
         # The reply memo of the current pipeline, or None (see resolver/memo.py).
         self.memo: ReplyMemo | None = None
         # Questions waiting for an upstream, shared by every pipeline this server builds.
@@ -294,6 +297,7 @@ class Server:
         # The loader logs each list that fails, once.
         self.lists = await asyncio.to_thread(loader.load_all, self.config, None, self.stats)
         log.info("config %s: %s", self.config.path, _lists_summary(self.lists))
+        await self.devices.configure(self.config)
         self._install(self.config, self.lists)
         for ep in self.config.listen:
             await self._bind(ep)
@@ -304,6 +308,7 @@ class Server:
         upkeep = ListUpkeep(lambda: self.config, lambda: self.lists, self.stats,
                             lambda lists: self._install(self.config, lists), self._reload_lock)
         self._background += upkeep.tasks()
+        self._background.append(asyncio.create_task(self.devices.run()))
         log.info("serving on %s (udp) and %s (tcp); upstreams %s",
                  ", ".join(map(format_endpoint, self.udp_addresses)),
                  ", ".join(map(format_endpoint, self.tcp_addresses)),
@@ -350,6 +355,7 @@ class Server:
             if new.listen != self.config.listen or new.listen_encrypted != self.config.listen_encrypted:
                 log.warning("listen addresses changed: restart hushdns to rebind them")
             metrics_moved = new.metrics.listen != self.config.metrics.listen
+            await self.devices.configure(new)
             self._install(new, lists)
             self.encrypted.reload(new)
             if metrics_moved:
@@ -373,11 +379,17 @@ class Server:
         if ep is None:
             return
         try:
-            self.metrics_server = await start_metrics_server(self.stats, ep[0], ep[1])
+            self.metrics_server = await start_metrics_server(self.stats, ep[0], ep[1],
+                                                             source=self._scrape)
         except OSError as exc:
             # A busy metrics port must not take DNS down with it, at start-up or on reload.
             log.error("metrics: %s; DNS keeps serving without /metrics",
                       listen_error(ep, "tcp", exc, "--metrics ADDR or --metrics off"))
+
+    async def _scrape(self) -> Stats:
+        """What /metrics reads: a snapshot, with the devices' last-query clock brought up to now."""
+        self.devices.note_activity()
+        return snapshot(self.stats)
 
     def _install(self, config: Config, lists: Blocklists) -> None:
         """Swap in a new pipeline; the cache table carries over when its settings did not change."""
@@ -391,7 +403,7 @@ class Server:
         carry_over(old, pipeline, self.stats)   # buckets, upstream health, in flight
         self.labels.limit = config.metrics.max_clients
         self.labels.idle = config.metrics.client_idle
-        clients = ClientTable(config, lists, self.labels)
+        clients = ClientTable(config, lists, self.labels, self.devices.map.names)
         # The query log wants every query through the pipeline, with its reasons;
         # server.reply_memo: false (the bench's hushdns-nomemo) measures the pipeline alone.
         memo = None if config.log_queries or not config.server.reply_memo else \

@@ -81,6 +81,9 @@ class Stats:
         self.limited: dict[tuple[str, str], int] = {}
         # A/AAAA records with private/loopback addresses removed from public answers
         self.rebind_removed = 0
+        # client label -> unix time its query count last grew (0: a known device that never
+        # asked); kept by resolver/devices/service.py every few seconds, not per query
+        self.device_last_query: dict[str, float] = {}
         # Client label values released after metrics.client_idle without a query
         self.client_labels_released = 0
 
