@@ -128,6 +128,7 @@ class DohServerConnection(asyncio.Protocol):
             transport.abort()  # type: ignore[attr-defined]
             return
         srv.tcp_connections.add(self)  # type: ignore[arg-type]
+        srv.stats.connections["https"] = srv.stats.connections.get("https", 0) + 1
         sslobj = transport.get_extra_info("ssl_object")
         if sslobj is not None and sslobj.selected_alpn_protocol() != "h2":
             self.h1 = Http1(self)   # a client without ALPN h2: HTTP/1.1

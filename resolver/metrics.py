@@ -119,6 +119,14 @@ class StatsCollector:
             m.add_metric((client, reason), n)
         yield m
 
+        m = CounterMetricFamily(
+            "hushdns_client_connections",
+            "Client connections accepted, by transport (tcp, tls = DoT, https = DoH).",
+            labels=("proto",))
+        for proto, n in _items(s.connections):
+            m.add_metric((proto,), n)
+        yield m
+
         yield CounterMetricFamily(
             "hushdns_client_labels_released",
             "Client label values released after metrics.client_idle without a query "

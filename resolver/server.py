@@ -157,6 +157,8 @@ class TcpConnection(asyncio.Protocol):
             transport.abort()  # type: ignore[attr-defined]
             return
         srv.tcp_connections.add(self)
+        conns = srv.stats.connections
+        conns[self.proto] = conns.get(self.proto, 0) + 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.tcp_connections.discard(self)

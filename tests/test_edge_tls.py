@@ -229,3 +229,23 @@ def test_doh_over_http1_for_clients_without_h2(tmp_path: Path, pki: Pki, upstrea
         raw.close()
     finally:
         st.stop()
+
+
+def test_client_connections_are_counted_per_transport(tmp_path: Path, pki: Pki, upstream: FakeUpstream) -> None:
+    from prometheus_client import generate_latest
+
+    from resolver.metrics import make_registry
+
+    st, tls_port, https_port = serve(tmp_path, pki, upstream)
+    try:
+        for port in (tls_port, tls_port, https_port):
+            s = _tls_connect(port, pki)
+            s.close()
+        deadline = time.monotonic() + 5
+        while sum(st.stats.connections.values()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        text = generate_latest(make_registry(st.stats)).decode()
+        assert 'hushdns_client_connections_total{proto="tls"} 2.0' in text
+        assert 'hushdns_client_connections_total{proto="https"} 1.0' in text
+    finally:
+        st.stop()
