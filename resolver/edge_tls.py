@@ -122,12 +122,18 @@ class DohServerConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername") or ("", 0)
         srv = self.server
-        if len(srv.tcp_connections) >= srv.config.server.tcp_max_connections:
-            key = (srv.clients.lookup(self.peer[0]).label, "tcp_connections")  # type: ignore[union-attr]
-            srv.stats.limited[key] = srv.stats.limited.get(key, 0) + 1
+        # The TCP connection table: the same global and per-client caps, fair eviction.
+        table = srv.tcp_connections
+        opts = srv.config.server
+        table.limit, table.per_client = opts.tcp_max_connections, opts.tcp_max_per_client
+        admitted, victim = table.admit(self, self.peer[0])  # type: ignore[arg-type]
+        if not admitted:
+            srv.count_limited(self.peer[0], "tcp_connections")
             transport.abort()  # type: ignore[attr-defined]
             return
-        srv.tcp_connections.add(self)  # type: ignore[arg-type]
+        if victim is not None and victim.transport is not None:
+            srv.count_limited(victim.peer[0], "tcp_evicted")
+            victim.transport.abort()
         srv.stats.connections["https"] = srv.stats.connections.get("https", 0) + 1
         sslobj = transport.get_extra_info("ssl_object")
         if sslobj is not None and sslobj.selected_alpn_protocol() != "h2":
@@ -137,8 +143,14 @@ class DohServerConnection(asyncio.Protocol):
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.tcp_connections.discard(self)  # type: ignore[arg-type]
+        self.server.tcp_connections.remove(self)  # type: ignore[arg-type]
         self.transport = None
+
+    def idle_since(self) -> float | None:
+        """When it went idle (no request in flight or half-received), or None while busy."""
+        if self.pending or self.requests:
+            return None
+        return self.last
 
     def _flush(self) -> None:
         t = self.transport
