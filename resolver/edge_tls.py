@@ -159,7 +159,8 @@ class DohServerConnection(asyncio.Protocol):
             t.write(data)
 
     def data_received(self, data: bytes) -> None:
-        self.last = time.monotonic()
+        # ``last`` moves on whole frames (HTTP/2) or whole requests (HTTP/1.1), not on
+        # bytes: a client dribbling a request byte by byte is closed by the idle sweep.
         if self.h1 is not None:
             self.h1.data(data)
             return
@@ -170,6 +171,8 @@ class DohServerConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return
+        if events:
+            self.last = time.monotonic()
         for ev in events:
             if isinstance(ev, h2.events.RequestReceived):
                 self.requests[ev.stream_id] = (dict(ev.headers), bytearray())
@@ -232,6 +235,7 @@ class DohServerConnection(asyncio.Protocol):
             self.h2.send_headers(sid, [(b":status", status), (b"content-length", b"0")], end_stream=True)
 
     def expired(self, now: float, idle: float) -> bool:
+        """Nothing in flight and no whole frame or request for ``idle`` seconds (idle or dribbling)."""
         return self.pending == 0 and now - self.last > idle
 
 
@@ -281,6 +285,7 @@ class Http1:
             return
         body = bytes(buf[end + 4:end + 4 + length])
         del buf[:end + 4 + length]
+        conn.last = time.monotonic()
         self.close_after = headers.get(b"connection", b"").lower() == b"close" or parts[2] == b"HTTP/1.0"
         msg = dns_message(conn.path, parts[0], parts[1], headers.get(b"content-type", b""), body)
         if isinstance(msg, int):

@@ -249,3 +249,25 @@ def test_client_connections_are_counted_per_transport(tmp_path: Path, pki: Pki, 
         assert 'hushdns_client_connections_total{proto="https"} 1.0' in text
     finally:
         st.stop()
+
+
+def test_a_doh_client_dribbling_a_request_is_closed(tmp_path: Path, pki: Pki, upstream: FakeUpstream) -> None:
+    st, _, https_port = serve(tmp_path, pki, upstream, ", tcp_idle_timeout: 1s")
+    try:
+        s = _tls_connect(https_port, pki)   # HTTP/1.1 (no ALPN): a head sent a byte at a time
+        t0 = time.monotonic()
+        closed = False
+        for b in b"POST /dns-query HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n":
+            try:
+                s.sendall(bytes([b]))
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.1)
+            if time.monotonic() - t0 > 4:
+                break
+        assert closed or _closed(s, 2)
+        assert time.monotonic() - t0 < 5
+        s.close()
+    finally:
+        st.stop()
