@@ -167,7 +167,7 @@ class Pipeline:
             now = time.monotonic()
             wire = r.answer.render(q, now, self.udp_cap)
         if wire is None:
-            if q.proto == "tcp":
+            if q.proto != "udp":   # stream transports (tcp, tls, https) count what they await
                 q.sink.sendto(None, q.addr)
         else:
             if q.proto == "udp":

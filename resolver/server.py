@@ -181,6 +181,8 @@ class ProxiedSink:
 class TcpConnection(asyncio.Protocol):
     """One DNS-over-TCP client (RFC 7766): length-prefixed messages, pipelined, answered as ready."""
 
+    proto = "tcp"   # edge_tls.TlsConnection: "tls"
+
     def __init__(self, server: Server) -> None:
         self.server = server
         self.buf = bytearray()
@@ -212,6 +214,8 @@ class TcpConnection(asyncio.Protocol):
         if victim is not None and victim.transport is not None:
             srv.count_limited(victim.peer[0], "tcp_evicted")
             victim.transport.abort()
+        conns = srv.stats.connections
+        conns[self.proto] = conns.get(self.proto, 0) + 1
         # A client that does not read its answers is paused after 16 KB, not 64 KB.
         with contextlib.suppress(AttributeError, NotImplementedError):
             transport.set_write_buffer_limits(high=TCP_WRITE_HIGH)  # type: ignore[attr-defined]
@@ -292,7 +296,7 @@ class TcpConnection(asyncio.Protocol):
                 del buf[:2 + n]
                 self.frame_started = None
                 self.pending += 1
-                self.server.handle(msg, self.peer, "tcp", self)
+                self.server.handle(msg, self.peer, self.proto, self)
                 t = self.transport
                 if t is None or t.is_closing():
                     return
@@ -379,9 +383,12 @@ class Server:
         self.tcp_servers: list[asyncio.AbstractServer] = []
         self.tcp_connections: ConnectionTable[TcpConnection] = ConnectionTable(
             config.server.tcp_max_connections, config.server.tcp_max_per_client,
-            TcpConnection.idle_since)
+            lambda c: c.idle_since())   # TcpConnection, TlsConnection, DohServerConnection
         self.udp_addresses: list[Endpoint] = []
         self.tcp_addresses: list[Endpoint] = []
+        from .edge_tls import EncryptedListeners  # edge_tls builds on TcpConnection
+
+        self.encrypted = EncryptedListeners(self)
         self._background: list[asyncio.Task[Any]] = []
         self._reload_lock = asyncio.Lock()
         self._disposals: set[asyncio.Task[Any]] = set()   # old snapshots being freed
@@ -413,6 +420,7 @@ class Server:
         self._install(self.config, self.lists)
         for ep in self.config.listen:
             await self._bind(ep)
+        await self.encrypted.start(self.config)
         await self._start_metrics()
         self._background.append(asyncio.create_task(self._sweep_tcp()))
         self._background.append(asyncio.create_task(self._release_idle_labels()))
@@ -424,6 +432,8 @@ class Server:
                  ", ".join(map(format_endpoint, self.udp_addresses)),
                  ", ".join(map(format_endpoint, self.tcp_addresses)),
                  ", ".join(map(format_endpoint, self.config.upstreams)))
+        if self.encrypted.addresses:
+            log.info("serving encrypted DNS on %s", ", ".join(u.url() for u in self.encrypted.addresses))
         self.on_ready()
 
     async def stop(self) -> None:
@@ -434,6 +444,7 @@ class Server:
             edge.close()
         for s in self.tcp_servers:
             s.close()
+        self.encrypted.close()
         for c in list(self.tcp_connections):
             if c.transport is not None:
                 c.transport.abort()
@@ -446,6 +457,7 @@ class Server:
         for s in self.tcp_servers:
             with contextlib.suppress(Exception):
                 await s.wait_closed()
+        await self.encrypted.wait_closed()
         if self.metrics_server is not None:
             await self.metrics_server.close()
         if self.querylog is not None:
@@ -470,11 +482,12 @@ class Server:
         # The config is read and parsed in a thread: never on the event loop.
         new = await asyncio.to_thread(self.reload_config) if self.reload_config else self.config
         lists = await offload.build(new, self.lists, self.stats)
-        if new.listen != self.config.listen:
+        if new.listen != self.config.listen or new.listen_encrypted != self.config.listen_encrypted:
             log.warning("listen addresses changed: restart hushdns to rebind them")
         metrics_moved = new.metrics.listen != self.config.metrics.listen
         await self.devices.configure(new)
         self._swap(new, lists)
+        self.encrypted.reload(new)
         if metrics_moved:
             await self._start_metrics(reloading=True)
         failed = lists.failed()
@@ -628,7 +641,7 @@ class Server:
             q = parse_query(data, addr[0], proto, info, addr, sink, t0)
         except Drop:
             self.stats.query(info.label, "none", "dropped", time.perf_counter() - t0)
-            if proto == "tcp":
+            if proto != "udp":   # stream transports count what they await
                 sink.sendto(None, addr)
             return
         except Reject as rej:
@@ -637,7 +650,7 @@ class Server:
                 result = rej.result
             else:   # outsiders get nothing they could use for reflection
                 result = "dropped"
-                if proto == "tcp":
+                if proto != "udp":
                     sink.sendto(None, addr)
             self.stats.query(info.label, "none", result, time.perf_counter() - t0)
             return

@@ -63,6 +63,10 @@ class Stats:
         self.upstream_requests: dict[tuple[str, str], int] = {}
         # upstream -> Histogram
         self.upstream_duration: dict[str, Histogram] = {}
+        # Client connections accepted per stream transport: tcp, tls (DoT), https (DoH)
+        self.connections: dict[str, int] = {}
+        # upstream -> its transport (udp, tls, https): the ``transport`` label
+        self.upstream_transport: dict[str, str] = {}
         # upstream -> 1 (answering) / 0 (in back-off after repeated failures)
         self.upstream_state: dict[str, int] = {}
         self.cache_hits = 0
