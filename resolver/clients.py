@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .config import Config, IPNetwork
 from .lists.loader import Blocklists
@@ -30,6 +32,8 @@ class ClientInfo:
     # What selects policy, as the reply memo's key: the group, and whether the client
     # may ask at all.  Two clients with the same policy get the same answers.
     policy: str = ""
+    # Names a household control allows for this client for a while (resolver/control/state.py).
+    allow_names: frozenset[str] = frozenset()
 
 
 class LabelBound:
@@ -63,7 +67,8 @@ def _longest(ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
 class ClientTable:
     """Maps a client address to its ClientInfo for one configuration and list snapshot."""
 
-    def __init__(self, config: Config, lists: Blocklists, labels: LabelBound) -> None:
+    def __init__(self, config: Config, lists: Blocklists, labels: LabelBound,
+                 household: Any = None) -> None:
         self.allow_nets = config.access_allow
         self.names = [(n, name) for name, nets in config.clients.items() for n in nets]
         self.groups = [(n, g.name) for g in config.groups.values() for n in g.clients]
@@ -71,6 +76,9 @@ class ClientTable:
                       for g in config.groups.values()}
         self.labels = labels
         self.cache: dict[str, ClientInfo] = {}
+        # Pauses, schedules, temporary allows (resolver.control.state.HouseholdState.adjust).
+        self.household = household
+        self.list_mask: Callable[[tuple[str, ...]], int] = lists.mask
 
     def lookup(self, address: str) -> ClientInfo:
         info = self.cache.get(address)
@@ -93,7 +101,10 @@ class ClientTable:
         group = _longest(ip, self.groups) or "default"
         block, allow = self.masks.get(group, (0, 0))
         policy = group if allowed else "!" + group
-        return ClientInfo(allowed, self.labels(name or str(ip)), name, group, block, allow, policy)
+        info = ClientInfo(allowed, self.labels(name or str(ip)), name, group, block, allow, policy)
+        if self.household is not None and allowed:
+            info = self.household.adjust(info, str(ip), self.list_mask)
+        return info
 
 
 class UnknownClient(ValueError):

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from . import bundled
+from .household_config import HOUSEHOLD_KEYS, Household, Schedule, read_household, read_schedules
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Endpoint = tuple[str, int]
@@ -64,6 +65,7 @@ class Group:
     clients: tuple[IPNetwork, ...]
     lists: tuple[str, ...]
     allow: tuple[str, ...]
+    schedules: tuple[Schedule, ...] = ()    # weekly windows that switch lists (household_config)
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,8 @@ class Config:
     log_queries: bool = False
     workers: int = 1
     rebind_protection: RebindProtection = field(default_factory=RebindProtection)
+    # Control API, time zone, local names, bypass answers (resolver/household_config.py).
+    household: Household = field(default_factory=Household)
     # Not errors, but worth saying (check prints them, serve logs them): e.g. an empty file.
     warnings: tuple[str, ...] = ()
 
@@ -384,7 +388,7 @@ def parse_duration(v: Any) -> float | None:
 
 TOP_KEYS = ("listen", "upstreams", "forward_zones", "access", "blocking", "clients", "groups",
             "cache", "metrics", "server", "rate_limit", "rebind_protection", "state_dir", "log",
-            "workers")
+            "workers", *HOUSEHOLD_KEYS)
 
 
 def load_config(path: str | os.PathLike[str] | None = None, text: str | None = None,
@@ -529,6 +533,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         doc.err("workers", "several workers share fixed ports (SO_REUSEPORT); listen on port 0 needs workers: 1")
 
     lg = r.section(top.get("log"), "log", ("level", "queries"))
+    household = read_household(r, top, state_dir)
     return Config(
         path=filename,
         listen=listen,
@@ -548,6 +553,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         log_queries=r.typed(lg, "queries", "log", bool, False),
         workers=workers,
         rebind_protection=rebind,
+        household=household,
     )
 
 
@@ -658,7 +664,7 @@ def _groups(r: _Reader, data: Any, blocking: Blocking,
     out = {}
     for name, g in data.items():
         sub = f"groups.{name}"
-        gd = r.section(g, sub, ("clients", "lists", "allow"))
+        gd = r.section(g, sub, ("clients", "lists", "allow", "schedules"))
         nets: list[IPNetwork] = []
         named = r.str_list(gd.get("clients"), f"{sub}.clients")
         for i, c in enumerate(named):
@@ -681,7 +687,8 @@ def _groups(r: _Reader, data: Any, blocking: Blocking,
         for i, ln in enumerate(allow):
             if ln not in blocking.allow and (ln not in r.declared or ln in blocking.lists):
                 r.doc.err(f"{sub}.allow[{i}]", f"no list named {ln!r} in blocking.allow")
-        out[name] = Group(name, tuple(nets), tuple(lists), tuple(allow))
+        schedules = read_schedules(r, gd.get("schedules"), f"{sub}.schedules", blocking.lists)
+        out[name] = Group(name, tuple(nets), tuple(lists), tuple(allow), schedules)
     if "default" not in out:
         out["default"] = Group("default", (), all_lists, all_allow)
     return out

@@ -20,6 +20,8 @@ from typing import Any
 
 from . import upstream
 from .clients import ClientTable, LabelBound
+from .control.api import ControlApi
+from .control.state import HouseholdState
 from .config import Config, ConfigError, Endpoint, format_endpoint
 from .listen_errors import ListenError, listen_error
 from .lists import loader
@@ -275,6 +277,11 @@ class Server:
         self.on_reload_start: Callable[[], None] = lambda: None
         self.on_reload_done: Callable[[], None] = lambda: None
         self.on_stopping: Callable[[], None] = lambda: None
+        # Pauses, temporary allows, schedules: outlive every pipeline (resolver/control).
+        self.household = HouseholdState(config, stats=self.stats)
+        self.household.on_change.append(self._household_changed)
+        self.control: ControlApi | None = None
+        self.started = time.time()
 
     @property
     def waiting(self) -> dict[bytes, Any]:
@@ -288,10 +295,12 @@ class Server:
         # The loader logs each list that fails, once.
         self.lists = await asyncio.to_thread(loader.load_all, self.config, None, self.stats)
         log.info("config %s: %s", self.config.path, _lists_summary(self.lists))
+        self.household.load()
         self._install(self.config, self.lists)
         for ep in self.config.listen:
             await self._bind(ep)
         await self._start_metrics()
+        await self._start_control()
         self._background.append(asyncio.create_task(self._sweep_tcp()))
         upkeep = ListUpkeep(lambda: self.config, lambda: self.lists, self.stats,
                             lambda lists: self._install(self.config, lists), self._reload_lock)
@@ -304,6 +313,8 @@ class Server:
 
     async def stop(self) -> None:
         self.on_stopping()
+        if self.control is not None:
+            await self.control.close()
         for t in self._background:
             t.cancel()
         for edge in self.udp_edges:
@@ -338,6 +349,9 @@ class Server:
             if new.listen != self.config.listen:
                 log.warning("listen addresses changed: restart hushdns to rebind them")
             metrics_moved = new.metrics.listen != self.config.metrics.listen
+            if new.household.control != self.config.household.control:
+                log.warning("control API settings changed: restart hushdns to apply them")
+            self.household.configure(new)
             self._install(new, lists)
             if metrics_moved:
                 await self._start_metrics(reloading=True)
@@ -379,7 +393,7 @@ class Server:
             self.config.rate_limit == config.rate_limit else None
         pipeline = build_pipeline(config, lists, self.stats, entries, self.inflight, buckets)
         self.labels.limit = config.metrics.max_clients
-        clients = ClientTable(config, lists, self.labels)
+        clients = ClientTable(config, lists, self.labels, self.household)
         # The query log wants every query through the pipeline, with its reasons;
         # server.reply_memo: false (the bench's hushdns-nomemo) measures the pipeline alone.
         memo = None if config.log_queries or not config.server.reply_memo else \
@@ -431,6 +445,42 @@ class Server:
         self.tcp_servers.append(server)
         self.udp_addresses.append((host, bound))
         self.tcp_addresses.append((host, bound))
+
+    async def _start_control(self) -> None:
+        """The control API (hushdns pause/resume/allow/status) and the once-a-second expiry tick."""
+        self._background.append(asyncio.create_task(self._household_tick()))
+        ctl = self.config.household.control
+        if self.reuse_port:   # workers: N; each worker would hold its own pauses
+            if ctl.socket or ctl.listen:
+                log.warning("control API off with workers > 1: pauses and allows need workers: 1")
+            return
+        self.control = ControlApi(self.household, self.status, self.stats)
+        await self.control.start(ctl.socket, ctl.listen, ctl.token)
+
+    async def _household_tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.household.tick()
+            except Exception:   # a bug here must not stop expiries for good
+                log.exception("household tick failed")
+
+    def _household_changed(self) -> None:
+        """Pauses, allows or schedule windows changed: every client is looked up again."""
+        if self.clients is not None:
+            self.clients.cache.clear()
+
+    def status(self) -> dict[str, Any]:
+        """What ``hushdns status`` shows besides the household state."""
+        return {
+            "uptime": round(time.time() - self.started),
+            "config": self.config.path,
+            "listen": [format_endpoint(ep) for ep in self.udp_addresses],
+            "lists": {n: ("FAILED: " + str(i.error)) if i.error else i.entries
+                      for n, i in self.lists.lists.items()},
+            "upstreams": {u: ("up" if v else "down") for u, v in sorted(self.stats.upstream_state.items())}
+            or {format_endpoint(u): "unknown" for u in self.config.upstreams},
+        }
 
     # --- per query -----------------------------------------------------------------
 

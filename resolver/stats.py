@@ -79,6 +79,13 @@ class Stats:
         self.limited: dict[tuple[str, str], int] = {}
         # A/AAAA records with private/loopback addresses removed from public answers
         self.rebind_removed = 0
+        # Household controls (resolver/control): group -> 1 while blocking is paused for it,
+        # paused device -> 1, refused control requests by (listener, reason),
+        # lookups of bypass names by (client, kind).
+        self.paused: dict[str, int] = {}
+        self.paused_devices: dict[str, int] = {}
+        self.control_refused: dict[tuple[str, str], int] = {}
+        self.bypass_lookups: dict[tuple[str, str], int] = {}
 
     def query(self, client: str, qtype: str, result: str, duration: float) -> None:
         """Count one answered (or dropped) query; called once per query at the edge."""

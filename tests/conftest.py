@@ -15,6 +15,14 @@ import pytest
 from tests.fakes import FakeUpstream, ServerThread, start_server
 
 
+@pytest.fixture(autouse=True)
+def _own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own default state dir: the household state file and the control socket
+    live there, and tests run in parallel with other checkouts on the same machine."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+
+
 @pytest.fixture
 def upstream() -> Iterator[FakeUpstream]:
     up = FakeUpstream()
