@@ -5,9 +5,10 @@
 Why in-process: on a shared 2-core machine dnsperf numbers move by 30% between runs, and
 a sampling profiler attributes the sendmsg syscall (and the wakeup of the client it
 delivers to) to whichever Python line called it.  Here the real Server, with its real
-chain and a 100k-name list, is driven through ``FastPath.answer`` (what UDP clients of
-the benchmark get) and ``Server.handle`` (the chain: TCP, and whatever the fast path
-leaves) with a sink that drops the reply, so what is timed is exactly the Python work
+pipeline and a 100k-name list, is driven through the UDP edge's path (``ReplyMemo.answer``,
+else ``Server.handle``: what UDP clients of the benchmark get) and ``Server.handle`` alone
+(the pipeline without the memo: TCP, and whatever the memo leaves) with a sink that drops
+the reply, so what is timed is exactly the Python work
 per query; each step is then timed alone.  The sum is compared with the template answer of bench/baseline_server.py.
 The cache is warmed through nsd, like the benchmark (needs nsd).
 """
@@ -112,72 +113,58 @@ async def _measure(server, names, number, parse_query, baseline_server):
         lambda: handle(blocked_pkt, addr, "udp", sink), "reply to a null sink")
     row("Server.handle, cache-hit query (whole Python path)",
         lambda: handle(hit_pkt, addr, "udp", sink), "reply to a null sink")
-    fast = server.fast
-    fast_many = itertools.cycle([servers.dns_query(n)[1] for n in names[:100_000]])
-    row("FastPath.answer, blocked, 100k names in turn (what UDP clients get)",
-        lambda: fast(next(fast_many), addr), "first sight: full walk")
-    row("FastPath.answer, the same blocked query again (remembered reply)",
-        lambda: fast(blocked_pkt, addr))
-    row("FastPath.answer, cache hit (remembered reply)", lambda: fast(hit_pkt, addr))
-    fastpath = server.fast.__self__
+    memo = server.memo
+
+    def udp(pkt: bytes) -> None:
+        if memo.answer(pkt, addr, sink) is None:
+            handle(pkt, addr, "udp", sink)
+
+    udp_many = itertools.cycle([servers.dns_query(n)[1] for n in names[:100_000]])
+    row("UDP edge, blocked, 100k names in turn (what UDP clients get)",
+        lambda: udp(next(udp_many)), "first sight: the memo misses, the pipeline answers")
+    row("UDP edge, the same blocked query again (reply memo)", lambda: udp(blocked_pkt))
+    row("UDP edge, cache hit (reply memo)", lambda: udp(hit_pkt))
 
     def hit_unremembered():
-        fastpath.replies.clear()
-        return fast(hit_pkt, addr)
+        for t in memo.tables.values():
+            t.clear()
+        return udp(hit_pkt)
 
-    row("FastPath.answer, cache hit, nothing remembered", hit_unremembered,
-        "walk + match + render")
+    row("UDP edge, cache hit, nothing remembered", hit_unremembered, "parse + pipeline + render")
 
     req_b = parse_query(blocked_pkt)
     req_h = parse_query(hit_pkt)
     info = server.clients.lookup(addr[0])
     for r in (req_b, req_h):
-        r.client, r.proto, r.info = addr[0], "udp", info
+        r.client, r.proto, r.info, r.addr, r.sink, r.t0 = addr[0], "udp", info, addr, sink, 0.0
     row("  parse_query, a name seen before", lambda: parse_query(blocked_pkt))
     row("  parse_query, 100k names in turn", lambda: parse_query(next(many)))
     row("  ClientTable.lookup", lambda: server.clients.lookup(addr[0]))
-    head = server.head
+    pipeline = server.pipeline
+    row("  Pipeline.run, blocked (access, blocking, finish)", lambda: pipeline.run(req_b))
+    row("  Pipeline.run, cache hit (access, blocking, cache, finish)", lambda: pipeline.run(req_h))
+    from resolver.stages.blocking import Blocking
+    from resolver.stages.cache import Cache
 
-    def drive(req):
-        coro = head.resolve(req)
-        try:
-            coro.send(None)
-        except StopIteration as stop:
-            return stop.value
-        raise RuntimeError("suspended")
-
-    row("  chain resolve, blocked (access->blocking)", lambda: drive(req_b))
-    row("  chain resolve, cache hit (...->cache)", lambda: drive(req_h))
-    blocking = head
-    while type(blocking).__name__ != "Blocking":
-        blocking = blocking.next
-    cache = server.cache
-    idx = blocking.index
+    blocking = pipeline.find(Blocking)
+    cache = pipeline.find(Cache)
+    idx = server.lists.index
     row("    DomainIndex.match (listed name)",
         lambda: idx.match(req_b.qname, info.block, info.allow))
     row("    DomainIndex.match (unlisted name)",
         lambda: idx.match(req_h.qname, info.block, info.allow))
-    hit = idx.match(req_b.qname, info.block, info.allow)
-    row("    Blocking.blocked (stats + template reply)", lambda: blocking.blocked(req_b, hit))
-
-    def cache_only():
-        coro = cache.resolve(req_h)
-        try:
-            coro.send(None)
-        except StopIteration as stop:
-            return stop.value
-
-    row("    Cache.resolve (hit)", cache_only)
-    resp_b = drive(req_b)
-    resp_h = drive(req_h)
+    row("    Blocking.on_query (match, stats, template reply)", lambda: blocking.on_query(req_b))
+    row("    Cache.on_query (hit)", lambda: cache.on_query(req_h))
+    resp_b = blocking.on_query(req_b)
+    resp_h = cache.on_query(req_h)
     now = time.monotonic()
     row("    Answer.render (cache hit reply bytes)",
         lambda: resp_h.answer.render(req_h, now, 1232))
-    t0 = time.perf_counter()
-    row("  Server._answer, blocked (stats + send)",
-        lambda: server._answer(req_b, resp_b, addr, sink, t0))
-    row("  Server._answer, cache hit (render + stats + send)",
-        lambda: server._answer(req_h, resp_h, addr, sink, t0))
+    pipeline.memo = None   # finish alone, without remembering
+    row("  Pipeline.finish, blocked (stats + send)", lambda: pipeline.finish(req_b, resp_b, 1))
+    row("  Pipeline.finish, cache hit (render + stats + send)",
+        lambda: pipeline.finish(req_h, resp_h, 2))
+    pipeline.memo = memo
     stats = server.stats
     row("    Stats.query (dict + histogram)",
         lambda: stats.query(info.label, "A", "blocked", 0.00002))
@@ -247,7 +234,7 @@ async def _miss_pieces(row, req, server) -> None:
     def task_cycle():
         loop.create_task(nothing())
 
-    row("miss path: loop.create_task (Server._later per forwarded query)", task_cycle,
+    row("miss path: loop.create_task (what a Task per forwarded query would cost)", task_cycle,
         "creation only; it runs later")
     await asyncio.sleep(0)
 
@@ -265,7 +252,7 @@ def _drive(make):
 
 
 def _coroutines():
-    """What a chain stage costs by being a coroutine: one level vs two levels of await."""
+    """What a stage would cost as a coroutine: one level vs two levels of await."""
     async def leaf():
         return 1
 

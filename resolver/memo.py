@@ -96,33 +96,40 @@ class ReplyMemo:
         self.stats = stats
         self.tables: dict[str, dict[bytes, tuple]] = {}
         self.size = 0
+        self.on_miss: Any = None
 
     def answer(self, data: bytes, addr: Any, sink: Any) -> bytes | bool | None:
         """The reply bytes to send; False when the pipeline took the query (and answered
-        through ``sink``); None when nothing remembered holds (nothing was counted)."""
+        through ``sink``); None when nothing remembered holds and there is no ``on_miss``
+        (nothing was counted).
+
+        ``on_miss(data, addr, sink, t0, info)``, when set (the server's UDP handler), takes
+        a query the memo cannot answer, so the client is looked up and the clock read once.
+        """
         t0 = perf_counter()
         info = self.clients.get(addr[0])
-        if info is None:
+        if info is not None:
+            table = self.tables.get(info.policy)
+            if table is not None:
+                seen = table.get(data[2:])
+                if seen is not None:
+                    tail, qlabel, result, keep, gates, q = seen
+                    if keep.valid(monotonic()):
+                        if gates:
+                            q = q.again(data, addr, info, sink, t0)
+                            for hook, pos in gates:
+                                r = hook(q)
+                                if r is not None:
+                                    self.pipeline.answered(q, r, pos)
+                                    return False
+                        keep.replay(info.label)
+                        self.stats.query(info.label, qlabel, result, perf_counter() - t0)
+                        return data[:2] + tail
+        on_miss = self.on_miss
+        if on_miss is None:
             return None
-        table = self.tables.get(info.policy)
-        if table is None:
-            return None
-        seen = table.get(data[2:])
-        if seen is None:
-            return None
-        tail, qlabel, result, keep, gates, q = seen
-        if not keep.valid(monotonic()):
-            return None
-        if gates:
-            q = q.again(data, addr, info, sink, t0)
-            for hook, pos in gates:
-                r = hook(q)
-                if r is not None:
-                    self.pipeline.answered(q, r, pos)
-                    return False
-        keep.replay(info.label)
-        self.stats.query(info.label, qlabel, result, perf_counter() - t0)
-        return data[:2] + tail
+        on_miss(data, addr, sink, t0, info)
+        return False
 
     def store(self, q: Request, wire: bytes, reply: Reply, gates: tuple, now: float) -> None:
         """Remember ``wire`` (as sent to ``q``) for the next time the same bytes come."""

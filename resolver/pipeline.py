@@ -34,10 +34,11 @@ from .stages.forward import Forward
 from .stages.ratelimit import RateLimit
 from .stages.rebind import Rebind
 from .stats import Stats
-from .wire import SERVFAIL, Answer, Request, build_reply, qtype_label, truncate
+from .wire import QTYPE_NAMES, SERVFAIL, Answer, Request, build_reply, truncate
 
 log = logging.getLogger("hushdns")
 qlog = logging.getLogger("hushdns.query")
+_QTYPES = QTYPE_NAMES
 
 
 def build_pipeline(config: Config, lists: Blocklists, stats: Stats,
@@ -169,14 +170,19 @@ class Pipeline:
                 q.sink.sendto(None, q.addr)
         else:
             if q.proto == "udp":
-                if len(wire) > q.max_udp(self.udp_cap):
+                # As q.max_udp(), inlined: 512 without EDNS, else the client's size up to the cap.
+                cap = self.udp_cap if q.edns else 512
+                if q.edns and q.udp_size < cap:
+                    cap = q.udp_size if q.udp_size > 512 else 512
+                if len(wire) > cap:
                     wire = truncate(q, wire)
                 elif r.keep is not None and self.memo is not None:
                     self.memo.store(q, wire, r, self.gates[pos], now or time.monotonic())
             q.sink.sendto(wire, q.addr)
-        self.stats.query(q.info.label, qtype_label(q.qtype), r.result, time.perf_counter() - q.t0)
+        qtype = _QTYPES.get(q.qtype, "other")   # as qtype_label(), inlined
+        self.stats.query(q.info.label, qtype, r.result, time.perf_counter() - q.t0)
         if self.log_queries:
-            qlog.info("%s %s %s %s%s", q.client, q.qname, qtype_label(q.qtype),
+            qlog.info("%s %s %s %s%s", q.client, q.qname, qtype,
                       r.result, f" list={r.list} rule={r.rule}" if r.list else "")
 
     def explain(self, q: Request) -> tuple[Reply | None, list[Reply], str]:

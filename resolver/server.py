@@ -398,6 +398,8 @@ class Server:
         # server.reply_memo: false (the bench's hushdns-nomemo) measures the pipeline alone.
         memo = None if config.log_queries or not config.server.reply_memo else \
             new_memo(pipeline, clients.cache, self.stats)
+        if memo is not None:
+            memo.on_miss = self._handle
         self.config, self.lists, self.pipeline, self.clients, self.memo = \
             config, lists, pipeline, clients, memo
 
@@ -486,8 +488,14 @@ class Server:
 
     def handle(self, data: bytes, addr: tuple[Any, ...], proto: str, sink: Any) -> None:
         """Answer one message from ``addr``; ``sink.sendto(wire, addr)`` delivers the reply."""
-        t0 = time.perf_counter()
-        info = self.clients.lookup(addr[0])  # type: ignore[union-attr]
+        self._handle(data, addr, sink, time.perf_counter(), None, proto)
+
+    def _handle(self, data: bytes, addr: tuple[Any, ...], sink: Any, t0: float,
+                info: Any, proto: str = "udp") -> None:
+        """``handle``, and the reply memo's ``on_miss`` for what it could not answer (it has
+        read the clock and looked the client up already: ``info``, or None if unknown)."""
+        if info is None:
+            info = self.clients.lookup(addr[0])  # type: ignore[union-attr]
         try:
             q = parse_query(data)
         except Drop:

@@ -248,6 +248,7 @@ def parse_query(data: bytes) -> Request:
 
 
 _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
+_new_request = object.__new__
 
 
 def _plain_query(data: bytes, n: int, flags: int) -> Request | None:
@@ -273,19 +274,29 @@ def _plain_query(data: bytes, n: int, flags: int) -> Request | None:
     qtype = data[i + 1] << 8 | data[i + 2]
     if qtype == 0 or qtype == T_OPT or 128 <= qtype <= 254:
         return None   # not questions, or refused: the slow path says which
-    req = Request(data)
     if data[11]:      # one additional record: an OPT at the root, version 0, filling the rest
         if data[11] != 1 or qend + 11 > n or data[qend] or data[qend + 1] \
                 or data[qend + 2] != T_OPT or data[qend + 6] \
                 or qend + 11 + (data[qend + 9] << 8 | data[qend + 10]) != n:
             return None
-        req.edns = True
-        req.udp_size = data[qend + 3] << 8 | data[qend + 4]
-        req.do = do = data[qend + 7] & 0x80 != 0
+        edns = True
+        udp_size = data[qend + 3] << 8 | data[qend + 4]
+        do = data[qend + 7] & 0x80 != 0
     elif qend != n:
         return None
     else:
-        do = False
+        edns = do = False
+        udp_size = 512
+    req = _new_request(Request)   # every slot set here, once
+    req.data = data
+    req.edns = edns
+    req.edns_bad = False
+    req.udp_size = udp_size
+    req.do = do
+    req.client = ""
+    req.proto = "udp"
+    req.info = req.addr = req.sink = None
+    req.t0 = 0.0
     req.qid = data[0] << 8 | data[1]
     req.flags = flags
     req.qend = qend

@@ -107,7 +107,12 @@ class Blocking:
             keep = keeps.get(bit) if remember else None
             if keep is None and remember:
                 keep = keeps[bit] = Listed(self.stats, list_name, None)
-        self.stats.block(q.info.label, list_name, rule)
+        if rule is None:   # Stats.block, inlined for the common case (no per-domain count)
+            counts = self.stats.blocked
+            key = (q.info.label, list_name)
+            counts[key] = counts.get(key, 0) + 1
+        else:
+            self.stats.block(q.info.label, list_name, rule)
         t = self.templates.get(q.qtype)
         if t is None:
             t = self.templates[q.qtype] = self._template(q.qtype)
