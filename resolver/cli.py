@@ -339,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .lists.commands import add_parser as add_lists_parser
 
     add_lists_parser(sub)   # hushdns lists lint | show | stats
+    from .control.commands import add_parsers as add_control_parsers
+
+    add_control_parsers(sub)   # hushdns pause | resume | allow | status
     return p
 
 
