@@ -20,9 +20,9 @@ from typing import Any
 
 from . import upstream
 from .clients import ClientTable, LabelBound
+from .config import Config, ConfigError, Endpoint, format_endpoint
 from .control.api import ControlApi
 from .control.state import HouseholdState
-from .config import Config, ConfigError, Endpoint, format_endpoint
 from .listen_errors import ListenError, listen_error
 from .lists import loader
 from .lists.loader import Blocklists

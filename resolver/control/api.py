@@ -106,7 +106,7 @@ class ControlApi:
             while True:
                 try:
                     line = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT)
-                except (asyncio.TimeoutError, ValueError, ConnectionError):
+                except (TimeoutError, ValueError, ConnectionError):
                     break   # idle, a line over MAX_LINE, or gone
                 if not line:
                     break
