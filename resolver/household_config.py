@@ -79,6 +79,8 @@ class LocalRecord:
 
 @dataclass(frozen=True)
 class LocalNames:
+    """``local_records`` and the records of ``hosts_files`` (read when the config is)."""
+
     records: tuple[LocalRecord, ...] = ()
     zones: tuple[str, ...] = ()              # names below these that are not local: NXDOMAIN
     hosts_files: tuple[str, ...] = ()
@@ -192,7 +194,12 @@ def _local(r: _Reader, top: dict[str, Any]) -> LocalNames:
             doc.err(f"hosts_files[{i}]", f"no such file {h!r}")
             continue
         problems: list[str] = []
-        parse_hosts(p.read_text(encoding="utf-8", errors="replace"), str(p), problems)
+        try:
+            text = p.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            doc.err(f"hosts_files[{i}]", f"cannot read {h!r}: {exc.strerror or exc}")
+            continue
+        records.extend(parse_hosts(text, str(p), problems))
         for problem in problems:
             doc.err(f"hosts_files[{i}]", problem)
         hosts.append(str(p))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from .pipeline import Pipeline, build_pipeline, new_memo
 from .stats import Stats
 from .wire import Drop, Reject, parse_query
 
+HOSTS_POLL_SECONDS = 2.0
 log = logging.getLogger("hushdns")
 
 UDP_RCVBUF = 4 * 1024 * 1024
@@ -451,6 +453,7 @@ class Server:
     async def _start_control(self) -> None:
         """The control API (hushdns pause/resume/allow/status) and the once-a-second expiry tick."""
         self._background.append(asyncio.create_task(self._household_tick()))
+        self._background.append(asyncio.create_task(self._watch_hosts_files()))
         ctl = self.config.household.control
         if self.reuse_port:   # workers: N; each worker would hold its own pauses
             if ctl.socket or ctl.listen:
@@ -458,6 +461,28 @@ class Server:
             return
         self.control = ControlApi(self.household, self.status, self.stats)
         await self.control.start(ctl.socket, ctl.listen, ctl.token)
+
+    async def _watch_hosts_files(self) -> None:
+        """``hosts_files`` are watched like list files: a change is a reload (which re-reads and
+        checks them; a bad line fails the reload, logged with file:line, old names keep serving)."""
+        def stamps() -> dict[str, tuple[float, int] | None]:
+            out: dict[str, tuple[float, int] | None] = {}
+            for f in self.config.household.local.hosts_files:
+                try:
+                    st = os.stat(f)
+                    out[f] = (st.st_mtime, st.st_size)
+                except OSError:
+                    out[f] = None
+            return out
+
+        seen = stamps()
+        while True:
+            await asyncio.sleep(HOSTS_POLL_SECONDS)
+            now = await asyncio.to_thread(stamps)
+            if now != seen and set(now) == set(seen):
+                log.info("hosts file changed: reloading")
+                await self.reload()
+            seen = await asyncio.to_thread(stamps)
 
     async def _household_tick(self) -> None:
         while True:

@@ -23,7 +23,7 @@ DURATION_BUCKETS: tuple[float, ...] = (
 # Every value the ``result`` label can take (documented in the README).
 RESULTS: tuple[str, ...] = (
     "forwarded", "cached", "blocked", "refused", "servfail",
-    "formerr", "notimp", "dropped",
+    "formerr", "notimp", "dropped", "local",
 )
 
 
