@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from ..household_config import LocalNames, LocalRecord
+from ..household_config import LocalNames
 from ..memo import Keep
 from ..names import in_zones, suffixes
 from ..reply import Reply
