@@ -34,7 +34,8 @@ MISS_RATE_CAP = 80_000
 # The same for first-sight blocked names (answered locally, so faster than misses).
 FIRST_SIGHT_RATE_CAP = 160_000
 # hushdns variants: -nomemo is server.reply_memo: false; -w<N> is workers: N.
-_HUSHDNS = re.compile(r"hushdns(-nomemo)?(-w\d+)?")
+# base, base-nomemo, ...: the same, from the checkout given with --base (an A/B in one run).
+_HUSHDNS = re.compile(r"(?:hushdns|base)(-nomemo)?(-w\d+)?")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "workers: N (default: hushdns, hushdns-nomemo, unbound, dnsmasq, "
                          "baseline)")
     ap.add_argument("--hushdns", action="store_true", help="add hushdns to --servers")
+    ap.add_argument("--base", type=Path, default=None,
+                    help="another hushdns checkout, run as the servers named base, base-nomemo")
     ap.add_argument("--mixes", default=",".join(MIXES), help=f"comma list of {','.join(MIXES)}")
     ap.add_argument("--wide-names", type=int, default=None,
                     help="distinct cached names of the wide mix (default 90000, quick 5000)")
@@ -116,6 +119,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"unknown servers: {', '.join(sorted(unknown))}")
     if any(n.startswith("hushdns") for n in names) and not servers.hushdns_available():
         ap.error("hushdns requested but resolver/server.py is not in this checkout yet")
+    if any(n.startswith("base") for n in names) and args.base is None:
+        ap.error("servers named base* need --base DIR")
     args.server_names = names
     args.mix_names = [m for m in args.mixes.split(",") if m]
     if set(args.mix_names) - set(MIXES):
@@ -224,7 +229,9 @@ class Bench:
             # -nomemo: server.reply_memo off; -w<N>: workers: N (SO_REUSEPORT processes)
             p = servers.hushdns(self.dir, self.nsd.port, blocklist, ce, name=label or name,
                                 workers=int(hm.group(2)[2:]) if hm.group(2) else None,
-                                memo=hm.group(1) is None)
+                                memo=hm.group(1) is None,
+                                root=self.args.base if name.startswith("base") else
+                                servers.REPO_ROOT)
         elif name == "baseline":
             p = servers.baseline(self.dir)
         else:

@@ -303,11 +303,13 @@ def dnsmasq(workdir: Path, upstream_port: int, blocked: list[str], cache_entries
 
 
 def hushdns(workdir: Path, upstream_port: int, blocklist: Path, cache_entries: int,
-            name: str = "hushdns", workers: int | None = None, memo: bool = True) -> Proc:
+            name: str = "hushdns", workers: int | None = None, memo: bool = True,
+            root: Path = REPO_ROOT) -> Proc:
     """hushdns from this checkout (`python -m resolver serve`), metrics on and counting.
 
     ``memo=False`` sets ``server.reply_memo: false``: no remembered replies, so every
     query takes the index or cache path (what a LAN that rarely repeats within a second gets).
+    ``root``: another checkout to run instead of this one (``run.py --base``, an A/B).
     """
     d = workdir / name
     d.mkdir(parents=True, exist_ok=True)
@@ -323,9 +325,9 @@ def hushdns(workdir: Path, upstream_port: int, blocklist: Path, cache_entries: i
         + (f"workers: {workers}\n" if workers else "")
         + ("" if memo else "server: {reply_memo: false}\n")
     )
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    env = dict(os.environ, PYTHONPATH=str(root))
     return Proc(name, port, [sys.executable, "-m", "resolver", "serve", "-c", str(conf)],
-                workdir, cwd=REPO_ROOT, env=env,
+                workdir, cwd=root, env=env,
                 extra={"config": conf, "metrics_port": metrics_port})
 
 

@@ -188,8 +188,10 @@ class Pipeline:
                     cap = q.udp_size if q.udp_size > 512 else 512
                 if len(wire) > cap:
                     wire = truncate(q, wire)
-                elif r.keep is not None and self.memo is not None:
-                    self.memo.store(q, wire, r, self.gates[pos], now or time.monotonic())
+                elif r.keep is not None:
+                    memo = self.memo
+                    if memo is not None:
+                        memo.store(q, wire, r, self.gates[pos], now or time.monotonic())
             q.sink.sendto(wire, q.addr)
         qtype = _QTYPES.get(q.qtype, "other")   # as qtype_label(), inlined
         self.stats.query(q.info.label, qtype, r.result, time.perf_counter() - q.t0)

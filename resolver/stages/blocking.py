@@ -17,6 +17,7 @@ over every list for that client and the names below it.
 from __future__ import annotations
 
 import ipaddress
+import struct
 
 from ..config import Blocking as BlockingConfig
 from ..lists.index import Match
@@ -36,10 +37,10 @@ from ..wire import (
     Request,
     encode_name,
     opt_record,
-    reply_for,
     rr,
 )
 
+_H = struct.Struct("!HHHHHH")
 _SOA_MNAME = encode_name("ns.hushdns.invalid")
 _SOA_RNAME = encode_name("blocked.hushdns.invalid")
 
@@ -116,8 +117,13 @@ class Blocking:
         t = self.templates.get(q.qtype)
         if t is None:
             t = self.templates[q.qtype] = self._template(q.qtype)
-        wire = reply_for(q.data, q.qend, q.flags, t[0], t[1], t[2], t[3],
-                         self.opt[q.do] if q.edns else None)
+        # As reply_for(), inlined: the client's ID, flags and question, then the records.
+        data = q.data
+        rcode, body, an, ns = t
+        if q.edns:
+            body += self.opt[q.do]
+        wire = _H.pack(data[0] << 8 | data[1], 0x8080 | (q.flags & 0x0110) | rcode, 1, an, ns,
+                       1 if q.edns else 0) + data[12:q.qend] + body
         return Reply("blocked", wire, None, list_name,
                      f"/{hit.rule}/" if hit.regex else hit.rule, None, self.describe, keep)
 
