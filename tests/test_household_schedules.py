@@ -3,7 +3,6 @@ with key and line, and followed by the running server (memo answers included).""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import UTC, datetime
 

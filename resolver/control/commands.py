@@ -18,6 +18,7 @@ from typing import Any
 from ..household_config import TOKEN_ENV
 
 TIMEOUT = 10.0
+SYSTEMD_SOCKET = "/run/hushdns/control.sock"
 
 
 class ControlUnreachable(OSError):
@@ -105,6 +106,8 @@ def _where(args: argparse.Namespace) -> tuple[str | None, tuple[str, int] | None
         if ctl.listen is None:
             raise ControlUnreachable("the config turns the control API off (control.socket: null)")
         return None, ctl.listen, token or ctl.token
+    if not os.path.exists(ctl.socket) and os.path.exists(SYSTEMD_SOCKET):
+        return SYSTEMD_SOCKET, None, None   # the unit's RuntimeDirectory (its $RUNTIME_DIRECTORY)
     return ctl.socket, None, None
 
 
