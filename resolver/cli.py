@@ -238,7 +238,12 @@ def cmd_query(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     lists = loader.load_all(config)
-    client = ClientTable(config, lists, LabelBound(config.metrics.max_clients)).lookup(address)
+    from .control.state import HouseholdState
+
+    household = HouseholdState(config)   # schedules now, and the pauses the server saved
+    household.load()
+    client = ClientTable(config, lists, LabelBound(config.metrics.max_clients),
+                         household).lookup(address)
     who = f"client {address}" + (f" ({client.name})" if client.name else "") + f", group {client.group}"
     head = f"{name} {qtype} for {who}"
     try:
@@ -261,6 +266,8 @@ def cmd_query(args: argparse.Namespace) -> int:
             print(f"  {reply.note}")
     else:
         print(f"{head}: {reply.note or reply.result}")
+    for line in household.explain(client, address):
+        print(f"  note: {line}")
     for info in lists.failed():
         print(f"  note: list {info.spec.name} failed to load: {info.error}")
     return 0

@@ -253,6 +253,21 @@ class HouseholdState:
             return info
         return replace(info, block=block, policy=policy, allow_names=names)
 
+    def explain(self, info: ClientInfo, address: str) -> list[str]:
+        """For ``hushdns query``: what of the household state applies to this client."""
+        out = []
+        for p in self.pauses.values():
+            if p.scope == ALL or (p.scope, p.target) in (("group", info.group), ("device", address),
+                                                         ("device", info.name)):
+                out.append(f"blocking paused for {p.describe()}")
+        group = self.config.groups.get(info.group)
+        for i in self.windows.get(info.group, ()):
+            out.append(f"schedule of group {info.group} in force: {group.schedules[i].describe()}")  # type: ignore[union-attr]
+        for a in self.allows:
+            if a.device in (address, info.name):
+                out.append(f"temporarily allowed {a.describe()}")
+        return out
+
     def paused_groups(self) -> dict[str, int]:
         every = ALL in self.pauses
         return {g: int(every or f"group:{g}" in self.pauses) for g in self.config.groups}
