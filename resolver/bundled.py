@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 _HERE = Path(__file__).resolve().parent
 
 
@@ -24,3 +26,27 @@ def lists_dir() -> Path:
 def default_config_text() -> str:
     """The embedded default configuration (YAML)."""
     return (_HERE / "default_config.yaml").read_text(encoding="utf-8")
+
+
+STRICT_SUFFIX = "-strict"
+
+
+def strict_config_text() -> str:
+    """The embedded default config plus the strict list of every bundled vendor (``--strict``).
+
+    Why generated, not a second file: the strict profile must stay the default
+    config plus exactly the strict lists, whatever vendors the default config
+    gains; a copy would drift.  A default list ``bundled:<vendor>.txt`` gets
+    ``<vendor>-strict`` beside it when ``<vendor>-strict.txt`` ships.
+    """
+    data = yaml.safe_load(default_config_text())
+    lists = data["blocking"]["lists"]
+    for name, spec in list(lists.items()):
+        source = spec.get("source") if isinstance(spec, dict) else spec
+        if not isinstance(source, str) or not source.startswith("bundled:"):
+            continue
+        strict = source[len("bundled:"):].removesuffix(".txt") + STRICT_SUFFIX + ".txt"
+        if (lists_dir() / strict).is_file() and name + STRICT_SUFFIX not in lists:
+            lists[name + STRICT_SUFFIX] = {"source": f"bundled:{strict}", "track_domains": True}
+    return ("# hushdns embedded default configuration with the strict lists (serve --strict)\n"
+            + yaml.safe_dump(data, sort_keys=False))

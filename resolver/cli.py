@@ -32,7 +32,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _load(args: argparse.Namespace) -> Config:
     overrides = _overrides(args)
     metrics = getattr(args, "metrics", None)
-    cfg = load_config(args.config, overrides=overrides or None)
+    cfg = load_config(args.config, text=_strict_text(args), overrides=overrides or None)
     if metrics is not None:
         from dataclasses import replace
 
@@ -41,6 +41,23 @@ def _load(args: argparse.Namespace) -> Config:
         listen = None if metrics in ("off", "none", "") else parse_endpoint(metrics, 9153)
         cfg = replace(cfg, metrics=replace(cfg.metrics, listen=listen))
     return cfg
+
+
+def _strict_text(args: argparse.Namespace) -> str | None:
+    """``--strict``: the embedded default config with the bundled strict lists added."""
+    if not getattr(args, "strict", False):
+        return None
+    if args.config:
+        raise ConfigError(["--strict turns on the bundled strict lists of the embedded default "
+                           "config; with -c, name the strict lists in your config instead "
+                           "(docs/lists.md, \"Turning the strict tier on\")"])
+    from . import bundled
+
+    return bundled.strict_config_text()
+
+
+STRICT_HELP = ("the embedded default config plus every bundled strict list (blocks more; "
+               "breaks what each strict list's header says, e.g. Mi Account sign-in)")
 
 
 # --- serve ---------------------------------------------------------------------------------
@@ -320,11 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--upstream", action="append", help="override upstreams (repeatable)")
     s.add_argument("--metrics", help="override metrics.listen, or 'off'")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--strict", action="store_true", help=STRICT_HELP)
     s.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)   # internal: workers: N
     s.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("check", help="validate a config and every list it uses")
     c.add_argument("-c", "--config", help="YAML config file (embedded default without -c)")
+    c.add_argument("--strict", action="store_true", help=STRICT_HELP)
     c.add_argument("--offline", action="store_true",
                    help="no downloads: URL lists from their disk copies (the unit's pre-start check)")
     c.set_defaults(func=cmd_check)
@@ -336,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="client address or a name from clients: (default 127.0.0.1)")
     q.add_argument("--tcp", action="store_true", help="as if asked over TCP")
     q.add_argument("-c", "--config", help="YAML config file (embedded default without -c)")
+    q.add_argument("--strict", action="store_true", help=STRICT_HELP)
     q.set_defaults(func=cmd_query)
 
     g = sub.add_parser("config", help="print the embedded default config (--default)")

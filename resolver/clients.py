@@ -15,6 +15,7 @@ from typing import Any
 
 from .config import Config, IPNetwork
 from .lists.loader import Blocklists
+from .stats import Stats
 
 MAX_CACHED_ADDRESSES = 65_536
 
@@ -29,8 +30,9 @@ class ClientInfo:
     group: str
     block: int      # bit mask of the block lists that apply
     allow: int      # bit mask of the allow lists that apply
-    # What selects policy, as the reply memo's key: the group, and whether the client
-    # may ask at all.  Two clients with the same policy get the same answers.
+    snoop: bool = False   # in access.allow_snoop: RD=0 queries answered from the cache
+    # What selects policy, as the reply memo's key: the group, whether the client may
+    # ask at all, and whether it may snoop.  Two clients with one policy get the same answers.
     policy: str = ""
     # Names a household control allows for this client for a while (resolver/control/state.py).
     allow_names: frozenset[str] = frozenset()
@@ -39,12 +41,17 @@ class ClientInfo:
 class LabelBound:
     """At most ``limit`` distinct client label values; the rest are counted as "other".
 
-    Lives across reloads so a label, once given out, keeps its series.
+    Lives across reloads so a label, once given out, keeps its series, until it has
+    been idle for ``idle`` seconds (``release_idle``): then its slot and its series go,
+    so that devices rotating IPv6 privacy addresses do not use up the bound for good.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, idle: float = 0.0) -> None:
         self.limit = limit
+        self.idle = idle      # metrics.client_idle; 0: never released
         self.seen: set[str] = set()
+        # label -> (its query count when last looked at, when that count last changed)
+        self._last: dict[str, tuple[int, float]] = {}
 
     def __call__(self, label: str) -> str:
         if label in self.seen:
@@ -53,6 +60,48 @@ class LabelBound:
             self.seen.add(label)
             return label
         return "other"
+
+    def release_idle(self, stats: Stats, now: float, keep: frozenset[str],
+                     table: ClientTable | None) -> list[str]:
+        """Release the labels whose query count has not moved for ``idle`` seconds.
+
+        A released label loses its slot, its series (queries, blocked, limited) and the
+        cached ClientInfo of its addresses, so a returning address is labelled afresh.
+        ``keep`` (configured client names and "other") is never released.  The count of
+        released labels is ``stats.client_labels_released``.
+        """
+        if self.idle <= 0:
+            return []
+        totals: dict[str, int] = dict.fromkeys(self.seen, 0)
+        for (client, _, _), n in list(stats.queries.items()):
+            totals[client] = totals.get(client, 0) + n
+        last = self._last
+        gone = []
+        for label, total in totals.items():
+            if label in keep:
+                continue
+            prev = last.get(label)
+            if prev is None or prev[0] != total:
+                last[label] = (total, now)
+            elif now - prev[1] >= self.idle:
+                gone.append(label)
+        if not gone:
+            return []
+        dead = set(gone)
+        for label in gone:
+            self.seen.discard(label)
+            del last[label]
+        for series in (stats.queries, stats.blocked, stats.limited):
+            for key in [k for k in series if k[0] in dead]:
+                del series[key]
+        if table is not None:
+            # Addresses counted as "other" are looked up again too: there is room now.
+            dead.add("other")
+            cache = table.cache
+            for address in [a for a, info in cache.items() if info.label in dead]:
+                del cache[address]
+        stats.client_labels_released += len(gone)
+        return gone
 
 
 def _longest(ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
@@ -70,6 +119,7 @@ class ClientTable:
     def __init__(self, config: Config, lists: Blocklists, labels: LabelBound,
                  household: Any = None) -> None:
         self.allow_nets = config.access_allow
+        self.snoop_nets = config.access_allow_snoop
         self.names = [(n, name) for name, nets in config.clients.items() for n in nets]
         self.groups = [(n, g.name) for g in config.groups.values() for n in g.clients]
         self.masks = {g.name: (lists.mask(g.lists), lists.mask(g.allow))
@@ -93,15 +143,17 @@ class ClientTable:
         try:
             ip = ipaddress.ip_address(address.split("%")[0])
         except ValueError:
-            return ClientInfo(False, self.labels("other"), None, "default", 0, 0, "!default")
+            return ClientInfo(False, self.labels("other"), None, "default", 0, 0, False, "!default")
         if ip.version == 6 and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
-        allowed = any(ip.version == n.version and ip in n for n in self.allow_nets)
+        snoop = any(ip.version == n.version and ip in n for n in self.snoop_nets)
+        allowed = snoop or any(ip.version == n.version and ip in n for n in self.allow_nets)
         name = _longest(ip, self.names)
         group = _longest(ip, self.groups) or "default"
         block, allow = self.masks.get(group, (0, 0))
-        policy = group if allowed else "!" + group
-        info = ClientInfo(allowed, self.labels(name or str(ip)), name, group, block, allow, policy)
+        policy = ("" if allowed else "!") + ("~" if snoop else "") + group
+        info = ClientInfo(allowed, self.labels(name or str(ip)), name, group, block, allow, snoop,
+                          policy)
         if self.household is not None and allowed:
             info = self.household.adjust(info, str(ip), self.list_mask)
         return info

@@ -91,6 +91,7 @@ class Cache:
 class Metrics:
     listen: Endpoint | None = ("127.0.0.1", 9153)
     max_clients: int = 512
+    client_idle: float = 86_400.0   # seconds without a query before a label is released
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,8 @@ class Config:
     household: Household = field(default_factory=Household)
     # Not errors, but worth saying (check prints them, serve logs them): e.g. an empty file.
     warnings: tuple[str, ...] = ()
+    # Clients whose RD=0 queries are answered (from the cache only); the rest get REFUSED.
+    access_allow_snoop: tuple[IPNetwork, ...] = ()
 
     def all_lists(self) -> list[ListSpec]:
         return [*self.blocking.lists.values(), *self.blocking.allow.values()]
@@ -459,8 +462,9 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
             doc.err(f"forward_zones.{zone}", "needs at least one server")
         zones[name] = eps
 
-    access = r.section(top.get("access"), "access", ("allow",))
+    access = r.section(top.get("access"), "access", ("allow", "allow_snoop"))
     allow_nets = r.networks(access.get("allow", list(DEFAULT_ALLOW)), "access.allow")
+    snoop_nets = r.networks(access.get("allow_snoop") or [], "access.allow_snoop")
 
     blocking = _blocking(r, top.get("blocking"), base)
 
@@ -488,7 +492,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
     if cache.min_ttl > cache.max_ttl:
         doc.err("cache.min_ttl", "is larger than cache.max_ttl")
 
-    m = r.section(top.get("metrics"), "metrics", ("listen", "max_clients"))
+    m = r.section(top.get("metrics"), "metrics", ("listen", "max_clients", "client_idle"))
     mlisten: Endpoint | None = ("127.0.0.1", 9153)
     if "listen" in m:
         if m["listen"] is None:
@@ -496,7 +500,8 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         else:
             eps = r.endpoints(m["listen"], "metrics.listen", 9153)
             mlisten = eps[0] if eps else None
-    metrics = Metrics(mlisten, r.typed(m, "max_clients", "metrics", int, 512, _at_least(1)))
+    metrics = Metrics(mlisten, r.typed(m, "max_clients", "metrics", int, 512, _at_least(1)),
+                      _dur(r, m, "client_idle", "metrics", Metrics.client_idle))
 
     s = r.section(top.get("server"), "server", tuple(ServerOptions.__dataclass_fields__))
     d = ServerOptions()
@@ -553,6 +558,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         log_queries=r.typed(lg, "queries", "log", bool, False),
         workers=workers,
         rebind_protection=rebind,
+        access_allow_snoop=snoop_nets,
         household=household,
     )
 

@@ -119,6 +119,12 @@ class StatsCollector:
             m.add_metric((client, reason), n)
         yield m
 
+        yield CounterMetricFamily(
+            "hushdns_client_labels_released",
+            "Client label values released after metrics.client_idle without a query "
+            "(their series are gone; the slot is free for a new client).",
+            value=getattr(s, "client_labels_released", 0))
+
         m = CounterMetricFamily(
             "hushdns_rebind_removed",
             "Private or loopback addresses removed from answers for public names "

@@ -89,8 +89,6 @@ def build_pipeline(config: Config, lists: Blocklists, stats: Stats,
     pipeline = Pipeline(positions, Forward(config, stats, inflight), config, stats)
     # What a reload may hand to the next pipeline.
     pipeline.cache_entries = next(s for s, _ in positions if isinstance(s, Cache)).entries
-    limiter = next((s for s, _ in positions if isinstance(s, RateLimit)), None)
-    pipeline.buckets = limiter.buckets if limiter is not None else None
     return pipeline
 
 
@@ -106,7 +104,6 @@ class Pipeline:
         self.log_queries = config.log_queries
         self.memo: ReplyMemo | None = None
         self.cache_entries: OrderedDict[bytes, Answer] | None = None
-        self.buckets: dict[str, list[float]] | None = None
         outs: list[Callable[[Request, Reply], Reply]] = []
         # (on_query, the on_answers above it innermost first, its position) per answering stage.
         steps: list[tuple[Callable[[Request], Reply | None], tuple, int]] = []

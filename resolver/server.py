@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import upstream
+from .carryover import carry_over
 from .clients import ClientTable, LabelBound
 from .config import Config, ConfigError, Endpoint, format_endpoint
 from .control.api import ControlApi
@@ -258,7 +259,7 @@ class Server:
         self.reuse_port = reuse_port   # several worker processes share the listen ports
         self.stats = stats or Stats()
         self.reload_config = reload_config
-        self.labels = LabelBound(config.metrics.max_clients)
+        self.labels = LabelBound(config.metrics.max_clients, config.metrics.client_idle)
         self.lists = Blocklists()
         self.pipeline: Pipeline | None = None
         self.clients: ClientTable | None = None
@@ -304,6 +305,7 @@ class Server:
         await self._start_metrics()
         await self._start_control()
         self._background.append(asyncio.create_task(self._sweep_tcp()))
+        self._background.append(asyncio.create_task(self._release_idle_labels()))
         upkeep = ListUpkeep(lambda: self.config, lambda: self.lists, self.stats,
                             lambda lists: self._install(self.config, lists), self._reload_lock)
         self._background += upkeep.tasks()
@@ -390,11 +392,10 @@ class Server:
             self.config.forward_zones == config.forward_zones and \
             self.config.rebind_protection == config.rebind_protection
         entries = old.cache_entries if keep else None  # type: ignore[union-attr]
-        # Rate-limit buckets carry over while the limits stay the same.
-        buckets = old.buckets if old is not None and \
-            self.config.rate_limit == config.rate_limit else None
-        pipeline = build_pipeline(config, lists, self.stats, entries, self.inflight, buckets)
+        pipeline = build_pipeline(config, lists, self.stats, entries, self.inflight)
+        carry_over(old, pipeline, self.stats)   # buckets, upstream health, in flight
         self.labels.limit = config.metrics.max_clients
+        self.labels.idle = config.metrics.client_idle
         clients = ClientTable(config, lists, self.labels, self.household)
         # The query log wants every query through the pipeline, with its reasons;
         # server.reply_memo: false (the bench's hushdns-nomemo) measures the pipeline alone.
@@ -522,7 +523,7 @@ class Server:
         if info is None:
             info = self.clients.lookup(addr[0])  # type: ignore[union-attr]
         try:
-            q = parse_query(data)
+            q = parse_query(data, addr[0], proto, info, addr, sink, t0)
         except Drop:
             self.stats.query(info.label, "none", "dropped", time.perf_counter() - t0)
             if proto == "tcp":
@@ -538,12 +539,6 @@ class Server:
                     sink.sendto(None, addr)
             self.stats.query(info.label, "none", result, time.perf_counter() - t0)
             return
-        q.client = addr[0]
-        q.proto = proto
-        q.info = info
-        q.addr = addr
-        q.sink = sink
-        q.t0 = t0
         pipeline = self.pipeline
         try:
             pipeline.run(q)  # type: ignore[union-attr]
@@ -552,6 +547,16 @@ class Server:
             pipeline.finish(q, pipeline.servfail(q), 0)  # type: ignore[union-attr]
 
     # --- background ----------------------------------------------------------------
+
+    async def _release_idle_labels(self) -> None:
+        """Free the client label slots of addresses gone quiet (metrics.client_idle)."""
+        while True:
+            idle = self.labels.idle
+            await asyncio.sleep(min(60.0, max(0.05, idle / 4)) if idle > 0 else 60.0)
+            keep = frozenset(self.config.clients) | {"other"}
+            gone = self.labels.release_idle(self.stats, time.monotonic(), keep, self.clients)
+            if gone:
+                log.info("released %d idle client label(s)", len(gone))
 
     async def _sweep_tcp(self) -> None:
         """Close idle, slow-loris and never-reading TCP clients."""

@@ -86,6 +86,8 @@ class Stats:
         self.paused_devices: dict[str, int] = {}
         self.control_refused: dict[tuple[str, str], int] = {}
         self.bypass_lookups: dict[tuple[str, str], int] = {}
+        # Client label values released after metrics.client_idle without a query
+        self.client_labels_released = 0
 
     def query(self, client: str, qtype: str, result: str, duration: float) -> None:
         """Count one answered (or dropped) query; called once per query at the edge."""

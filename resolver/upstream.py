@@ -78,7 +78,16 @@ def failure_reason(exc: BaseException | None) -> str:
 
 
 class UpstreamFailure(Exception):
-    """No upstream gave a usable answer in time."""
+    """No upstream gave a usable answer in time; ``ede`` is the reason (RFC 8914) if not the
+    network's."""
+
+    def __init__(self, msg: str, ede: int | None = None) -> None:
+        super().__init__(msg)
+        self.ede = ede
+
+
+# RFC 8914 22, "No Reachable Authority": every upstream refused (what unbound says).
+EDE_NO_REACHABLE_AUTHORITY = 22
 
 
 # Parses an accepted reply (raising WireError when it is malformed); its result
@@ -252,8 +261,9 @@ class _Mux(_Timeouts):
     from the epoll set, and one wakeup of the loop drains every answer that is ready.
 
     Sockets are recycled (``recycle``): one whose query got its answer is
-    drained, disconnected -- which frees its port -- and kept, still in the epoll
-    set, for a later query.  A socket is connected for one query at a time, and
+    disconnected -- which frees its port, so nothing more can arrive -- then
+    drained of what arrived before, and kept, still in the epoll set, for a
+    later query.  A socket is connected for one query at a time, and
     each ``connect`` draws a new random port, so an upstream sees what it saw
     with a new socket per query, and a reply to an earlier query cannot reach a
     later one (its port is gone, and nothing it sent is left queued).
@@ -265,6 +275,10 @@ class _Mux(_Timeouts):
         self.ep = select.epoll()
         loop.add_reader(self.ep.fileno(), self._ready)
         self.free: dict[int, list[Any]] = {}
+        # Every socket in the epoll set by fd, so that one reported ready with no
+        # query waiting on it can be drained (see ``_ready``).
+        self.socks: dict[int, Any] = {}
+        self.stray = 0   # datagrams read from sockets no query was waiting on
         # Per family: None until a disconnect was seen to free the port, then True/False.
         self.frees_port: dict[int, bool] = {}
 
@@ -278,6 +292,7 @@ class _Mux(_Timeouts):
         except OSError:
             sock.close()
             raise
+        self.socks[sock.fileno()] = sock
         return sock
 
     def watch(self, fd: int, a: UdpAttempt) -> None:
@@ -286,31 +301,25 @@ class _Mux(_Timeouts):
     def forget(self, fd: int) -> None:
         # Called just before the socket is closed, which takes it out of the epoll set.
         self.waiting.pop(fd, None)
+        self.socks.pop(fd, None)
 
     def recycle(self, sock: Any, fd: int, family: int) -> None:
         """Keep the socket of an answered query for another one, or close it.
 
-        Drained first: a duplicate or forged datagram that reached this port after
-        the answer must not be read by the next query on the socket, whose port
-        differs.  Closed instead when anything is unusual (a pending error, a full
-        pool, a kernel where disconnecting does not free the port).
+        Disconnected first, then drained: once the port is gone nothing more can
+        arrive, so the drain empties the queue for good.  (Drained first, a
+        duplicate or forged datagram arriving between the drain and the disconnect
+        stayed queued: the next query on the socket read it, and until then the
+        level-triggered epoll reported the socket ready on every loop iteration.)
+        Closed instead when anything is unusual (a pending error, a full pool, a
+        kernel where disconnecting does not free the port).
         """
         self.waiting.pop(fd, None)
         free = self.free.setdefault(family, [])
         verdict = self.frees_port.get(family)
-        if _disconnect is None or verdict is False or len(free) >= POOL_MAX:
-            sock.close()
-            return
-        try:
-            while True:
-                sock.recv(MAX_REPLY)
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:
-            sock.close()
-            return
-        if not _disconnect(fd):
-            sock.close()
+        if _disconnect is None or verdict is False or len(free) >= POOL_MAX \
+                or not _disconnect(fd):
+            self._close(sock, fd)
             return
         if verdict is None:
             try:
@@ -318,15 +327,28 @@ class _Mux(_Timeouts):
             except OSError:
                 verdict = False
             if not verdict:
-                sock.close()
+                self._close(sock, fd)
                 return
+        try:
+            while True:
+                sock.recv(MAX_REPLY)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._close(sock, fd)
+            return
         free.append(sock)
+
+    def _close(self, sock: Any, fd: int) -> None:
+        if self.socks.get(fd) is sock:
+            del self.socks[fd]
+        sock.close()
 
     def close_idle(self) -> None:
         """Close the sockets kept for later queries (queries in flight keep theirs)."""
         for free in self.free.values():
             for sock in free:
-                sock.close()
+                self._close(sock, sock.fileno())
             free.clear()
 
     def _ready(self) -> None:
@@ -335,6 +357,35 @@ class _Mux(_Timeouts):
             a = waiting.get(fd)
             if a is not None:
                 a.readable()
+            else:
+                self._stray(fd)
+
+    def _stray(self, fd: int) -> None:
+        """A socket reported ready that no query waits on: empty it, or stop watching it.
+
+        Why: the epoll is level-triggered, so a datagram left queued on such a
+        socket would wake the loop on every iteration (100% CPU while idle).
+        A kept socket holds no port and empties in a few reads; anything that
+        does not (or an fd this mux no longer knows) leaves the epoll set.
+        """
+        sock = self.socks.get(fd)
+        if sock is not None:
+            for _ in range(64):
+                try:
+                    sock.recv(MAX_REPLY)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:   # a pending error, now read; the socket stays usable
+                    continue
+                self.stray += 1
+        with contextlib.suppress(OSError, ValueError):
+            self.ep.unregister(fd)
+        if sock is not None:
+            # No longer watched: it must not serve a later query.
+            for free in self.free.values():
+                if sock in free:
+                    free.remove(sock)
+            self._close(sock, fd)
 
 
 class _ReaderMux(_Timeouts):
@@ -438,6 +489,7 @@ class UdpAttempt(Attempt):
             self.fd = fd = sock.fileno()
             mux.watch(fd, self)
         except OSError:
+            mux.forget(sock.fileno())
             sock.close()
             raise
         self.sock: Any = sock
@@ -679,13 +731,18 @@ class Upstreams:
         next_send = start
         last_bad: tuple[bytes, Upstream, Any] | None = None
         no_edns: set[str] = set()
+        refused: set[str] = set()   # upstreams that REFUSED this question: not asked again
         try:
             while True:
                 now = loop.time()
                 if now >= deadline:
                     break
                 if now >= next_send and sends < max_sends:
-                    up = order[sends % len(order)]
+                    live = [u for u in order if u.label not in refused] if refused else order
+                    if not live:
+                        sends = max_sends
+                        continue
+                    up = live[sends % len(live)]
                     sends += 1
                     next_send = now + opts.upstream_timeout
                     a = self._send(mux, up, req, up.label not in no_edns, check, wake)
@@ -729,6 +786,8 @@ class Upstreams:
                             attempts.append(b)
                     elif isinstance(outcome, bytes):
                         rcode = outcome[3] & 0xF
+                        if rcode == REFUSED:
+                            refused.add(a.up.label)
                         if rcode in (SERVFAIL, REFUSED, FORMERR, NOTIMP):
                             last_bad = (outcome, a.up, a.parsed)
                             next_send = loop.time()   # ask the next upstream now
@@ -745,6 +804,9 @@ class Upstreams:
                     stats.upstream(a.up.label, "timeout")
                     self._failed(a.up)
         if last_bad is not None:
+            if last_bad[0][3] & 0xF == REFUSED:
+                # Not the client's answer: it asked us, not them (unbound: SERVFAIL too).
+                raise UpstreamFailure("every upstream refused", EDE_NO_REACHABLE_AUTHORITY)
             return last_bad
         raise UpstreamFailure("no upstream answered")
 

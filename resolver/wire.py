@@ -20,7 +20,7 @@ NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 BADVERS = 16
 
 T_A, T_NS, T_CNAME, T_SOA, T_PTR, T_HINFO, T_MX, T_TXT, T_AAAA = 1, 2, 5, 6, 12, 13, 15, 16, 28
-T_SRV, T_OPT, T_DS, T_RRSIG, T_DNSKEY, T_SVCB, T_HTTPS = 33, 41, 43, 46, 48, 64, 65
+T_SRV, T_DNAME, T_OPT, T_DS, T_RRSIG, T_DNSKEY, T_SVCB, T_HTTPS = 33, 39, 41, 43, 46, 48, 64, 65
 T_IXFR, T_AXFR, T_MAILB, T_MAILA, T_ANY = 251, 252, 253, 254, 255
 C_IN = 1
 
@@ -172,7 +172,46 @@ def check_name(data: bytes, pos: int, n: int) -> int:
 
 
 # Types whose rdata holds a (possibly compressed) name, and where it starts (RFC 3597 s4).
-_RDATA_NAME_AT = {T_NS: 0, T_CNAME: 0, T_PTR: 0, T_MX: 2, T_SRV: 6}
+_RDATA_NAME_AT = {T_NS: 0, T_CNAME: 0, T_PTR: 0, T_MX: 2, T_SRV: 6, T_DNAME: 0}
+
+
+def _expand(data: bytes, pos: int) -> bytes:
+    """The uncompressed wire form of the name at ``pos`` (validated by ``_name_end``), as sent.
+
+    Names are compared in this form, lower-cased with ``bytes.lower`` (ASCII letters
+    only, as DNS compares names: RFC 4343), never as text: a dotted spelling cannot
+    tell a label holding a dot or a space from two labels, and two text spellings
+    (``\\032`` escapes, latin-1 case folding) need not agree.  Iterative: the
+    validator has bounded the pointer jumps.
+    """
+    out = bytearray()
+    while True:
+        ln = data[pos]
+        if ln == 0:
+            out.append(0)
+            return bytes(out)
+        if ln >= 0xC0:
+            pos = (ln & 0x3F) << 8 | data[pos + 1]
+            continue
+        out += data[pos : pos + 1 + ln]
+        pos += 1 + ln
+
+
+def _wire_key(data: bytes, pos: int) -> bytes:
+    """``_expand`` with ASCII-only case folding (length octets are <= 63, never letters)."""
+    return _expand(data, pos).lower()
+
+
+def _under(name: bytes, owner: bytes) -> int:
+    """Where ``owner`` starts inside ``name`` if ``name`` is a proper subdomain of it, else 0
+    (both uncompressed, lower-cased wire names)."""
+    if len(name) <= len(owner) or not name.endswith(owner):
+        return 0
+    off = 0
+    cut = len(name) - len(owner)
+    while off < cut:
+        off += name[off] + 1
+    return off if off == cut else 0
 
 
 def read_name(data: bytes, pos: int) -> tuple[str, int]:
@@ -198,11 +237,13 @@ _QUESTIONS: dict[bytes, tuple] = {}
 MAX_MEMO = 8192
 
 
-def parse_query(data: bytes) -> Request:
+def parse_query(data: bytes, client: str = "", proto: str = "udp", info: Any = None,
+                addr: Any = None, sink: Any = None, t0: float = 0.0) -> Request:
     """Validate a client query and read its question and EDNS.
 
     Raises ``Drop`` (no answer at all) or ``Reject`` (carrying the error reply).
-    This is the single place where client input is validated.
+    This is the single place where client input is validated.  The edge passes who
+    asked and where the reply goes, so each of the Request's fields is set once.
     """
     if type(data) is not bytes:
         data = bytes(data)
@@ -215,7 +256,7 @@ def parse_query(data: bytes) -> Request:
         raise Reject(NOTIMP, _error_reply(data, NOTIMP), "notimp")
     n = len(data)
     if data[4:10] == _ONE_QUESTION and not data[10] and n >= 17:
-        req = _plain_query(data, n, flags)
+        req = _plain_query(data, n, flags, client, proto, info, addr, sink, t0)
         if req is not None:
             return req
     tail = data[4:]
@@ -244,6 +285,7 @@ def parse_query(data: bytes) -> Request:
     req.do = do
     # DO and CD change what an upstream returns, so they are part of the cache key.
     req.key = name_key + _KEY_FLAGS[do | ((flags >> 3) & 2)]
+    req.client, req.proto, req.info, req.addr, req.sink, req.t0 = client, proto, info, addr, sink, t0
     return req
 
 
@@ -251,7 +293,8 @@ _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
 _new_request = object.__new__
 
 
-def _plain_query(data: bytes, n: int, flags: int) -> Request | None:
+def _plain_query(data: bytes, n: int, flags: int, client: str, proto: str, info: Any,
+                 addr: Any, sink: Any, t0: float) -> Request | None:
     """The query every stub sends (one IN question of a real type, uncompressed, at most
     one OPT and nothing else), read in one pass; None for anything else, which
     ``_parse_question`` then judges.  Accepts a strict subset of what it accepts, with
@@ -293,10 +336,12 @@ def _plain_query(data: bytes, n: int, flags: int) -> Request | None:
     req.edns_bad = False
     req.udp_size = udp_size
     req.do = do
-    req.client = ""
-    req.proto = "udp"
-    req.info = req.addr = req.sink = None
-    req.t0 = 0.0
+    req.client = client
+    req.proto = proto
+    req.info = info
+    req.addr = addr
+    req.sink = sink
+    req.t0 = t0
     req.qid = data[0] << 8 | data[1]
     req.flags = flags
     req.qend = qend
@@ -621,14 +666,22 @@ _NAME_RDATA = frozenset(_RDATA_NAME_AT) | {T_SOA}
 
 
 def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
-                 negative_ttl: int, minimal: bool = False) -> Answer:
+                 negative_ttl: int, minimal: bool = False,
+                 in_chain: tuple[set[bytes], frozenset[bytes]] | None = None) -> Answer:
     """Walk an upstream answer once: TTL offsets, CNAME chain, negative TTL; clamp TTLs.
 
     The caller has checked ID and question.  Every name is validated (pointers,
     lengths), so that what is cached replays safely to any client.  Records in the
     answer section that are neither the question name nor on its CNAME chain are
     removed (they would be cache poison), which is the one path that rebuilds the
-    message.  An OPT record and anything after it are left out of the body.
+    message.  A DNAME (RFC 6672) is on the chain when it maps a chain name to
+    another chain name (the synthesized CNAME's target), or, with YXDOMAIN, when
+    the substitution would be too long; its RRSIGs go with it.  Names are compared
+    as wire names with ASCII-only case folding.  An OPT record and anything after
+    it are left out of the body.
+
+    ``in_chain`` (chain names, DNAME owners) is the chain as the rebuild worked it
+    out over the whole answer section; given, the walk never rebuilds (no recursion).
 
     ``minimal``: a NOERROR answer whose answer section holds a record of the
     asked type ends there -- authority and additional are neither kept nor read
@@ -647,14 +700,16 @@ def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
     ns_end = an + (data[8] << 8 | data[9])
     count = ns_end + (data[10] << 8 | data[11])
     rcode = flags & 0xF
-    qname = req.qname
     qtype = req.qtype
     base = pos = req.qend
     # The question (the client's, as every reply carries it) is a valid name.
     known = {12: (base - 16) << 7}
-    chain = {qname}
+    # The chain: lower-cased wire names (``_wire_key``), the question's first.
+    qwire = req.key[: base - 16]
+    chain = set(in_chain[0]) if in_chain else {qwire}
+    dnames = in_chain[1] if in_chain else frozenset()
     cnames: list[str] = []
-    cname_at: dict[int, str] = {}    # where a CNAME target starts -> its name
+    cname_at: dict[int, bytes] = {}  # where a CNAME target starts -> its wire name
     soa_ttl = None
     out_of_chain = False
     opt = False                      # an OPT was seen: it and what follows stay out
@@ -676,17 +731,17 @@ def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
         b = data[pos]
         owner = None
         if b == 0xC0 and data[pos + 1] == 12:
-            owner = qname
+            owner = qwire
             pos += 2
         elif b == 0:
-            owner = ""
+            owner = b"\x00"
             pos += 1
         elif section == 0:
             if b & 0xC0 == 0xC0:
                 owner = cname_at.get((b & 0x3F) << 8 | data[pos + 1])
             name_end = _name_end(data, pos, n, known)
             if owner is None:
-                owner = _dotted(data, pos)
+                owner = _wire_key(data, pos)
             pos = name_end
         else:
             pos = _name_end(data, pos, n, known)
@@ -704,13 +759,15 @@ def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
             opt = True
             continue
         if section == 0:
-            if owner not in chain:
+            if owner not in chain and not (
+                    owner in dnames and (rtype == T_DNAME or (
+                        rtype == T_RRSIG and data[rdata : rdata + 2] == b"\x00\x27"))):
                 out_of_chain = True
                 continue
             if rtype == T_CNAME and rclass == C_IN:
-                target = _dotted(data, rdata)   # validated by _rdata_names
+                target = _wire_key(data, rdata)   # validated by _rdata_names
                 chain.add(target)
-                cnames.append(target)
+                cnames.append(_dotted(data, rdata))
                 cname_at[rdata] = target
             if not opt and (rtype in (qtype, T_CNAME) or qtype == T_ANY):
                 has_answer = True
@@ -718,23 +775,27 @@ def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
                     has_final = True
         elif section == 1 and rtype == T_SOA and rdlen >= 22:
             minimum = _I.unpack_from(data, pos - 4)[0]
-            soa_ttl = min(ttl, minimum)
+            soa_ttl = min(ttl if ttl <= 0x7FFFFFFF else 0, minimum)
         if not opt:
             counts[section] += 1
             offsets.append(ttl_off - base)
             ttls.append(ttl)
             end = pos
     if out_of_chain:
-        return _rebuild_in_chain(data, req, min_ttl, max_ttl, negative_ttl, chain, minimal)
+        if in_chain is not None:
+            raise WireError("records off the answer chain after the rebuild")
+        return _rebuild_in_chain(data, req, min_ttl, max_ttl, negative_ttl, minimal)
     body = data[base:end]
     negative = rcode == NXDOMAIN or (rcode == NOERROR and not has_answer)
     n_ans = counts[0] + counts[1]    # answer and authority: what the entry's TTL comes from
-    if ttls and (min(ttls) < min_ttl or max(ttls) > max_ttl
+    if ttls and (min(ttls) < min_ttl or max(ttls) > max_ttl or max(ttls) > 0x7FFFFFFF
                  or (negative and soa_ttl is not None and counts[1])):
         buf = bytearray(body)
         lo, hi = counts[0], n_ans
         cap = min(soa_ttl, negative_ttl) if negative and soa_ttl is not None else None
         for j, t in enumerate(ttls):
+            if t > 0x7FFFFFFF:   # the top bit set: treated as zero (RFC 2181 s8)
+                t = 0
             if cap is not None and lo <= j < hi and t > cap:
                 t = cap
             if t > max_ttl:
@@ -745,30 +806,128 @@ def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
             _I.pack_into(buf, offsets[j], t)
         body = bytes(buf)
     if negative:
-        ttl = min(soa_ttl, negative_ttl) if soa_ttl is not None else min(negative_ttl, 30)
-        ttl = max(min(ttl, max_ttl), min_ttl)
+        # No SOA, no negative TTL: not cached at all (RFC 2308 s5), whatever min_ttl says.
+        ttl = 0 if soa_ttl is None else max(min(soa_ttl, negative_ttl, max_ttl), min_ttl)
     elif n_ans:
         ttl = min(ttls[:n_ans])
     else:
         ttl = min_ttl
+    if counts[2] and ttl:
+        # The additional section ages with the rest: the entry ends when its first
+        # record would run out, so none is served with a TTL stuck at 0 (as unbound,
+        # whose message TTL is the least of all its RRsets).
+        ttl = min(ttl, min(ttls[n_ans:]))
     return Answer(rcode, bool(flags & 0x20), counts[0], counts[1], counts[2], body,
                   tuple(offsets), ttl, tuple(cnames), negative=negative)
 
 
-def _rebuild_in_chain(data: bytes, req: Request, min_ttl: int, max_ttl: int,
-                      negative_ttl: int, chain: set[str], minimal: bool = False) -> Answer:
-    """Rare path: repack the answer without out-of-chain records, then walk it again."""
-    import dnslib
+# Where the names sit in rdata that may be compressed (RFC 1035, RFC 3597 s4): (octets
+# before the first name, names); what follows the names is copied as it is.
+_RDATA_NAMES = {T_NS: (0, 1), 3: (0, 1), 4: (0, 1), T_CNAME: (0, 1), T_SOA: (0, 2),
+                7: (0, 1), 8: (0, 1), 9: (0, 1), T_PTR: (0, 1), 14: (0, 2), T_MX: (2, 1),
+                17: (0, 2), 18: (2, 1), 21: (2, 1), T_SRV: (6, 1), 36: (2, 1), T_DNAME: (0, 1)}
 
-    try:
-        msg = dnslib.DNSRecord.parse(data)
-        msg.rr = [r for r in msg.rr if str(r.rname).rstrip(".").lower() in chain]
-        msg.questions = msg.questions[:1]
-        rebuilt = msg.pack()
-    except Exception as exc:  # dnslib raises several types on bad input, parsing or packing
-        raise WireError(f"unparseable answer: {exc}") from None
-    clean = parse_answer_nocheck(rebuilt, req)
-    return parse_answer(clean, req, min_ttl, max_ttl, negative_ttl, minimal)
+
+def _records(data: bytes, pos: int, count: int) -> list[tuple[int, int, int, int]]:
+    """(owner offset, type, rdata offset, rdata end) of ``count`` records (already validated)."""
+    out = []
+    n = len(data)
+    for _ in range(count):
+        start = pos
+        pos = check_name(data, pos, n)
+        rtype = data[pos] << 8 | data[pos + 1]
+        rdata = pos + 10
+        pos = rdata + (data[pos + 8] << 8 | data[pos + 9])
+        out.append((start, rtype, rdata, pos))
+    return out
+
+
+def _chain_of(data: bytes, req: Request, recs: list[tuple[int, int, int, int]], rcode: int
+              ) -> tuple[set[bytes], frozenset[bytes]]:
+    """The chain over the whole answer section, whatever the order of its records:
+    the question, CNAME targets from chain names, and the owners of DNAMEs that map a
+    chain name to a chain name (or, with YXDOMAIN, to one too long to exist)."""
+    chain = {req.key[: req.qend - 16]}
+    cnames = [(_wire_key(data, o), _wire_key(data, r)) for o, t, r, _ in recs if t == T_CNAME]
+    for _ in range(len(cnames)):      # each pass adds at least one link, or it is done
+        before = len(chain)
+        chain.update(target for owner, target in cnames if owner in chain)
+        if len(chain) == before:
+            break
+    dnames = set()
+    for o, t, r, _ in recs:
+        if t != T_DNAME:
+            continue
+        owner, target = _wire_key(data, o), _wire_key(data, r)
+        for name in chain:
+            cut = _under(name, owner)
+            if cut:
+                synth = name[:cut] + target
+                if synth in chain or (rcode == 6 and len(synth) > 255):   # 6: YXDOMAIN
+                    dnames.add(owner)
+                    break
+    return chain, frozenset(dnames)
+
+
+def _copy_record(data: bytes, start: int, rtype: int, rdata: int, end: int,
+                 qwire: bytes) -> bytes:
+    """One record with its owner and rdata names written out in full, so that it stands
+    alone (pointers into records that were left out would dangle); an owner that is the
+    question's name points at the question, which stays in place."""
+    owner = _expand(data, start)
+    if owner.lower() == qwire:
+        owner = b"\xc0\x0c"
+    fixed = data[check_name(data, start, len(data)) : rdata - 2]   # type, class, TTL
+    layout = _RDATA_NAMES.get(rtype)
+    if layout is None:
+        body = data[rdata:end]
+    else:
+        skip, names = layout
+        parts = [data[rdata : rdata + skip]]
+        p = rdata + skip
+        for _ in range(names):
+            q = _name_end(data, p, end, {})
+            parts.append(_expand(data, p))
+            p = q
+        parts.append(data[p:end])
+        body = b"".join(parts)
+    if len(body) > 0xFFFF:
+        raise WireError("rdata too long")
+    return owner + fixed + struct.pack("!H", len(body)) + body
+
+
+def _rebuild_in_chain(data: bytes, req: Request, min_ttl: int, max_ttl: int,
+                      negative_ttl: int, minimal: bool = False) -> Answer:
+    """Rare path: the chain worked out over the whole answer section, the message rebuilt
+    without the records off it, then walked once more with that chain (never recursing).
+
+    Records are copied with their names uncompressed, the client's question put in
+    place; an OPT and what follows it are left out (as the walk does).
+    """
+    an = data[6] << 8 | data[7]
+    ns_ar = (data[8] << 8 | data[9]) + (data[10] << 8 | data[11])
+    recs = _records(data, req.qend, an + ns_ar)
+    rcode = data[3] & 0xF
+    chain, dnames = _chain_of(data, req, recs[:an], rcode)
+    qwire = req.key[: req.qend - 16]
+    kept: list[list[bytes]] = [[], [], []]
+    dropped = False
+    for i, (start, rtype, rdata, end) in enumerate(recs):
+        if rtype == T_OPT:
+            break
+        if i < an:
+            owner = _wire_key(data, start)
+            if owner not in chain and not (owner in dnames and (
+                    rtype == T_DNAME or (rtype == T_RRSIG and data[rdata : rdata + 2]
+                                         == b"\x00\x27"))):
+                dropped = True
+                continue
+        section = 0 if i < an else (1 if i < an + (data[8] << 8 | data[9]) else 2)
+        kept[section].append(_copy_record(data, start, rtype, rdata, end, qwire))
+    if dropped:
+        data = (data[:4] + _HHHH.pack(1, *(len(k) for k in kept)) + req.data[12:req.qend]
+                + b"".join(b"".join(k) for k in kept))
+    return parse_answer(data, req, min_ttl, max_ttl, negative_ttl, minimal, (chain, dnames))
 
 
 def parse_answer_nocheck(data: bytes, req: Request) -> bytes:

@@ -59,7 +59,7 @@ def test_syntax_every_line_is_one_hostname_rule(tmp_path: Path) -> None:
     p = write(tmp_path, "example.txt", "this is not a rule  # oops\n")
     assert only([p], "not a rule").startswith(f"{p}:7: ")
     p = write(tmp_path, "example.txt", "/^ads?\\./\n")
-    only([p], "regex rules do not belong")
+    only([p], "anchor the regex at both ends")
     p = write(tmp_path, "example.txt", "0.0.0.0 a.example.com b.example.com  # hosts line\n")
     only([p], "found 2 host names")
     p = write(tmp_path, "example.txt", "! adblock comment\n")
@@ -259,6 +259,119 @@ def test_default_config_enables_every_default_tier_list() -> None:
     enabled = {v["source"].removeprefix("bundled:") for v in cfg["blocking"]["lists"].values()}
     assert enabled == default
     assert all(v.get("track_domains") for v in cfg["blocking"]["lists"].values())
+
+
+# --- family rules (anchored regexes), strict headers, triage files ------------------------
+
+
+FAMILY = "/^[a-z]{2}-stsdk\\.example\\.com$/  # regional statistics SDK family (evidence)\n"
+
+
+def test_a_family_regex_is_a_rule(tmp_path: Path) -> None:
+    p = write(tmp_path, "example.txt", GOOD + FAMILY)
+    assert messages(p) == []
+
+
+@pytest.mark.parametrize("rule, needle", [
+    ("/ads\\.example\\.com/  # x (e)", "anchor the regex at both ends"),
+    ("/^(a+)+\\.example\\.com$/  # x (e)", "nested quantifier"),
+    ("/^([a-z]+\\.)*example\\.com$/  # x (e)", "nested quantifier"),
+    ("/^[a-z]+\\.com$/  # x (e)", "matches the vendor apex or public suffix"),
+    ("/^[a-z]{2}-stsdk\\.example\\.com$/", "every rule needs a '# comment'"),
+])
+def test_bad_family_regexes(tmp_path: Path, rule: str, needle: str) -> None:
+    only([write(tmp_path, "example.txt", rule + "\n")], needle)
+
+
+def test_too_many_and_duplicate_regexes(tmp_path: Path) -> None:
+    many = "".join(f"/^a{i}-x\\.example\\.com$/  # family {i} (e)\n" for i in range(13))
+    only([write(tmp_path, "example.txt", many)], "more than 12 regex rules")
+    only([write(tmp_path, "example.txt", FAMILY + FAMILY)], "duplicate of line 7")
+
+
+def test_a_default_regex_must_not_match_an_essential_host(tmp_path: Path) -> None:
+    write(tmp_path, "essential.txt", ESSENTIAL, tier="essential")
+    p = write(tmp_path, "example.txt", "/^connect\\.[a-z]+\\.example\\.com$/  # probe family (e)\n")
+    only([p], "matches the essential host connect.rom.example.com")
+
+
+STRICT_ESSENTIAL = "find.api.cloud.example.com  # Find Device; blocking cloud.example.com breaks it (issue #7)\n"
+
+
+def strict_header(paragraph: str) -> str:
+    return HEADER.format(tier="strict") + paragraph + "\n"
+
+
+@pytest.mark.parametrize("paragraph, ok", [
+    # The host's function (its essential comment up to the first ';'), any case, any line breaks.
+    ("# STOPS WORKING with this list on -- cloud sync and\n# find device (locate, ring).\n#\n", True),
+    # The host name itself.
+    ("# STOPS WORKING with this list on -- cloud sync, find.api.cloud.example.com.\n#\n", True),
+    # Named in the header, but not in the STOPS WORKING paragraph.
+    ("# Find Device keeps working? No.\n#\n# STOPS WORKING with this list on -- cloud sync.\n#\n", False),
+    # No STOPS WORKING paragraph at all.
+    ("# Blocks cloud sync and Find Device.\n#\n", False),
+])
+def test_strict_rule_over_an_essential_host_needs_its_stops_working_paragraph(
+        tmp_path: Path, paragraph: str, ok: bool) -> None:
+    write(tmp_path, "essential.txt", STRICT_ESSENTIAL, tier="essential")
+    rules = "cloud.example.com  # all of the cloud API (e)\n"
+    p = write(tmp_path, "example-strict.txt", rules, header=strict_header(paragraph))
+    if ok:
+        assert messages(p) == []
+    else:
+        found = only([p], "covers the essential host find.api.cloud.example.com")
+        assert "'Find Device'" in found and "STOPS WORKING with this list on" in found
+
+
+def test_strict_regex_over_an_essential_host_follows_the_same_rule(tmp_path: Path) -> None:
+    write(tmp_path, "essential.txt", STRICT_ESSENTIAL, tier="essential")
+    rules = "/^[a-z]+\\.api\\.cloud\\.example\\.com$/  # cloud API family (e)\n"
+    silent = write(tmp_path, "example-strict.txt", rules,
+                   header=strict_header("# STOPS WORKING with this list on -- cloud sync.\n#\n"))
+    only([silent], "matches the essential host find.api.cloud.example.com")
+    said = write(tmp_path, "example-strict.txt", rules,
+                 header=strict_header("# STOPS WORKING with this list on -- Find Device.\n#\n"))
+    assert messages(said) == []
+
+
+TRIAGE_GOOD = """\
+# triage: example -- reference names hushdns does not block, and why
+#
+# == CDN ==
+cdn.example.net  # shared-infra: generic CDN that also serves the store (hagezi native.example)
+/^[a-z]{2}-edge\\.example\\.net$/  # internal: regional staging edges, never resolved (crt.sh)
+ota.example.com  # essential: OTA update check; updates stop (vendor forum thread)
+"""
+
+
+@pytest.mark.parametrize("line, needle", [
+    ("cdn.example.net  # shared: a CDN", "category 'shared' is not one of essential, shared-infra"),
+    ("cdn.example.net", "write '<rule>  # <category>: <reason>"),
+    ("cdn.example.net  # dead:", "say why after 'dead:'"),
+    ("ota.example.com  # essential: updates stop", "ends with its public source in parentheses"),
+    ("/edge\\.example\\.net/  # internal: staging", "anchor the regex at both ends"),
+    ("bad_host!.example  # dead: gone", "not a host name"),
+])
+def test_triage_syntax_errors_have_their_line(tmp_path: Path, line: str, needle: str) -> None:
+    (tmp_path / "triage").mkdir()
+    write(tmp_path, "example.txt", GOOD)
+    t = tmp_path / "triage" / "example.txt"
+    t.write_text(TRIAGE_GOOD + line + "\n")
+    found = only([tmp_path], needle)
+    assert found.startswith(f"{t}:7: "), found
+
+
+def test_triage_files_are_linted_with_their_directory(tmp_path: Path) -> None:
+    (tmp_path / "triage").mkdir()
+    write(tmp_path, "example.txt", GOOD)
+    (tmp_path / "triage" / "example.txt").write_text(TRIAGE_GOOD)
+    (tmp_path / "triage" / "README.md").write_text("# not a triage file\n")
+    files, findings = lint([tmp_path], curated=True)
+    assert findings == [] and [f.name for f in files] == ["example.txt", "example.txt"]
+    bad = tmp_path / "triage" / "example.txt"
+    bad.write_text("no header here  # dead: x\n")
+    assert any("starts with '# triage:" in m for m in messages(bad))
 
 
 # --- household lists: rules only ------------------------------------------------------------

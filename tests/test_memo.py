@@ -116,6 +116,9 @@ def _fill_cache(server: Server) -> None:
                         "ns.example.org", "h.example.org", (1, 2, 3, 4, 60))))
                 elif qtype == "A":
                     rep.add_answer(dnslib.RR(name, 1, ttl=300, rdata=dnslib.A("192.0.2.1")))
+                else:   # NODATA, with the SOA that makes it cacheable (RFC 2308 s5)
+                    rep.add_auth(dnslib.RR("example.org", dnslib.QTYPE.SOA, ttl=300, rdata=dnslib.SOA(
+                        "ns.example.org", "h.example.org", (1, 2, 3, 4, 300))))
                 rep.header.ad = int(do)
                 answer = parse_answer(rep.pack(), req, 0, 86400, 3600)
                 answer.stored = NOW - (400 if name.startswith("old") else 7)

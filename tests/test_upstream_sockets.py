@@ -1,7 +1,7 @@
 """Upstream sockets are recycled, and recycling keeps every promise of a socket per query.
 
-A socket whose query got its answer is drained, disconnected (which frees its
-port) and kept for a later query, whose ``connect`` draws a new random port.
+A socket whose query got its answer is disconnected (which frees its port), then
+drained, and kept for a later query, whose ``connect`` draws a new random port.
 These tests drive ``Upstreams`` on a real event loop against a FakeUpstream
 over 127.0.0.1 and check: the port is still new and random per query, nothing
 that reached one query's port is read by the next, failed sockets are not
@@ -12,9 +12,20 @@ query, and shutdown closes what is kept.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import dns.exception
+import dns.message
+import dns.query
+import dns.rcode
 import dnslib
 import pytest
 
@@ -176,3 +187,145 @@ def test_server_stop_closes_the_kept_sockets(serve, upstream):
     assert kept
     srv.stop()
     assert all(s.fileno() == -1 for s in kept)
+
+
+class _DuplicatingUpstream(FakeUpstream):
+    """Answers every query ``copies`` times (a duplicating network path, or a LAN host
+    spraying the upstream's address at the port range): the answer, then the copies paced
+    ~0.1 ms apart so that they keep arriving while the answered socket is recycled.  It
+    stops early when the next query comes in (its socket may have drawn the same port)."""
+
+    copies = 20
+
+    def _send_later(self, replies: list[bytes], addr: tuple) -> None:
+        for _ in range(self.copies):
+            try:
+                for r in replies:
+                    self.udp.sendto(r, addr)
+            except OSError:
+                return
+            time.sleep(0.0001)
+
+
+def test_a_datagram_arriving_while_the_socket_is_recycled_is_never_left_queued(loop, monkeypatch):
+    """Deterministic: the upstream's duplicate lands on the port at the very moment the
+    socket is being recycled (just before the disconnect).  It must not stay queued on the
+    kept socket (where the next query would read it, and the level-triggered epoll would
+    report the socket ready on every loop iteration)."""
+    up_srv = FakeUpstream()
+    real = upstream_mod._disconnect
+    assert real is not None
+    landed: list[bytes] = []
+
+    def disconnect_after_a_late_duplicate(fd: int) -> bool:
+        with socket.socket(fileno=os.dup(fd)) as view:
+            port = view.getsockname()[1]
+        dup = b"\x12\x34\x81\x80" + b"\x00" * 8   # any datagram from the upstream's address
+        up_srv.udp.sendto(dup, ("127.0.0.1", port))  # loopback: queued before sendto returns
+        landed.append(dup)
+        return real(fd)
+
+    monkeypatch.setattr(upstream_mod, "_disconnect", disconnect_after_a_late_duplicate)
+    stats = Stats()
+    ups = Upstreams(ServerOptions(), stats)
+    up = Upstream("127.0.0.1", up_srv.port)
+    try:
+        async def run() -> None:
+            for i in range(20):
+                await ups.query(question(f"late{i}.reuse.test"), [up])
+
+        loop.run_until_complete(run())
+    finally:
+        up_srv.close()
+    assert len(landed) == 20
+    mux = _mux(loop)
+    kept = mux.free[socket.AF_INET]
+    assert len(kept) == 1
+    with pytest.raises(BlockingIOError):
+        kept[0].recv(4096)                     # nothing left queued on the kept socket
+    assert mux.ep.poll(0) == []                # so the epoll reports nothing while idle
+    assert stats.upstream_requests.get((up.label, "spoof_rejected"), 0) == 0   # no stale reads
+
+
+def test_a_ready_socket_that_no_query_waits_on_is_drained_not_spun_on(loop):
+    """Whatever leaves a datagram on a socket with no waiter, one wakeup empties it."""
+    mux = upstream_mod._mux_for(loop)
+    assert isinstance(mux, upstream_mod._Mux)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    try:
+        sock = mux.open(socket.AF_INET)        # in the epoll set, no query waiting on it
+        sock.connect(peer.getsockname())
+        for _ in range(3):
+            peer.sendto(b"stray", sock.getsockname())
+        assert mux.ep.poll(0) != []
+        mux._ready()
+        assert mux.ep.poll(0) == [], "still reported ready: the loop would spin"
+        sock.close()
+    finally:
+        peer.close()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        u.bind(("127.0.0.1", 0))
+        return u.getsockname()[1]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_behind_a_duplicating_upstream_the_idle_server_sleeps_and_reads_nothing_stale(tmp_path):
+    """The issue's measurement, on the real server process: 1,000 misses (64 in flight)
+    behind an upstream that answers each one 20 times, then 2 s idle.  Drained before the
+    disconnect, measured here: ~100 stale reads (a later query read an earlier answer's
+    copy: counted as spoof_rejected) and 1.0 CPU-second per idle second.
+
+    Stale reads are allowed up to 2: a copy still on its way may find its port drawn
+    again by a new query's socket (the kernel's choice, ~1 in 28k per connect), which is
+    what a socket per query would see too."""
+    up_srv = _DuplicatingUpstream()
+    port, mport = _free_port(), _free_port()
+    conf = tmp_path / "c.yaml"
+    conf.write_text(f'listen: ["127.0.0.1:{port}"]\nupstreams: ["{up_srv.address}"]\n'
+                    f'metrics: {{listen: "127.0.0.1:{mport}"}}\n'
+                    f'state_dir: "{tmp_path / "state"}"\n')
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "resolver", "serve", "-c", str(conf)],
+                            cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                dns.query.udp(dns.message.make_query("ready.dup.test", "A"), "127.0.0.1",
+                              port=port, timeout=0.2, ignore_unexpected=True)
+                break
+            except (dns.exception.Timeout, ConnectionRefusedError):
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+        # ignore_unexpected: a client socket may draw a port an upstream socket just gave
+        # back, and the duplicating upstream's late copies then land on it.
+        def ask_one(i: int) -> int:
+            return dns.query.udp(dns.message.make_query(f"q{i}.dup.test", "A"), "127.0.0.1",
+                                 port=port, timeout=3, ignore_unexpected=True).rcode()
+
+        with ThreadPoolExecutor(64) as pool:   # concurrent, as a LAN's misses are
+            assert set(pool.map(ask_one, range(1000))) == {dns.rcode.NOERROR}
+        time.sleep(0.3)   # the last copies arrive
+        c0, t0 = _cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(2.0)
+        idle = (_cpu_seconds(proc.pid) - c0) / (time.monotonic() - t0)
+        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        up_srv.close()
+    stale = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("hushdns_upstream_requests_total")
+                and 'outcome="spoof_rejected"' in line)
+    print(f"stale reads {stale:.0f}, idle CPU {idle:.3f} s/s")
+    assert stale <= 2, f"{stale:.0f} stale datagrams read by later queries"
+    assert idle < 0.15, f"idle server used {idle:.2f} CPU-seconds per second"

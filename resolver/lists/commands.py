@@ -36,6 +36,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     st.add_argument("-c", "--config", help="YAML config file (embedded default without -c)")
     st.set_defaults(func=cmd_stats)
 
+    cv = lsub.add_parser("coverage", help="how many reference names of each vendor the tiers block "
+                                          "or triage")
+    cv.add_argument("refs", nargs="*", metavar="REFERENCE",
+                    help="VENDOR=PATH: measure these files instead of references/vendors.yaml "
+                         "(repeatable; only the vendors named are reported)")
+    cv.add_argument("--tier", choices=("default", "strict"), default="strict",
+                    help="lists that count as blocking: default only, or default+strict (default)")
+    cv.add_argument("--vendor", action="append", metavar="V", help="only this vendor (repeatable)")
+    cv.add_argument("--missing", action="store_true", help="print the untriaged names, one a line")
+    out = cv.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="machine-readable report")
+    out.add_argument("--markdown", action="store_true", help="the README's coverage table")
+    cv.add_argument("--update", metavar="FILE", help="with --markdown: replace the coverage table "
+                                                     "block of FILE (README.md) instead of printing")
+    cv.add_argument("--references", metavar="DIR", help="folder with vendors.yaml "
+                                                        "(default: references/ of the checkout)")
+    cv.add_argument("--lists", metavar="DIR", help="curated lists (default: the bundled ones)")
+    cv.add_argument("--triage", metavar="DIR", help="triage files (default: LISTS/triage)")
+    cv.add_argument("--allow", action="append", metavar="PATH", default=[],
+                    help="an allow list applied as serve applies it (repeatable)")
+    cv.set_defaults(func=cmd_coverage)
+
+
+def cmd_coverage(args: argparse.Namespace) -> int:
+    from .coverage_cli import run
+
+    return run(args)
+
 
 def cmd_lint(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.paths] or [bundled.lists_dir()]
@@ -105,7 +133,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     for label, parsed in parts:
         for r in parsed.rules or ():
             rule = f"/{r.value}/" if r.regex else r.value
-            comment = "" if r.regex else r.text.partition("#")[2]
+            comment = r.text[len(rule):].partition("#")[2] if r.regex else r.text.partition("#")[2]
             print(f"{label}:{r.line}: {rule}" + (f"  # {comment.strip()}" if comment.strip() else ""))
     for label, parsed in parts:
         for line, text, reason in parsed.rejected:

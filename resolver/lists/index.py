@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from ..names import suffixes
 from .parse import Parsed
+from .regex_index import RegexSet
 
 
 @dataclass(slots=True)
@@ -41,6 +42,8 @@ class DomainIndex:
         self.masks: dict[str, int] = {}     # lists of the names not on exactly ``common``
         self.common = 0
         self.regexes: list[tuple[int, re.Pattern[str]]] = []
+        self.regex_sources: dict[int, list[str]] = {}   # for ``explain``: which regex of a list
+        self.regex_set = RegexSet()                      # what ``match`` runs: see regex_index.py
         self.regex_mask = 0
         self.allow_bits = 0
         self._interned: dict[int, int] = {}
@@ -51,6 +54,8 @@ class DomainIndex:
         sources = parsed.regexes
         if sources:
             self.regexes.append((bit, re.compile("|".join(f"(?:{s})" for s in sources))))
+            self.regex_sources[bit] = list(sources)
+            self.regex_set.add(bit, sources)
             self.regex_mask |= bit
         if allow:
             self.allow_bits |= bit
@@ -153,13 +158,11 @@ class DomainIndex:
                 break
             s = s[i + 1:]
         if self.regex_mask & (block | allow):
-            for bit, rx in self.regexes:
-                if bit & allow and rx.search(name):
-                    return None
-            if not found:
-                for bit, rx in self.regexes:
-                    if bit & block and rx.search(name):
-                        return Match(bit, rx.pattern, False, True)
+            allowed, bit, pattern = self.regex_set.check(name, block, allow, not found)
+            if allowed:
+                return None
+            if bit:
+                return Match(bit, pattern, False, True)
         if found:
             return Match(found & -found, rule, False)
         return None
@@ -172,8 +175,18 @@ class DomainIndex:
                 return Match(v & -v, s, True)
         for bit, rx in self.regexes:
             if bit & allow and rx.search(name):
-                return Match(bit, rx.pattern, True, True)
-        return self.match(name, block, allow)
+                return Match(bit, self.which_regex(bit, name, rx.pattern), True, True)
+        m = self.match(name, block, allow)
+        if m is not None and m.regex:
+            m.rule = self.which_regex(m.bit, name, m.rule)
+        return m
+
+    def which_regex(self, bit: int, name: str, joined: str) -> str:
+        """The one regex of a list's alternation that matched (what ``hushdns query`` shows)."""
+        for src in self.regex_sources.get(bit, ()):
+            if re.search(src, name):
+                return src
+        return joined
 
     def __len__(self) -> int:
         return len(self.names)

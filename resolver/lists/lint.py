@@ -101,6 +101,7 @@ class Entry:
     line: int
     comment: str
     section: int
+    regex: bool = False         # a family rule: ``name`` is the regex source
 
 
 @dataclass
@@ -217,8 +218,7 @@ def _rule(p: str, lineno: int, raw: str, findings: list[Finding]) -> Entry | Non
         findings.append(Finding(p, lineno, problem or f"not a rule: {parsed.rejected[0][2]}"))
         return None
     if parsed.regexes:
-        findings.append(Finding(p, lineno, "regex rules do not belong in curated lists; name the hosts"))
-        return None
+        return _regex_rule(p, lineno, parsed.regexes[0], comment, findings)
     if len(parsed.domains) != 1:
         what = "no host name" if not parsed.domains else f"{len(parsed.domains)} host names"
         findings.append(Finding(p, lineno, f"a rule line holds exactly one host name, found {what}"))
@@ -241,26 +241,28 @@ def check_file(lf: ListFile, essential: dict[str, tuple[str, int, str]] | None) 
     p = str(lf.path)
     out = list(lf.findings)
     out += _check_headers(lf)
+    out += _check_regex_rules(lf, essential)
+    hosts = [e for e in lf.entries if not e.regex]
     seen: dict[str, int] = {}
-    for e in lf.entries:
+    for e in hosts:
         if e.name in seen:
             out.append(Finding(p, e.line, f"{e.name}: duplicate of line {seen[e.name]}"))
         else:
             seen[e.name] = e.line
-    for e in lf.entries:
+    for e in hosts:
         for parent in parents(e.name):
             if parent in seen:
                 out.append(Finding(p, e.line, f"{e.name}: redundant, line {seen[parent]} "
                                               f"({parent}) already covers it"))
                 break
     prev: Entry | None = None
-    for e in lf.entries:
+    for e in hosts:
         if prev is not None and prev.section == e.section and sort_key(e.name) < sort_key(prev.name):
             out.append(Finding(p, e.line, f"{e.name}: out of order, sort it before {prev.name} "
                                           f"(line {prev.line}); rules sort by reversed labels"))
         prev = e
     if lf.tier != "essential":
-        for e in lf.entries:
+        for e in hosts:
             problem = _too_wide(e.name)
             if problem:
                 out.append(Finding(p, e.line, problem))
@@ -274,12 +276,144 @@ def check_file(lf: ListFile, essential: dict[str, tuple[str, int, str]] | None) 
                     out.append(Finding(p, seen[rule], f"{rule}: {how} the essential host {host} "
                                                       f"({efile}:{eline}); a default-tier list "
                                                       "must not block it"))
-                elif host not in lf.preamble:
-                    out.append(Finding(p, seen[rule], f"{rule}: {how} the essential host {host} "
-                                                      f"({efile}:{eline}); a strict list may, but "
-                                                      "its header must name the host and say "
-                                                      "what stops working"))
+                else:
+                    out += _strict_essential(lf, rule, seen[rule], how, host, essential[host])
     return sorted(out, key=lambda f: f.line)
+
+
+def _regex_rule(p: str, lineno: int, src: str, comment: str,
+                findings: list[Finding]) -> Entry | None:
+    """A family rule ``/^...$/  # comment``: anchored, linear, with its evidence."""
+    from .family import regex_problem
+
+    problem = regex_problem(src)
+    if problem is not None:
+        findings.append(Finding(p, lineno, f"/{src}/: {problem}"))
+        return None
+    if not comment.strip():
+        findings.append(Finding(p, lineno, f"/{src}/: every rule needs a '# comment' naming the "
+                                           "family members the references list, and the evidence"))
+    return Entry(src, lineno, comment.strip(), 0, regex=True)
+
+
+def _check_regex_rules(lf: ListFile, essential: dict[str, tuple[str, int, str]] | None) -> list[Finding]:
+    """Family regexes: few per file, no duplicates, never a vendor apex or an essential host.
+
+    An anchored regex matches whole names only (no subtree), so it covers an
+    essential host only when it matches that very name.  A strict list may,
+    under the same header rule as a host rule (``_strict_essential``).
+    """
+    from .family import MAX_REGEXES_PER_FILE
+
+    p = str(lf.path)
+    out: list[Finding] = []
+    regexes = [e for e in lf.entries if e.regex]
+    if lf.tier == "essential" and regexes:
+        out.append(Finding(p, regexes[0].line, "essential.txt names hosts, not regexes"))
+        return out
+    if len(regexes) > MAX_REGEXES_PER_FILE:
+        out.append(Finding(p, regexes[MAX_REGEXES_PER_FILE].line,
+                           f"more than {MAX_REGEXES_PER_FILE} regex rules in one file; every query "
+                           "runs them: merge families or name the hosts"))
+    seen: dict[str, int] = {}
+    for e in regexes:
+        if e.name in seen:
+            out.append(Finding(p, e.line, f"/{e.name}/: duplicate of line {seen[e.name]}"))
+            continue
+        seen[e.name] = e.line
+        rx = re.compile(e.name)
+        wide = sorted(a for a in VENDOR_APEXES | PUBLIC_SUFFIXES if rx.search(a))
+        if wide:
+            out.append(Finding(p, e.line, f"/{e.name}/: matches the vendor apex or public suffix "
+                                          f"{wide[0]}; a family regex names hosts below it"))
+        for host, info in sorted((essential or {}).items(), key=lambda h: h[1][1]):
+            if not rx.search(host):
+                continue
+            if lf.tier == "default":
+                out.append(Finding(p, e.line, f"/{e.name}/: matches the essential host {host} "
+                                              f"({info[0]}:{info[1]}); a default-tier list must not "
+                                              "block it"))
+            elif lf.tier == "strict":
+                out += _strict_essential(lf, f"/{e.name}/", e.line, "matches", host, info)
+    return out
+
+
+STOPS_WORKING = "STOPS WORKING"
+
+
+def stops_working_paragraph(preamble: str) -> str:
+    """The header paragraph starting ``# STOPS WORKING`` (up to the next ``#``-only or non-comment line)."""
+    out: list[str] = []
+    for raw in preamble.split("\n"):
+        line = raw.strip()
+        body = line.lstrip("#").strip() if line.startswith("#") else None
+        if out:
+            if not body or line.startswith("# =="):
+                break
+            out.append(body)
+        elif body and body.startswith(STOPS_WORKING):
+            out.append(body)
+    return " ".join(out)
+
+
+def essential_function(comment: str) -> str:
+    """What an essential host is for: its comment up to the first ``;``, ``(``, ``:`` or ``,``."""
+    return re.split(r"[;(:,]", comment, maxsplit=1)[0].strip()
+
+
+def _names(paragraph: str, text: str) -> bool:
+    squash = " ".join(text.lower().split())
+    return bool(squash) and squash in " ".join(paragraph.lower().split())
+
+
+def _strict_essential(lf: ListFile, rule: str, line: int, how: str, host: str,
+                      info: tuple[str, int, str]) -> list[Finding]:
+    """A strict rule may cover an essential host only when the list says what stops working.
+
+    The rule: the header's ``STOPS WORKING`` paragraph (the comments above the
+    first rule) contains the essential host's name, or its function: the
+    essential entry's comment up to the first ``;``, ``(``, ``:`` or ``,``
+    (``find.api.micloud.xiaomi.net  # Find Device; ...`` -> ``Find Device``),
+    compared case-insensitively with runs of blanks squashed.
+    """
+    efile, eline, reason = info
+    paragraph = stops_working_paragraph(lf.preamble)
+    function = essential_function(reason)
+    if paragraph and (host in paragraph or _names(paragraph, function)):
+        return []
+    what = f"the host or its function ({function!r})" if function else "the host"
+    return [Finding(str(lf.path), line, f"{rule}: {how} the essential host {host} ({efile}:{eline}); "
+                                        f"a strict list may, but its header must name the host "
+                                        f"and say what stops working: its '# {STOPS_WORKING} with "
+                                        f"this list on' paragraph must name {what}")]
+
+
+def lint_triage(files: list[Path]) -> list[Finding]:
+    """Syntax of triage files (blocklists/triage/README.md): rule, category, reason."""
+    from .triage import parse_triage
+
+    out: list[Finding] = []
+    for f in files:
+        try:
+            text = f.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            out.append(Finding(str(f), 1, f"cannot read: {exc}"))
+            continue
+        out += parse_triage(text, str(f))[1]
+    return out
+
+
+def triage_files(paths: Iterable[Path]) -> list[Path]:
+    """Triage files to lint: ``triage/*.txt`` of a linted directory, or files inside a ``triage`` folder."""
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            tdir = path if path.name == "triage" else path / "triage"
+            if tdir.is_dir():
+                out += sorted(q for q in tdir.glob("*.txt") if q.is_file())
+        elif path.is_file() and path.parent.name == "triage":
+            out.append(path)
+    return list(dict.fromkeys(out))
 
 
 def _too_wide(name: str) -> str | None:
@@ -392,10 +526,15 @@ def lint(paths: Iterable[Path], curated: bool = False) -> tuple[list[Path], list
     """Lint files and directories; returns the files looked at and every finding.
 
     Curated files (``is_curated``, or all with ``curated``) get every check; the others
-    are household lists and get ``check_household``."""
-    files, findings = collect(paths)
+    are household lists and get ``check_household``.  Triage files (``triage_files``:
+    ``triage/*.txt`` of a linted directory) get ``lint_triage``."""
+    paths = list(paths)
+    triage = triage_files(paths)
+    files, findings = collect([p for p in paths if not (p.is_dir() and p.name == "triage")
+                               and p not in triage])
     strict = [f for f in files if curated or is_curated(f)]
     essential = essential_hosts(strict)
     for f in files:
         findings += check_file(read_list(f), essential) if f in strict else check_household(f)
-    return files, findings
+    findings += lint_triage(triage)
+    return files + triage, findings

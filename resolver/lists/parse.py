@@ -82,6 +82,8 @@ def normalize_domain(name: str) -> str | None:
     return name
 
 
+# A regex rule followed by a comment: the regex has no blanks (host names have none).
+_COMMENTED_REGEX = re.compile(r"(/\S+/)\s+#")
 _IPISH = re.compile(r"[0-9a-fA-F:.%]+")
 
 
@@ -125,6 +127,11 @@ def parse_text(text: str, keep_rules: bool = False) -> Parsed:
         if line.startswith("/") and line.rstrip().endswith("/") and len(line) > 2:
             _regex(out, line, lineno)
             continue
+        if line.startswith("/"):
+            commented = _COMMENTED_REGEX.match(line)   # /regex/  # why (curated lists)
+            if commented is not None:
+                _regex(out, commented.group(1), lineno, line)
+                continue
         hash_at = line.find("#")
         if hash_at >= 0:
             line = line[:hash_at].strip()
@@ -134,7 +141,7 @@ def parse_text(text: str, keep_rules: bool = False) -> Parsed:
     return out
 
 
-def _regex(out: Parsed, line: str, lineno: int) -> None:
+def _regex(out: Parsed, line: str, lineno: int, text: str | None = None) -> None:
     src = line[1:-1]
     if len(src) > MAX_REGEX_LEN:
         out.rejected.append((lineno, line, "regex too long"))
@@ -144,7 +151,7 @@ def _regex(out: Parsed, line: str, lineno: int) -> None:
     except re.error as exc:
         out.rejected.append((lineno, line, f"bad regex: {exc}"))
         return
-    out.add(src, lineno, line, regex=True)
+    out.add(src, lineno, text or line, regex=True)
 
 
 def _rule_line(out: Parsed, line: str, text: str, lineno: int) -> None:

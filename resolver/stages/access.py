@@ -37,9 +37,15 @@ class Access:
         self._opt = {do: opt_record(udp_size, do, ede=EDE_PROHIBITED) for do in (False, True)}
 
     def on_query(self, q: Request) -> Reply | None:
-        if not q.info.allowed:
+        info = q.info
+        if not info.allowed:
             return Reply("refused", wire=build_reply(q, REFUSED, opt=self._opt[q.do]),
                          note="refused (client outside access.allow)")
+        if not (q.flags & 0x0100 or info.snoop):
+            # RD=0 asks for our cache only: answered, it tells anyone what others
+            # resolved (cache snooping), so only for access.allow_snoop (unbound's allow).
+            return Reply("refused", wire=build_reply(q, REFUSED, opt=self._opt[q.do]),
+                         note="refused (RD=0: cache snooping, only for access.allow_snoop)")
         if q.qtype == T_ANY and q.proto == "udp":
             # Counted as "refused": the question was declined, not answered from upstream.
             return Reply("refused", wire=build_reply(q, NOERROR, _HINFO, an=1),

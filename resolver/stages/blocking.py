@@ -114,11 +114,13 @@ class Blocking:
             counts[key] = counts.get(key, 0) + 1
         else:
             self.stats.block(q.info.label, list_name, rule)
-        t = self.templates.get(q.qtype)
-        if t is None:
-            t = self.templates[q.qtype] = self._template(q.qtype)
-        # As reply_for(), inlined: the client's ID, flags and question, then the records.
         data = q.data
+        # Per type and length of the first label (where the SOA's owner, the parent, starts).
+        tkey = q.qtype | data[12] << 16
+        t = self.templates.get(tkey)
+        if t is None:
+            t = self.templates[tkey] = self._template(q.qtype, data[12])
+        # As reply_for(), inlined: the client's ID, flags and question, then the records.
         rcode, body, an, ns = t
         if q.edns:
             body += self.opt[q.do]
@@ -127,18 +129,21 @@ class Blocking:
         return Reply("blocked", wire, None, list_name,
                      f"/{hit.rule}/" if hit.regex else hit.rule, None, self.describe, keep)
 
-    def template(self, qtype: int) -> tuple[int, bytes, int, int]:
-        """(rcode, record bytes, answer count, authority count) of the block answer, built once per type."""
-        t = self.templates.get(qtype)
+    def template(self, qtype: int, first: int = 0) -> tuple[int, bytes, int, int]:
+        """(rcode, record bytes, answer count, authority count) of the block answer, built
+        once per type and length of the question's first label (``data[12]``), which is
+        where the SOA's owner, the blocked name's parent, starts."""
+        key = qtype | first << 16
+        t = self.templates.get(key)
         if t is None:
-            t = self.templates[qtype] = self._template(qtype)
+            t = self.templates[key] = self._template(qtype, first)
         return t
 
-    def _template(self, qtype: int) -> tuple[int, bytes, int, int]:
+    def _template(self, qtype: int, first: int) -> tuple[int, bytes, int, int]:
         if self.mode == "refused":
             return REFUSED, b"", 0, 0
         if self.mode == "nxdomain":
-            return NXDOMAIN, self._soa(), 0, 1
+            return NXDOMAIN, self._soa(first), 0, 1
         addrs: list[bytes] = []
         if self.mode == "null":
             addrs = [b"\x00" * 4] if qtype == T_A else [b"\x00" * 16] if qtype == T_AAAA else []
@@ -147,11 +152,17 @@ class Blocking:
         if addrs:
             body = b"".join(rr(qtype, self.ttl, a) for a in addrs)
             return NOERROR, body, len(addrs), 0
-        return NOERROR, self._soa(), 0, 1   # NODATA, negative-cacheable (RFC 2308)
+        return NOERROR, self._soa(first), 0, 1   # NODATA, negative-cacheable (RFC 2308)
 
-    def _soa(self) -> bytes:
-        """An SOA for negative caching: the block TTL is both its TTL and its MINIMUM."""
+    def _soa(self, first: int) -> bytes:
+        """An SOA for negative caching: the block TTL is both its TTL and its MINIMUM.
+
+        Owned by a synthetic zone apex, the blocked name's parent (a pointer past the
+        question's first label; the root for a one-label name): an NXDOMAIN whose SOA sits
+        at the very name it says does not exist contradicts itself (RFC 2308 s3: the SOA
+        is the zone's, above the name).
+        """
         t = self.ttl
         rdata = _SOA_MNAME + _SOA_RNAME + b"".join(
             v.to_bytes(4, "big") for v in (1, 3600, 600, 86400, t))
-        return rr(T_SOA, t, rdata)
+        return rr(T_SOA, t, rdata, owner=(0xC000 | (13 + first)).to_bytes(2, "big"))

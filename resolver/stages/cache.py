@@ -21,9 +21,12 @@ from ..config import Cache as CacheConfig
 from ..memo import Cached
 from ..reply import Reply
 from ..stats import Stats
-from ..wire import EDE_STALE_ANSWER, SERVFAIL, Answer, Request
+from ..wire import EDE_STALE_ANSWER, SERVFAIL, Answer, Request, build_reply, opt_record
 
 STALE_TTL = 30
+# EDE 0 (Other): the answer to an RD=0 query that is not in the cache.
+_NOT_CACHED = {do: opt_record(1232, do, ede=0, ede_text="not in cache (RD=0)")
+               for do in (False, True)}
 
 
 class Cache:
@@ -46,6 +49,9 @@ class Cache:
             return Reply("servfail" if entry.rcode == SERVFAIL else "cached", answer=entry,
                          keep=Cached(self.stats, self.entries, key, entry))
         self.stats.cache_misses += 1
+        if not q.flags & 0x0100:   # RD=0 (an access.allow_snoop client): the cache only
+            return Reply("servfail", wire=build_reply(q, SERVFAIL, opt=_NOT_CACHED[q.do]),
+                         note="not in the cache (RD=0 asks for the cache only)")
         return None
 
     def on_answer(self, q: Request, reply: Reply) -> Reply:

@@ -163,16 +163,16 @@ class Forward:
 
         try:
             _, up, answer = await self.upstreams.query_checked(req, self.route(req.qname), check)
-        except UpstreamFailure:
-            return self._servfail(), "none"
+        except UpstreamFailure as exc:
+            return self._servfail(exc.ede), "none"
         if answer is None:   # a FORMERR/NOTIMP that did not even echo the question
             self.stats.upstream(up.label, "error")
             return self._servfail(), up.label
         return answer, up.label
 
-    def _servfail(self) -> Answer:
+    def _servfail(self, ede: int | None = None) -> Answer:
         return Answer(SERVFAIL, False, 0, 0, 0, b"", (), self.cache_cfg.servfail_ttl,
-                      ede=EDE_NETWORK_ERROR)
+                      ede=EDE_NETWORK_ERROR if ede is None else ede)
 
     def _limited(self, req: Request, reason: str) -> Reply:
         key = (req.info.label, reason)

@@ -106,7 +106,8 @@ class Rebind:
         """Rare path: rebuild the message without the private A/AAAA records."""
         import dnslib
 
-        flags = 0x8180 | (0x20 if answer.ad else 0) | answer.rcode
+        # AD cleared: the upstream vouched for the answer it sent, not for this one.
+        flags = 0x8180 | answer.rcode
         wire = (_H.pack(0, flags, 1, answer.an, answer.ns, answer.ar)
                 + req.data[12:req.qend] + answer.body)
         try:
