@@ -65,7 +65,7 @@ class LabelBound:
                      table: ClientTable | None) -> list[str]:
         """Release the labels whose query count has not moved for ``idle`` seconds.
 
-        A released label loses its slot, its series (queries, blocked, limited) and the
+        A released label loses its slot, its series (queries, blocked, limited, bypass) and the
         cached ClientInfo of its addresses, so a returning address is labelled afresh.
         ``keep`` (configured client names and "other") is never released.  The count of
         released labels is ``stats.client_labels_released``.
@@ -91,7 +91,7 @@ class LabelBound:
         for label in gone:
             self.seen.discard(label)
             del last[label]
-        for series in (stats.queries, stats.blocked, stats.limited):
+        for series in (stats.queries, stats.blocked, stats.limited, stats.bypass_lookups):
             for key in [k for k in series if k[0] in dead]:
                 del series[key]
         if table is not None:

@@ -298,7 +298,8 @@ class Server:
         # The loader logs each list that fails, once.
         self.lists = await asyncio.to_thread(loader.load_all, self.config, None, self.stats)
         log.info("config %s: %s", self.config.path, _lists_summary(self.lists))
-        self.household.load()
+        if not self.reuse_port:   # workers: N have no control API; a saved pause could not end
+            self.household.load()
         self._install(self.config, self.lists)
         for ep in self.config.listen:
             await self._bind(ep)

@@ -3,6 +3,7 @@ over the unix socket (the CLI, found through -c) and over TCP with a token."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -228,3 +229,30 @@ def test_expiry_is_logged_exactly_once_with_a_clock(tmp_path, caplog) -> None:
                     "pause of group kids expired: blocking resumed"]
     with pytest.raises(ControlError, match="say --group or --device, not both"):
         st.pause(group="kids", device="10.0.0.5")
+
+
+def test_garbage_on_the_socket_is_refused_and_counted(srv) -> None:
+    import socket as s
+
+    with s.socket(s.AF_UNIX, s.SOCK_STREAM) as c:
+        c.settimeout(5)
+        c.connect(srv.server.control.socket_path)
+        c.sendall(b"pause everything now\n")
+        reply = json.loads(c.makefile().readline())
+    assert not reply["ok"] and "not a JSON object" in reply["error"]
+    assert srv.stats.control_refused[("unix", "bad_request")] == 1
+    with s.socket(s.AF_UNIX, s.SOCK_STREAM) as c:   # a line over the limit: closed, no crash
+        c.settimeout(5)
+        c.connect(srv.server.control.socket_path)
+        with contextlib.suppress(OSError):
+            c.sendall(b"x" * 100_000 + b"\n")
+        assert c.recv(100) == b""
+    assert _tcp(srv, {"verb": "status"})["ok"]
+
+
+def test_query_explains_a_saved_pause(srv, capsys, tmp_path) -> None:
+    _cli(capsys, tmp_path, "pause", "1h", "--group", "kids")
+    code, out, _ = _cli(capsys, tmp_path, "query", "ads.example", "--client", "tablet")
+    assert code == 0
+    assert "group kids: forwarded to" in out
+    assert "  note: blocking paused for group kids until" in out
