@@ -110,3 +110,17 @@ def test_unblock_window(serve) -> None:
                 lists={"games": "games.example\n", "ads": "ads.example\n"})
     assert ask(srv, "games.example").rcode() == dns.rcode.NOERROR
     assert ask(srv, "ads.example").rcode() == dns.rcode.NXDOMAIN
+
+
+def test_windows_are_read_in_the_config_time_zone(tmp_path) -> None:
+    from resolver.control.state import HouseholdState
+
+    (tmp_path / "ads.txt").write_text("ads.example\n")
+    (tmp_path / "c.yaml").write_text("timezone: Asia/Tokyo\n" + _cfg('{lists: [social], from: "21:00", to: "07:00"}'))
+    cfg = load_config(tmp_path / "c.yaml")
+    now = [datetime(2026, 12, 3, 13, 0, tzinfo=UTC).timestamp()]    # 22:00 in Tokyo
+    st = HouseholdState(cfg, clock=lambda: now[0])
+    assert st.windows == {"kids": (0,)}
+    now[0] = datetime(2026, 12, 3, 23, 0, tzinfo=UTC).timestamp()   # 08:00 in Tokyo
+    st.tick()
+    assert st.windows == {}
