@@ -249,8 +249,13 @@ def cmd_query(args: argparse.Namespace) -> int:
     if data is None:
         print(f"not a query type: {args.type!r}", file=sys.stderr)
         return 2
+    from .devices import devices_now
+
+    devices = devices_now(config)   # leases, neighbours, PTR when devices: is configured
     try:
-        address = client_address(config, args.client)   # an address or a clients: name
+        # an address, a clients: name or a device name
+        address = client_address(config, args.client,
+                                 {n: d.addresses for n, d in devices.devices.items()})
     except UnknownClient as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -260,8 +265,9 @@ def cmd_query(args: argparse.Namespace) -> int:
     household = HouseholdState(config)   # schedules now, and the pauses the server saved
     household.load()
     client = ClientTable(config, lists, LabelBound(config.metrics.max_clients),
-                         household).lookup(address)
-    who = f"client {address}" + (f" ({client.name})" if client.name else "") + f", group {client.group}"
+                         devices.names, household).lookup(address)
+    named = client.device or client.name
+    who = f"client {address}" + (f" ({named})" if named else "") + f", group {client.group}"
     head = f"{name} {qtype} for {who}"
     try:
         q = parse_query(data)

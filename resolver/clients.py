@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +25,15 @@ class ClientInfo:
     """Everything the pipeline needs to know about one client address."""
 
     allowed: bool
-    label: str      # metrics label: configured name, else the address, else "other"
+    label: str      # metrics label: the device name, else the address, else "other"
     name: str | None
     group: str
     block: int      # bit mask of the block lists that apply
     allow: int      # bit mask of the allow lists that apply
     snoop: bool = False   # in access.allow_snoop: RD=0 queries answered from the cache
+    # The device's name (a clients: name, else leases/reverse DNS/neighbours: see
+    # resolver/devices/), unbounded unlike ``label``; None when no source names it.
+    device: str | None = None
     # What selects policy, as the reply memo's key: the group, whether the client may
     # ask at all, and whether it may snoop.  Two clients with one policy get the same answers.
     policy: str = ""
@@ -117,7 +120,7 @@ class ClientTable:
     """Maps a client address to its ClientInfo for one configuration and list snapshot."""
 
     def __init__(self, config: Config, lists: Blocklists, labels: LabelBound,
-                 household: Any = None) -> None:
+                 devices: Mapping[str, str] | None = None, household: Any = None) -> None:
         self.allow_nets = config.access_allow
         self.snoop_nets = config.access_allow_snoop
         self.names = [(n, name) for name, nets in config.clients.items() for n in nets]
@@ -125,10 +128,21 @@ class ClientTable:
         self.masks = {g.name: (lists.mask(g.lists), lists.mask(g.allow))
                       for g in config.groups.values()}
         self.labels = labels
+        self.devices: Mapping[str, str] = devices or {}   # address -> device name
         self.cache: dict[str, ClientInfo] = {}
         # Pauses, schedules, temporary allows (resolver.control.state.HouseholdState.adjust).
         self.household = household
         self.list_mask: Callable[[tuple[str, ...]], int] = lists.mask
+
+    def set_devices(self, devices: Mapping[str, str]) -> None:
+        """Swap in a refreshed address -> device name mapping (on the event loop's thread).
+
+        The per-address cache is emptied in place (the fast path holds the same
+        dict), so the next query of each address is built once more with the new name.
+        """
+        if devices != self.devices:
+            self.devices = devices
+            self.cache.clear()
 
     def lookup(self, address: str) -> ClientInfo:
         info = self.cache.get(address)
@@ -143,39 +157,46 @@ class ClientTable:
         try:
             ip = ipaddress.ip_address(address.split("%")[0])
         except ValueError:
-            return ClientInfo(False, self.labels("other"), None, "default", 0, 0, False, "!default")
+            return ClientInfo(False, self.labels("other"), None, "default", 0, 0, False, None,
+                              "!default")
         if ip.version == 6 and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
         snoop = any(ip.version == n.version and ip in n for n in self.snoop_nets)
         allowed = snoop or any(ip.version == n.version and ip in n for n in self.allow_nets)
         name = _longest(ip, self.names)
+        device = name or self.devices.get(str(ip))
         group = _longest(ip, self.groups) or "default"
         block, allow = self.masks.get(group, (0, 0))
         policy = ("" if allowed else "!") + ("~" if snoop else "") + group
-        info = ClientInfo(allowed, self.labels(name or str(ip)), name, group, block, allow, snoop,
-                          policy)
+        info = ClientInfo(allowed, self.labels(device or str(ip)), name, group, block, allow, snoop,
+                          device, policy)
         if self.household is not None and allowed:
             info = self.household.adjust(info, str(ip), self.list_mask)
         return info
 
 
 class UnknownClient(ValueError):
-    """``hushdns query --client X``: X is neither an IP address nor a name in ``clients:``."""
+    """``hushdns query --client X``: X is not an IP address, a ``clients:`` name or a device name."""
 
 
-def client_address(config: Config, client: str) -> str:
+def client_address(config: Config, client: str,
+                   devices: Mapping[str, tuple[str, ...]] | None = None) -> str:
     """An address that stands for ``client``: the address itself, or, for a ``clients:`` name,
     an address of its networks that the name really matches (longest prefix: a more specific
-    name may own part of a network)."""
+    name may own part of a network), or, for a device name from ``devices``
+    (name -> its addresses), the first of its addresses."""
     try:
         return str(ipaddress.ip_address(client.split("%")[0]))
     except ValueError:
         pass
     nets = config.clients.get(client)
+    if not nets and devices and devices.get(client):
+        return devices[client][0]
     if not nets:
         known = ", ".join(sorted(config.clients)) or "none configured"
+        extra = f"; devices: {', '.join(sorted(devices))}" if devices else ""
         raise UnknownClient(f"--client {client!r}: not an address or a known client "
-                            f"(clients: {known})")
+                            f"(clients: {known}{extra})")
     table = [(n, name) for name, ns in config.clients.items() for n in ns]
     for net in nets:
         for ip in itertools.islice(itertools.chain([net.network_address], net.hosts()), 256):

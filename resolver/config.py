@@ -128,6 +128,21 @@ class RebindProtection:
 
 
 @dataclass(frozen=True)
+class Devices:
+    """Where device names come from besides ``clients:`` (resolver/devices/).
+
+    ``enabled`` is whether the config has a ``devices:`` section at all: without
+    one nothing is read in the background, as before devices existed.
+    """
+
+    enabled: bool = False
+    leases: tuple[str, ...] = ()
+    neighbours: bool = True
+    reverse_dns: Endpoint | None = None
+    refresh: float = 60.0
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     listen: tuple[Endpoint, ...]
@@ -148,6 +163,7 @@ class Config:
     rebind_protection: RebindProtection = field(default_factory=RebindProtection)
     # Control API, time zone, local names, bypass answers (resolver/household_config.py).
     household: Household = field(default_factory=Household)
+    devices: Devices = field(default_factory=Devices)
     # Not errors, but worth saying (check prints them, serve logs them): e.g. an empty file.
     warnings: tuple[str, ...] = ()
     # Clients whose RD=0 queries are answered (from the cache only); the rest get REFUSED.
@@ -391,7 +407,7 @@ def parse_duration(v: Any) -> float | None:
 
 TOP_KEYS = ("listen", "upstreams", "forward_zones", "access", "blocking", "clients", "groups",
             "cache", "metrics", "server", "rate_limit", "rebind_protection", "state_dir", "log",
-            "workers", *HOUSEHOLD_KEYS)
+            "workers", "devices", *HOUSEHOLD_KEYS)
 
 
 def load_config(path: str | os.PathLike[str] | None = None, text: str | None = None,
@@ -526,6 +542,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         doc.err("rate_limit.burst", "must be at least 1 when rate_limit.qps is set")
 
     rebind = _rebind(r, top.get("rebind_protection"))
+    devices = _devices(r, top, base)
 
     state_default = os.environ.get("STATE_DIRECTORY") or str(
         Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "hushdns")
@@ -560,6 +577,38 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         rebind_protection=rebind,
         access_allow_snoop=snoop_nets,
         household=household,
+        devices=devices,
+    )
+
+
+def _devices(r: _Reader, top: dict[str, Any], base: Path) -> Devices:
+    """``devices: {leases: [paths], neighbours: true, reverse_dns: IP:port | null, refresh: 60s}``.
+
+    A lease file need not exist yet (the DHCP server creates it); a missing one is
+    logged by the refresh, not rejected here.
+    """
+    if "devices" not in top:
+        return Devices()
+    d = r.section(top.get("devices"), "devices", ("leases", "neighbours", "reverse_dns", "refresh"))
+    leases = tuple(str((base / os.path.expanduser(p)).resolve()) if p else ""
+                   for p in r.str_list(d.get("leases"), "devices.leases"))
+    for i, p in enumerate(leases):
+        if not p:
+            r.doc.err(f"devices.leases[{i}]", "must be a file path, not an empty string")
+    reverse: Endpoint | None = None
+    if d.get("reverse_dns") is not None:
+        if isinstance(d["reverse_dns"], str):
+            eps = r.endpoints(d["reverse_dns"], "devices.reverse_dns", 53)
+            reverse = eps[0] if eps else None
+        else:
+            r.doc.err("devices.reverse_dns", f"must be the router's address like '192.168.1.1' "
+                      f"or '192.168.1.1:53', or null, not {_tname(d['reverse_dns'])}")
+    return Devices(
+        enabled=True,
+        leases=tuple(p for p in leases if p),
+        neighbours=r.typed(d, "neighbours", "devices", bool, True),
+        reverse_dns=reverse,
+        refresh=_dur(r, d, "refresh", "devices", 60.0, _at_least(1)),
     )
 
 

@@ -15,7 +15,9 @@ seconds, so the TTLs read the same).  Stages that must see every query
 ``Request`` rebuilt from the remembered one; if one of them answers, that answer
 goes through the pipeline like any other.  Every counter the first answer moved
 moves again (``Keep.replay`` and ``Stats.query``).  A new memo, empty, comes
-with every new pipeline; only UDP replies are remembered.
+with every new pipeline; only UDP replies are remembered, and only from the second
+time the same bytes are answered (a doorkeeper set of hashes notes the first), so
+first-sight traffic does not pay for filling it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from .reply import Reply
 
 MAX_REPLIES = 16_384      # remembered replies; the memo is cleared when full
+DOOR_SIZE = 4 * MAX_REPLIES   # questions seen once (their hashes), before any is remembered
 _QTYPES = QTYPE_NAMES     # as wire.qtype_label, inlined
 
 
@@ -96,7 +99,10 @@ class ReplyMemo:
         self.stats = stats
         self.tables: dict[str, dict[bytes, tuple]] = {}
         self.size = 0
+        self.door: set[int] = set()
         self.on_miss: Any = None
+        self._missed_data = b""   # the last datagram not answered here, and its key
+        self._missed_tail = b""
 
     def answer(self, data: bytes, addr: Any, sink: Any) -> bytes | bool | None:
         """The reply bytes to send; False when the pipeline took the query (and answered
@@ -111,8 +117,14 @@ class ReplyMemo:
         if info is not None:
             table = self.tables.get(info.policy)
             if table is not None:
-                seen = table.get(data[2:])
-                if seen is not None:
+                tail = data[2:]
+                seen = table.get(tail)
+                if seen is None:
+                    # ``store`` reuses the key (and its computed hash) if this query is
+                    # answered before the next datagram is looked at.
+                    self._missed_data = data
+                    self._missed_tail = tail
+                else:
                     tail, qlabel, result, keep, gates, q = seen
                     if keep.valid(monotonic()):
                         if gates:
@@ -132,18 +144,31 @@ class ReplyMemo:
         return False
 
     def store(self, q: Request, wire: bytes, reply: Reply, gates: tuple, now: float) -> None:
-        """Remember ``wire`` (as sent to ``q``) for the next time the same bytes come."""
+        """Remember ``wire`` (as sent to ``q``, rendered at ``now`` if it was rendered)."""
+        data = q.data
+        tail = self._missed_tail if self._missed_data is data else data[2:]
+        door = self.door
+        h = hash(tail)   # computed already by the lookup: bytes keep their hash
+        if h not in door:
+            # First sight: only noted.  A question seen once is rarely asked again soon
+            # (first-sight subdomains, a wide cache), and remembering it costs more than
+            # the pipeline's answer; the second time it is remembered.
+            if len(door) >= DOOR_SIZE:
+                door.clear()
+            door.add(h)
+            return
         keep = reply.keep
         if keep.timed:
-            keep.hold(now)
+            keep.hold(now or monotonic())
         table = self.tables.get(q.info.policy)
         if table is None:
             table = self.tables[q.info.policy] = {}
-        self.size += 1   # counts replacements too: the memo is cleared a little early, never late
-        if self.size > MAX_REPLIES:
+        size = self.size + 1   # counts replacements too: cleared a little early, never late
+        if size > MAX_REPLIES:
             for t in self.tables.values():
                 t.clear()
-            self.size = 1
+            size = 1
+        self.size = size
         # The Request only when a gate will need it again: fewer objects for the GC to track.
-        table[q.data[2:]] = (wire[2:], _QTYPES.get(q.qtype, "other"), reply.result, keep, gates,
-                             q if gates else None)
+        table[tail] = (wire[2:], _QTYPES.get(q.qtype, "other"), reply.result, keep, gates,
+                       q if gates else None)

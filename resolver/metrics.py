@@ -205,6 +205,14 @@ class StatsCollector:
         yield m
 
         g = GaugeMetricFamily(
+            "hushdns_device_last_query_timestamp_seconds",
+            "Unix time of the device's (client's) last query, to within 10 s; 0 for a device "
+            "known from leases or the neighbour table that never asked.",
+            labels=("client",))
+        for client, t in _items(getattr(s, "device_last_query", {})):
+            g.add_metric((client,), t)
+        yield g
+        g = GaugeMetricFamily(
             "hushdns_blocking_paused",
             "1 while blocking is paused for the group (hushdns pause), else 0.",
             labels=("group",))

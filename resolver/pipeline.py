@@ -188,7 +188,7 @@ class Pipeline:
                 elif r.keep is not None:
                     memo = self.memo
                     if memo is not None:
-                        memo.store(q, wire, r, self.gates[pos], now or time.monotonic())
+                        memo.store(q, wire, r, self.gates[pos], now)
             q.sink.sendto(wire, q.addr)
         qtype = _QTYPES.get(q.qtype, "other")   # as qtype_label(), inlined
         self.stats.query(q.info.label, qtype, r.result, time.perf_counter() - q.t0)

@@ -25,12 +25,13 @@ from .clients import ClientTable, LabelBound
 from .config import Config, ConfigError, Endpoint, format_endpoint
 from .control.api import ControlApi
 from .control.state import HouseholdState
+from .devices.service import DeviceService
 from .listen_errors import ListenError, listen_error
 from .lists import loader
 from .lists.loader import Blocklists
 from .lists.upkeep import ListUpkeep
 from .memo import ReplyMemo
-from .metrics import start_metrics_server
+from .metrics import snapshot, start_metrics_server
 from .pipeline import Pipeline, build_pipeline, new_memo
 from .stats import Stats
 from .wire import Drop, Reject, parse_query
@@ -263,6 +264,8 @@ class Server:
         self.lists = Blocklists()
         self.pipeline: Pipeline | None = None
         self.clients: ClientTable | None = None
+        # Device names (leases, neighbours, PTR) refreshed in the background: resolver/devices/.
+        self.devices = DeviceService(self.stats, lambda: self.clients)
         # The reply memo of the current pipeline, or None (see resolver/memo.py).
         self.memo: ReplyMemo | None = None
         # Questions waiting for an upstream, shared by every pipeline this server builds.
@@ -283,6 +286,7 @@ class Server:
         # Pauses, temporary allows, schedules: outlive every pipeline (resolver/control).
         self.household = HouseholdState(config, stats=self.stats)
         self.household.on_change.append(self._household_changed)
+        self.household.device_names = lambda: set(self.devices.map.names.values())
         self.control: ControlApi | None = None
         self.started = time.time()
 
@@ -298,6 +302,7 @@ class Server:
         # The loader logs each list that fails, once.
         self.lists = await asyncio.to_thread(loader.load_all, self.config, None, self.stats)
         log.info("config %s: %s", self.config.path, _lists_summary(self.lists))
+        await self.devices.configure(self.config)
         if not self.reuse_port:   # workers: N have no control API; a saved pause could not end
             self.household.load()
         self._install(self.config, self.lists)
@@ -310,6 +315,7 @@ class Server:
         upkeep = ListUpkeep(lambda: self.config, lambda: self.lists, self.stats,
                             lambda lists: self._install(self.config, lists), self._reload_lock)
         self._background += upkeep.tasks()
+        self._background.append(asyncio.create_task(self.devices.run()))
         log.info("serving on %s (udp) and %s (tcp); upstreams %s",
                  ", ".join(map(format_endpoint, self.udp_addresses)),
                  ", ".join(map(format_endpoint, self.tcp_addresses)),
@@ -354,6 +360,7 @@ class Server:
             if new.listen != self.config.listen:
                 log.warning("listen addresses changed: restart hushdns to rebind them")
             metrics_moved = new.metrics.listen != self.config.metrics.listen
+            await self.devices.configure(new)
             if new.household.control != self.config.household.control:
                 log.warning("control API settings changed: restart hushdns to apply them")
             self.household.configure(new)
@@ -379,11 +386,17 @@ class Server:
         if ep is None:
             return
         try:
-            self.metrics_server = await start_metrics_server(self.stats, ep[0], ep[1])
+            self.metrics_server = await start_metrics_server(self.stats, ep[0], ep[1],
+                                                             source=self._scrape)
         except OSError as exc:
             # A busy metrics port must not take DNS down with it, at start-up or on reload.
             log.error("metrics: %s; DNS keeps serving without /metrics",
                       listen_error(ep, "tcp", exc, "--metrics ADDR or --metrics off"))
+
+    async def _scrape(self) -> Stats:
+        """What /metrics reads: a snapshot, with the devices' last-query clock brought up to now."""
+        self.devices.note_activity()
+        return snapshot(self.stats)
 
     def _install(self, config: Config, lists: Blocklists) -> None:
         """Swap in a new pipeline; the cache table carries over when its settings did not change."""
@@ -397,7 +410,7 @@ class Server:
         carry_over(old, pipeline, self.stats)   # buckets, upstream health, in flight
         self.labels.limit = config.metrics.max_clients
         self.labels.idle = config.metrics.client_idle
-        clients = ClientTable(config, lists, self.labels, self.household)
+        clients = ClientTable(config, lists, self.labels, self.devices.map.names, self.household)
         # The query log wants every query through the pipeline, with its reasons;
         # server.reply_memo: false (the bench's hushdns-nomemo) measures the pipeline alone.
         memo = None if config.log_queries or not config.server.reply_memo else \

@@ -86,6 +86,9 @@ class Stats:
         self.paused_devices: dict[str, int] = {}
         self.control_refused: dict[tuple[str, str], int] = {}
         self.bypass_lookups: dict[tuple[str, str], int] = {}
+        # client label -> unix time its query count last grew (0: a known device that never
+        # asked); kept by resolver/devices/service.py every few seconds, not per query
+        self.device_last_query: dict[str, float] = {}
         # Client label values released after metrics.client_idle without a query
         self.client_labels_released = 0
 

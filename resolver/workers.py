@@ -75,8 +75,10 @@ def merge(parts: list[dict[str, Any]]) -> Stats:
             mine = getattr(total, name, None)
             if name == "cache_entries":
                 total.cache_entries = _const(total.cache_entries() + value)
-            elif name in ("list_entries", "list_last_success", "list_load_failures"):
-                # Every worker loads the same lists: a per-list fact, not a sum.
+            elif name in ("list_entries", "list_last_success", "list_load_failures",
+                          "device_last_query"):
+                # Every worker loads the same lists: a per-list fact, not a sum; a
+                # device's last query is the latest any worker saw.
                 for k, v in value.items():
                     mine[k] = max(mine.get(k, v), v)
             elif name == "upstream_state":

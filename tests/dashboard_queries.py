@@ -35,10 +35,12 @@ def targets(dash: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, An
 
 
 def substitute(expr: str, *, instance: str = ".*", rate_interval: str = "1m",
-               range_: str = "5m", interval: str = "15s") -> str:
-    """Fill in Grafana's variables the way Grafana would for one refresh."""
+               range_: str = "5m", interval: str = "15s", device: str = ".*",
+               list_: str = ".*") -> str:
+    """Fill in Grafana's variables the way Grafana would for one refresh ("All" is ``.*``)."""
     for name, value in (("instance", instance), ("__rate_interval", rate_interval),
-                        ("__range", range_), ("__interval", interval)):
+                        ("__range", range_), ("__interval", interval), ("device", device),
+                        ("list", list_)):
         expr = expr.replace("${" + name + "}", value).replace("$" + name, value)
     assert "$" not in expr, f"unsubstituted variable in {expr!r}"
     return expr

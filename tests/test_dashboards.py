@@ -92,6 +92,12 @@ def test_dashboard_declares_a_prometheus_input_and_both_variables() -> None:
     assert inst["datasource"]["uid"] == "${datasource}"
     assert inst["query"]["query"] == inst["definition"] == "label_values(hushdns_build_info, instance)"
     assert inst["multi"] is True and inst["includeAll"] is True and inst["allValue"] == ".*"
+    for name, query in (("device", 'label_values(hushdns_queries_total{instance=~"$instance"}, client)'),
+                        ("list", 'label_values(hushdns_list_entries{instance=~"$instance"}, list)')):
+        v = variables[name]
+        assert v["type"] == "query" and v["datasource"]["uid"] == "${datasource}"
+        assert v["query"]["query"] == v["definition"] == query
+        assert v["multi"] is True and v["includeAll"] is True and v["allValue"] == ".*"
 
 
 SELECTOR = re.compile(r"\b(hushdns_[a-z_]+)(\{[^}]*\})?")
@@ -129,6 +135,8 @@ def test_dashboard_has_the_panels_the_issue_asks_for() -> None:
         "Cache hit ratio": "hushdns_cache_hits_total",
         "List sizes": "hushdns_list_entries",
         "Age of last successful load": "hushdns_list_last_success_timestamp_seconds",
+        "Blocked per device and vendor": "hushdns_blocked_total",
+        "Devices silent on DNS": "hushdns_device_last_query_timestamp_seconds",
     }
     for title, series in wanted.items():
         assert title in by_title, title
@@ -141,6 +149,23 @@ def test_dashboard_has_the_panels_the_issue_asks_for() -> None:
         f"histogram_quantile({q}" for q in ("0.5", "0.95", "0.99")]
     assert "time() - hushdns_list_last_success_timestamp_seconds" in \
         by_title["Age of last successful load"]["targets"][0]["expr"]
+
+
+def test_counts_are_exact_not_extrapolated_and_ratios_never_divide_by_zero() -> None:
+    """Tables and bars that show counts over the range subtract the counter's value at the
+    range's start (no extrapolation: 24 queries show 24, not 23.67); a share divides
+    only by a non-zero count (no NaN rows)."""
+    by_title = {p["title"]: p for p in panels(load_dashboard())}
+    for title in ("Blocked per device and vendor", "Blocked share per client", "Top blocked lists",
+                  "Vendor endpoints being called"):
+        for t in by_title[title]["targets"]:
+            assert "increase(" not in t["expr"] and "offset $__range) >= 0 or" in t["expr"], title
+    share = by_title["Blocked share per client"]["targets"][2]["expr"]
+    assert share.endswith(" > 0)")
+    vendor = by_title["Blocked per device and vendor"]["targets"][0]["expr"]
+    assert 'client=~"$device"' in vendor and 'list=~"$list"' in vendor and vendor.endswith("> 0)")
+    silent = by_title["Devices silent on DNS"]["targets"][0]["expr"]
+    assert "> 3600" in silent and "== 0" in silent
 
 
 def test_panel_layout_is_sane() -> None:

@@ -158,7 +158,7 @@ def test_concurrent_pauses_of_different_groups(srv) -> None:
 
 @pytest.mark.parametrize("req, error", [
     ({"verb": "pause", "group": "nobody"}, "unknown group 'nobody' (groups: default, kids, living)"),
-    ({"verb": "pause", "device": "fridge"}, "unknown device 'fridge': not an address or a name"),
+    ({"verb": "pause", "device": "fridge"}, "unknown device 'fridge': not an address or a known device name"),
     ({"verb": "pause", "duration": "-5m"}, "cannot be negative"),
     ({"verb": "pause", "duration": "0"}, "must be longer than 0"),
     ({"verb": "pause", "duration": "400d"}, "longer than the limit of 7 days"),

@@ -283,12 +283,13 @@ def test_a_stage_added_before_the_cache_is_honoured_by_memo_answers(tmp_path, mo
     q = bytes(dnslib.DNSRecord.question("www.example.org").pack())
     blocked = bytes(dnslib.DNSRecord.question("tracker.example").pack())
     for data in (q, blocked):
-        _udp(server, data, CLIENTS[0])
+        for _ in range(2):   # seen, then remembered
+            _udp(server, data, CLIENTS[0])
         sent, by_memo = _udp(server, data, CLIENTS[0])
         assert by_memo and dnslib.DNSRecord.parse(sent[0]).header.rcode in (0, 3)
     # The cache hit is behind the new stage, so the memo runs it for each answer; the
     # block answer comes from a stage above it, which it cannot change.
-    assert toggle.calls == 2   # the first cache hit and its memo answer
+    assert toggle.calls == 3   # two cache hits through the pipeline, one memo answer
     toggle.on = True
     sent, by_memo = _udp(server, q, CLIENTS[0])
     assert not by_memo and dnslib.DNSRecord.parse(sent[0]).header.rcode == REFUSED
@@ -329,8 +330,9 @@ def test_remembered_replies_follow_the_clock_and_the_cache(tmp_path, monkeypatch
         sent, by_memo = _udp(server, q, CLIENTS[0])
         return dnslib.DNSRecord.parse(sent[0]).rr[0].ttl, by_memo
 
-    assert ttl() == (293, False)
-    assert ttl() == (293, True)            # remembered
+    assert ttl() == (293, False)           # first sight: only noted
+    assert ttl() == (293, False)           # second: remembered
+    assert ttl() == (293, True)            # from the memo
     clock[0] += 2.0
     assert ttl() == (291, False)           # two seconds later: rendered again
     key = parse_query(q).key
@@ -341,7 +343,7 @@ def test_remembered_replies_follow_the_clock_and_the_cache(tmp_path, monkeypatch
     _entries(server)[key] = answer         # a new entry
     assert ttl() == (60, False)
     assert ttl() == (60, True)
-    assert server.stats.cache_hits == 5
+    assert server.stats.cache_hits == 6
 
 
 def test_query_log_turns_the_memo_off(tmp_path):
@@ -361,16 +363,16 @@ def test_real_clients_over_udp_get_memo_answers(serve, upstream):
         return wire
 
     memo.answer = counting
-    for _ in range(3):
+    for _ in range(4):
         assert ask(srv, "tracker.example").rcode() == dns.rcode.NXDOMAIN
         r = ask(srv, "www.example.org", "A", edns=True)
         assert r.rcode() == dns.rcode.NOERROR and r.answer
-    # The first blocked query, the forwarded one and the first cache hit go through
-    # the pipeline; the repeats come from the memo.
+    # Through the pipeline: the first two blocked answers (seen, then remembered), the
+    # forwarded one and the first two cache hits; the rest come from the memo.
     assert calls["memo"] == 3
     q = srv.stats.queries
-    assert q[("127.0.0.1", "A", "blocked")] == 3
-    assert q[("127.0.0.1", "A", "cached")] == 2
+    assert q[("127.0.0.1", "A", "blocked")] == 4
+    assert q[("127.0.0.1", "A", "cached")] == 3
     assert q[("127.0.0.1", "A", "forwarded")] == 1
     assert len(upstream.seen) == 1
 
@@ -391,3 +393,16 @@ def test_reply_memo_false_remembers_nothing_and_answers_the_same(tmp_path, monke
             assert _udp(with_memo, q, CLIENTS[0])[0] == _udp(without, q, CLIENTS[0])[0]
     assert with_memo.memo.size == 2   # type: ignore[union-attr]
     assert without.stats.cache_hits == with_memo.stats.cache_hits == 3
+
+
+def test_first_sight_answers_are_noted_not_remembered(tmp_path, monkeypatch):
+    """Never-repeated questions (first-sight subdomains) do not fill the memo."""
+    server = _server(tmp_path, "nxdomain")
+    _clock(monkeypatch)
+    for i in range(200):
+        sent, by_memo = _udp(server, bytes(dnslib.DNSRecord.question(f"x{i}.tracker.example")
+                                           .pack()), CLIENTS[0])
+        assert not by_memo and dnslib.DNSRecord.parse(sent[0]).header.rcode == 3
+    memo = server.memo
+    assert memo.size == 0 and len(memo.door) == 200   # type: ignore[union-attr]
+    assert server.stats.blocked == {("127.0.0.1", "l"): 200}

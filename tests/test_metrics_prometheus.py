@@ -110,6 +110,9 @@ def hushdns(tmp_path: Path) -> Iterator[ServerThread]:
     up = FakeUpstream()
     (tmp_path / "xiaomi.txt").write_text(XIAOMI)
     (tmp_path / "ads.txt").write_text(ADS)
+    # A device the router leased an address to that never asks hushdns: "silent on DNS".
+    (tmp_path / "dnsmasq.leases").write_text(
+        "1764800000 aa:bb:cc:00:00:06 127.0.0.6 old-tablet *\n")
     cfg = tmp_path / "config.yaml"
     cfg.write_text(
         'listen: ["127.0.0.1:0"]\n'
@@ -118,7 +121,8 @@ def hushdns(tmp_path: Path) -> Iterator[ServerThread]:
         "blocking:\n  mode: nxdomain\n  lists:\n"
         "    xiaomi: {source: xiaomi.txt, track_domains: true}\n"
         "    ads: ads.txt\n"
-        'metrics: {listen: "127.0.0.1:0", max_clients: 3}\n')
+        'metrics: {listen: "127.0.0.1:0", max_clients: 3}\n'
+        "devices: {leases: [dnsmasq.leases], neighbours: false}\n")
     server = ServerThread(load_config(cfg), reload_config=lambda: load_config(cfg))
     try:
         yield server
@@ -192,6 +196,9 @@ def test_prometheus_sees_exact_per_client_counts_and_every_dashboard_query_works
     base, instance = prometheus
     sel = f'instance="{instance}"'
 
+    # Bare addresses in the device clock (the query log's writer keeps them too) are no
+    # devices: the silent panel must not list them, however old.
+    hushdns.server.stats.device_last_query.update({"127.0.0.9": 1.0, "fd00::9": 1.0})
     # Half the traffic, a scrape, then the rest: the series exist before the second
     # half, so rate()/increase() in the dashboard see real increases.
     send(hushdns, {**ALLOWED, **BLOCKED}, 0.5)
@@ -246,6 +253,23 @@ def test_prometheus_sees_exact_per_client_counts_and_every_dashboard_query_works
     assert share_by["127.0.0.4"] == 0.0          # asked only allowed names
     assert 0 < share_by["redmi"] < 1
     assert share_by["other"] > 0.5
+    def panel(title: str, ref: str = "A") -> dict[tuple[tuple[str, str], ...], float]:
+        return vector(base, substitute(
+            next(t["expr"] for p, t in targets(load_dashboard())
+                 if p["title"] == title and t["refId"] == ref),
+            instance=instance.replace(".", "\\\\."), rate_interval="1m", range_="10m"))
+
+    # The device x vendor table: the exact counts sent, integers, no zero rows.
+    vendor = panel("Blocked per device and vendor")
+    assert {(dict(k)["client"], dict(k)["list"]): v for k, v in vendor.items()} == {
+        k: float(v) for k, v in expected_blocked().items()}
+    counts = panel("Blocked share per client", "B")
+    assert {dict(k)["client"]: v for k, v in counts.items()} == {
+        label: float(sum(n for (src, _, _), n in {**ALLOWED, **BLOCKED}.items() if LABEL[src] == label))
+        for label in set(LABEL.values())}
+    # Silent on DNS: the leased device that never asked (0: "never"), not the busy ones.
+    silent = panel("Devices silent on DNS")
+    assert {dict(k)["client"]: v for k, v in silent.items()} == {"old-tablet": 0.0}
     ages = vector(base, f"time() - hushdns_list_last_success_timestamp_seconds{{{sel}}}")
     assert len(ages) == 2 and all(0 <= v < 600 for v in ages.values())
     up = vector(base, f"hushdns_upstream_up{{{sel}}}")

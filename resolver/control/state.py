@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -97,6 +97,8 @@ class HouseholdState:
         self.allows: list[TempAllow] = []
         self.generation = 0
         self.on_change: list[Callable[[], None]] = []
+        # Device names from leases, reverse DNS (resolver/devices), besides clients: names.
+        self.device_names: Callable[[], Collection[str]] = lambda: ()
         self.windows: dict[str, tuple[int, ...]] = {}   # group -> indexes of schedules in force
         self.config = config
         self.path: str | None = os.path.join(config.state_dir, STATE_FILE) if config.state_dir else None
@@ -235,7 +237,8 @@ class HouseholdState:
         p = self.pauses
         policy = info.policy
         if p and (ALL in p or f"group:{info.group}" in p or f"device:{address}" in p
-                  or (info.name is not None and f"device:{info.name}" in p)):
+                  or (info.name is not None and f"device:{info.name}" in p)
+                  or (info.device is not None and f"device:{info.device}" in p)):
             return replace(info, block=0, policy=policy + "|paused")
         block = info.block
         on = self.windows.get(info.group)
@@ -246,7 +249,7 @@ class HouseholdState:
                 m = mask(s.lists)
                 block = block | m if s.action == "block" else block & ~m
             policy += "|s" + ",".join(map(str, on))
-        names = frozenset(a.name for a in self.allows if a.device in (address, info.name))
+        names = frozenset(a.name for a in self.allows if a.device in (address, info.name, info.device))
         if names:
             policy += f"|a{self.generation}:{address}"
         if block == info.block and not names and policy == info.policy:
@@ -258,13 +261,13 @@ class HouseholdState:
         out = []
         for p in self.pauses.values():
             if p.scope == ALL or (p.scope, p.target) in (("group", info.group), ("device", address),
-                                                         ("device", info.name)):
+                                                         ("device", info.name), ("device", info.device)):
                 out.append(f"blocking paused for {p.describe()}")
         group = self.config.groups.get(info.group)
         for i in self.windows.get(info.group, ()):
             out.append(f"schedule of group {info.group} in force: {group.schedules[i].describe()}")  # type: ignore[union-attr]
         for a in self.allows:
-            if a.device in (address, info.name):
+            if a.device in (address, info.name, info.device):
                 out.append(f"temporarily allowed {a.describe()}")
         return out
 
@@ -294,16 +297,16 @@ class HouseholdState:
                 raise ControlError(f"unknown group {group!r} (groups: {', '.join(sorted(self.config.groups))})")
             return "group", group
         if device:
-            if device in self.config.clients:
+            if device in self.config.clients or device in self.device_names():
                 return "device", device
             import ipaddress
 
             try:
                 return "device", str(ipaddress.ip_address(device.split("%")[0]))
             except ValueError:
-                known = ", ".join(sorted(self.config.clients)) or "none configured"
-                raise ControlError(f"unknown device {device!r}: not an address or a name in "
-                                   f"clients: ({known})") from None
+                known = ", ".join(sorted({*self.config.clients, *self.device_names()})) or "none known"
+                raise ControlError(f"unknown device {device!r}: not an address or a known "
+                                   f"device name ({known})") from None
         return ALL, ""
 
     def _windows(self, now: float) -> dict[str, tuple[int, ...]]:

@@ -15,7 +15,10 @@ A stage is an object with some of these (and nothing else is asked of it):
     On the way out: called with every reply given by a stage *after* this one
     (or by the forwarding terminal), innermost first, and returns the reply to
     pass on (the same one, changed, or another).  Cache store, CNAME cloaking,
-    rebind stripping and serve-stale live here.
+    rebind stripping and serve-stale live here.  A remembered reply is given
+    again without its ``on_answer``s, so a stage whose ``on_answer`` depends on
+    more than the reply, the query bytes and the policy key returns a new Reply
+    (whose ``keep`` is None) rather than change the one it was given.
 
 ``per_query: bool`` (default True when absent)
     Whether the reply memo must run this stage's ``on_query`` again for every
