@@ -37,7 +37,7 @@ def test_prometheus_example_config_is_valid() -> None:
 @needs_promtool
 def test_alert_rules_are_valid_and_lint_clean() -> None:
     out = promtool("check", "rules", "alerts.yml")
-    assert "SUCCESS: 8 rules found" in out
+    assert "SUCCESS: 9 rules found" in out
 
 
 @needs_promtool
