@@ -262,7 +262,15 @@ def cmd_query(args: argparse.Namespace) -> int:
     lists = loader.load_all(config)
     from .control.state import HouseholdState
 
-    household = HouseholdState(config)   # schedules now, and the pauses the server saved
+    from .control.state import parse_when
+
+    try:
+        when = parse_when(args.at, config) if getattr(args, "at", None) else None
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    # Schedules now (or --at), and the pauses and allows the server saved.
+    household = HouseholdState(config) if when is None else HouseholdState(config, clock=lambda: when)
     household.load()
     client = ClientTable(config, lists, LabelBound(config.metrics.max_clients),
                          devices.names, household).lookup(address)
@@ -360,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--client", default="127.0.0.1",
                    help="client address or a name from clients: (default 127.0.0.1)")
     q.add_argument("--tcp", action="store_true", help="as if asked over TCP")
+    q.add_argument("--at", help="as if asked at this time (schedules): 'sat 21:00', "
+                                "'2026-12-05 21:00'; in the config's timezone")
     q.add_argument("-c", "--config", help="YAML config file (embedded default without -c)")
     q.add_argument("--strict", action="store_true", help=STRICT_HELP)
     q.set_defaults(func=cmd_query)

@@ -124,3 +124,19 @@ def test_windows_are_read_in_the_config_time_zone(tmp_path) -> None:
     now[0] = datetime(2026, 12, 3, 23, 0, tzinfo=UTC).timestamp()   # 08:00 in Tokyo
     st.tick()
     assert st.windows == {}
+
+
+def test_query_at_a_time(tmp_path, capsys) -> None:
+    from resolver import cli
+
+    (tmp_path / "ads.txt").write_text("ads.example\n")
+    (tmp_path / "c.yaml").write_text("upstreams: ['127.0.0.1:1']\ntimezone: UTC\n"
+                                     + _cfg('{lists: [social], days: [fri], from: "21:00", to: "07:00"}')
+                                     .replace("clients: [10.0.0.0/24]", "clients: [10.0.0.0/24]\n    lists: []"))
+    args = ["query", "ads.example", "--client", "10.0.0.5", "-c", str(tmp_path / "c.yaml")]
+    assert cli.main([*args, "--at", "2026-12-05 06:59"]) == 0          # Saturday morning
+    assert "blocked by list social" in capsys.readouterr().out
+    assert cli.main([*args, "--at", "sat 07:00"]) == 0
+    assert "forwarded to 127.0.0.1:1" in capsys.readouterr().out
+    assert cli.main([*args, "--at", "teatime"]) == 2
+    assert "not a time like 'sat 21:00'" in capsys.readouterr().err

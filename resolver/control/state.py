@@ -86,6 +86,29 @@ def parse_for(text: Any, what: str, limit: float) -> float:
     return seconds
 
 
+def parse_when(text: str, config: Config) -> float:
+    """``hushdns query --at``: 'sat 21:00' (the next one from now) or 'YYYY-MM-DD HH:MM',
+    in the config's time zone -> unix time."""
+    from datetime import timedelta
+
+    from ..household_config import DAYS
+
+    tz = config.household.zone() if config.household.timezone else None
+    now = datetime.now(tz) if tz else datetime.now().astimezone()
+    parts = text.strip().lower().split()
+    try:
+        if len(parts) == 2 and parts[0][:3] in DAYS:
+            hh, mm = (int(x) for x in parts[1].split(":"))
+            day = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+            day += timedelta(days=(DAYS.index(parts[0][:3]) - now.weekday()) % 7)
+            return day.timestamp()
+        t = datetime.fromisoformat(text.strip())
+        return (t.replace(tzinfo=tz) if tz and t.tzinfo is None else t).timestamp()
+    except ValueError:
+        pass
+    raise ValueError(f"--at {text!r}: not a time like 'sat 21:00' or '2026-12-05 21:00'")
+
+
 class HouseholdState:
     """Pauses, temporary allows and schedule windows; one per server, across reloads."""
 
