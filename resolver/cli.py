@@ -260,9 +260,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     lists = loader.load_all(config)
-    from .control.state import HouseholdState
-
-    from .control.state import parse_when
+    from .control.state import HouseholdState, parse_when
 
     try:
         when = parse_when(args.at, config) if getattr(args, "at", None) else None
