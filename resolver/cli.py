@@ -163,6 +163,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{config.path}: configuration OK")
     for text in config.warnings:
         print(f"warning: {text}")
+    for line in _household_summary(config):
+        print(line)
     warnings = len(config.warnings)
     for spec in config.all_lists():
         kind = "allow" if spec.allow else "block"
@@ -197,6 +199,22 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     print(f"check OK: configuration and {len(config.all_lists())} lists{note}")
     return 0
+
+
+def _household_summary(config: Config) -> list[str]:
+    """``check``'s lines for local names and schedules (nothing when neither is configured)."""
+    out = []
+    local = config.household.local
+    if local.records:
+        hosts = sum(1 for r in local.records if not r.where.startswith(config.path + ":"))
+        out.append(f"local names: {len({r.name for r in local.records})} names, "
+                   f"{len(local.records)} records" + (f" ({hosts} from hosts files)" if hosts else "")
+                   + (f", zones {', '.join(local.zones)}" if local.zones else ""))
+    for g in config.groups.values():
+        for sch in g.schedules:
+            out.append(f"schedule of group {g.name}: {sch.describe()} "
+                       f"({config.household.timezone or 'system time zone'})")
+    return out
 
 
 # --- query ---------------------------------------------------------------------------------
