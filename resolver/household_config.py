@@ -24,6 +24,7 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 SCHEDULE_ACTIONS = ("block", "unblock")
 LOCAL_TYPES = ("A", "AAAA", "CNAME", "TXT", "MX", "SRV", "PTR")
 TOKEN_ENV = "HUSHDNS_CONTROL_TOKEN"
+CONTROL_PORT = 5534   # the port after DNS's 5533 when control.listen names none
 _HHMM = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
 _LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 
@@ -132,7 +133,7 @@ def read_household(r: _Reader, top: dict[str, Any], state_dir: str) -> Household
     listen = None
     if c.get("listen") is not None:
         try:
-            listen = parse_endpoint(str(c["listen"]), 5380)
+            listen = parse_endpoint(str(c["listen"]), CONTROL_PORT)
         except ValueError as exc:
             doc.err("control.listen", str(exc))
     token = r.typed(c, "token", "control", str, None) or os.environ.get(TOKEN_ENV) or None

@@ -105,7 +105,7 @@ def test_hosts_file_garbage_names_the_line(tmp_path: Path) -> None:
     ("local_zones: ['a..b']\n", "local_zones[0]: not a domain name"),
     ("timezone: Mars/Olympus\n", "timezone: unknown time zone 'Mars/Olympus'"),
     ("bypass: {ddr: maybe}\n", "bypass.ddr: must be a boolean"),
-    ("control: {listen: '127.0.0.1:5380'}\n", "control.listen: a TCP control address needs control.token"),
+    ("control: {listen: '127.0.0.1:5534'}\n", "control.listen: a TCP control address needs control.token"),
 ])
 def test_bad_household_keys_name_key_and_line(yaml, error, monkeypatch) -> None:
     monkeypatch.delenv("HUSHDNS_CONTROL_TOKEN", raising=False)

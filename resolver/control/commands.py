@@ -15,7 +15,7 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from ..household_config import TOKEN_ENV
+from ..household_config import CONTROL_PORT, TOKEN_ENV
 
 TIMEOUT = 10.0
 SYSTEMD_SOCKET = "/run/hushdns/control.sock"
@@ -95,7 +95,7 @@ def _where(args: argparse.Namespace) -> tuple[str | None, tuple[str, int] | None
     if args.control:
         from ..config import parse_endpoint
 
-        return None, parse_endpoint(args.control, 5380), token
+        return None, parse_endpoint(args.control, CONTROL_PORT), token
     if args.socket:
         return args.socket, None, None
     from ..config import load_config
