@@ -189,6 +189,42 @@ def test_every_name_lands_in_exactly_one_bucket(tmp_path: Path) -> None:
     assert (x.names, x.beyond, x.beyond_blocked) == (2, 1, 0)
 
 
+def test_a_services_reference_is_triaged_but_not_in_the_target(tmp_path: Path) -> None:
+    """kind: services (WindowsSpyBlocker's extra.txt): reported and triaged, not in the vendor's row."""
+    lists, refs = world(tmp_path)
+    (refs / "apps.txt").write_text("cloud.example.com\nmail.example.com\nfoo.example.com\n")
+    (refs / "vendors.yaml").write_text(
+        "vendors:\n  example:\n    references:\n      - example.txt\n"
+        "      - {file: apps.txt, kind: services}\n")
+    r = measure(lists, refs)
+    v = r.vendors[0]
+    assert [t.label for t in v.references] == ["example.txt", "apps.txt"]
+    assert v.kinds == ["telemetry", "services"]
+    # The vendor's row is the telemetry reference alone: same numbers as without apps.txt.
+    assert (v.total.names, v.total.owned, v.total.counts["default"]) == (11, 9, 2)
+    assert v.total.share("default", "strict") == pytest.approx(300 / 9)
+    # The services row is measured ...
+    apps = v.references[1]
+    assert (apps.names, apps.counts["strict"], apps.counts["untriaged"]) == (3, 1, 2)
+    # ... and its names must be triaged: mail.example.com is untriaged, foo.example.com is
+    # untriaged in both.
+    assert v.missing == ["bar.example.com", "foo.example.com", "mail.example.com"]
+    assert v.by_name["mail.example.com"] == "untriaged"
+    # A triage entry that only a services name needs is not stale, and blocking it counts there.
+    (lists / "triage" / "example.txt").write_text(TRIAGE + "mail.example.com  # internal: staff mail (e)\n")
+    v = measure(lists, refs).vendors[0]
+    assert "mail.example.com" not in v.missing and v.references[1].counts["internal"] == 1
+    text = coverage.format_text(measure(lists, refs))
+    assert "  services: apps.txt" in text
+    data = measure(lists, refs).vendors[0].as_dict()
+    assert [x["kind"] for x in data["references"]] == ["telemetry", "services"]
+    assert data["vendor_owned"] == 9
+    assert "`apps.txt` (services, not in all)" in coverage.format_markdown(measure(lists, refs), lists)
+    (refs / "vendors.yaml").write_text("vendors:\n  example:\n    references: [{file: a, kind: apps}]\n")
+    with pytest.raises(ReferenceFileError, match="kind 'apps' is not one of telemetry, services"):
+        load_vendors(refs / "vendors.yaml")
+
+
 def test_tier_default_leaves_strict_names_open(tmp_path: Path) -> None:
     lists, refs = world(tmp_path)
     v = measure(lists, refs, tier="default").vendors[0]
@@ -283,6 +319,11 @@ def test_repo_references_are_all_mapped_and_readable(repo_report: coverage.Repor
                      "windows", "apple", "tiktok"}
     for v in repo_report.vendors:
         assert all(t.names > 0 for t in v.references), v.vendor
+    # WindowsSpyBlocker documents extra.txt as blocking third-party applications, not telemetry.
+    windows = next(v for v in repo_report.vendors if v.vendor == "windows")
+    assert dict(zip((t.label for t in windows.references), windows.kinds, strict=True)) == {
+        "hagezi/native.winoffice.txt": "telemetry", "nextdns/windows.txt": "telemetry",
+        "windowsspyblocker/spy.txt": "telemetry", "windowsspyblocker/extra.txt": "services"}
 
 
 def test_repo_triage_files_parse_and_no_entry_is_stale(repo_report: coverage.Report) -> None:

@@ -14,6 +14,11 @@ name into exactly one bucket:
 
 "vendor-owned" (the denominator of the percentages) is every name but the
 shared-infra ones.  A triage entry whose host a rule blocks is stale.
+
+A reference of kind ``services`` (references/vendors.yaml) lists the vendor's
+services, not its telemetry (its own documentation says so): its names are
+classified and must be blocked or triaged like any other, but the vendor's row
+(the targets) counts only the names of its telemetry references.
 """
 
 from __future__ import annotations
@@ -120,15 +125,17 @@ class VendorReport:
     """Coverage of one vendor: all its references together, each one, and the extra sources."""
 
     vendor: str
-    total: Tally
-    references: list[Tally]
+    total: Tally                        # the telemetry references together: what the targets measure
+    references: list[Tally]             # each reference, services ones included
     extra: list[Tally]
-    missing: list[str]                  # untriaged names, sorted
-    by_name: dict[str, str]             # name -> bucket (shared-infra included)
+    missing: list[str]                  # untriaged names of every reference, sorted
+    by_name: dict[str, str]             # name -> bucket (shared-infra included), every reference
+    kinds: list[str] = field(default_factory=list)    # the kind of each of ``references``
 
     def as_dict(self) -> dict:
-        return {"vendor": self.vendor, **self.total.as_dict(),
-                "references": [t.as_dict() for t in self.references],
+        refs = [{**t.as_dict(), "kind": k}
+                for t, k in zip(self.references, self.kinds or ["telemetry"] * len(self.references), strict=True)]
+        return {"vendor": self.vendor, **self.total.as_dict(), "references": refs,
                 "extra": [t.as_dict() for t in self.extra], "missing": self.missing}
 
 
@@ -174,9 +181,11 @@ def vendor_report(vendor: Vendor, clf: Classifier) -> VendorReport:
     everything = set().union(*(n.names for _, n in refs + extra)) if refs or extra else set()
     buckets = {n: clf.bucket(n) for n in everything}
     union = set().union(*(n.names for _, n in refs)) if refs else set()
-    total = tally(vendor.name, union, buckets)
-    total.regexes = sum(len(n.regexes) for _, n in refs)
-    total.rejected = sum(len(n.rejected) for _, n in refs)
+    telemetry = [(s, n) for s, n in refs if s.kind == "telemetry"]
+    measured = set().union(*(n.names for _, n in telemetry)) if telemetry else set()
+    total = tally(vendor.name, measured, buckets)
+    total.regexes = sum(len(n.regexes) for _, n in telemetry)
+    total.rejected = sum(len(n.rejected) for _, n in telemetry)
     extras = []
     for s, n in extra:
         t = tally(s.name, n.names, buckets, n)
@@ -190,6 +199,7 @@ def vendor_report(vendor: Vendor, clf: Classifier) -> VendorReport:
         extras,
         sorted((n for n in union if buckets[n] == "untriaged"), key=lambda h: h.split(".")[::-1]),
         {n: buckets[n] for n in union},
+        [s.kind for s, _ in refs],
     )
 
 
@@ -272,9 +282,11 @@ def format_text(report: Report) -> str:
     rows = [("vendor / reference", "names", "owned", "default", "+strict", "essential",
              "internal", "dead", "shared", "untriaged")]
     for v in report.vendors:
+        kinds = ["", *(v.kinds or ["telemetry"] * len(v.references))]
         for i, t in enumerate([v.total, *v.references, *(x for x in v.extra)]):
-            label = t.label if i == 0 else ("  " + t.label if i <= len(v.references)
-                                            else "  extra: " + t.label)
+            label = t.label if i == 0 else (
+                ("  services: " if kinds[i] == "services" else "  ") + t.label
+                if i <= len(v.references) else "  extra: " + t.label)
             c = t.counts
             rows.append((label, str(t.names), str(t.owned), _pct(c["default"], t),
                          _pct(c["strict"], t) if report.tier == "strict" else "-",
@@ -300,7 +312,9 @@ def format_text(report: Report) -> str:
                      + f", strict tier {len(eb['strict'])} (each named in its list's STOPS WORKING paragraph)")
     lines.append(f"all vendors ({report.tier} tier on): {total.owned} vendor-owned names, default "
                  f"{total.share('default'):.1f}%, default+strict {total.share('default', 'strict'):.1f}%, "
-                 f"untriaged {total.counts['untriaged']}")
+                 f"untriaged {sum(len(v.missing) for v in report.vendors)}"
+                 + (" (services references included)" if any("services" in v.kinds for v in report.vendors)
+                    else ""))
     return "\n".join(lines)
 
 
@@ -347,9 +361,11 @@ def format_markdown(report: Report, lists_dir: Path) -> str:
     for v in report.vendors:
         rules = f"{report.rules.get(v.vendor, 0)} / {report.rules.get(v.vendor + '-strict', 0)}"
         breaks = strict_breaks(lists_dir, v.vendor).replace("|", "\\|")
+        kinds = ["", *(v.kinds or ["telemetry"] * len(v.references))]
         for i, t in enumerate([v.total, *v.references, *v.extra]):
             label = ("**all**" if i == 0 else
-                     f"`{t.label}`" if i <= len(v.references) else f"`{t.label}` (extra)")
+                     (f"`{t.label}` (services, not in all)" if kinds[i] == "services" else f"`{t.label}`")
+                     if i <= len(v.references) else f"`{t.label}` (extra)")
             first = i == 0
             lines.append(
                 f"| {'**' + v.vendor + '**' if first else ''} | {rules if first else ''} | {label} | "

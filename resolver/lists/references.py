@@ -21,6 +21,11 @@ from .parse import normalize_domain, parse_text
 
 VENDORS_FILE = "vendors.yaml"
 FORMATS = ("auto", "pihole-regex")
+# What a reference lists.  ``telemetry``: the vendor's telemetry, the names the coverage targets
+# are measured on.  ``services``: a list that its own authors say blocks the vendor's services
+# (WindowsSpyBlocker's extra.txt: Skype, Bing, Outlook, Office ...), not telemetry: every name
+# must still be blocked or triaged, but it stays out of the target's denominator.
+KINDS = ("telemetry", "services")
 
 
 class ReferenceFileError(Exception):
@@ -35,6 +40,7 @@ class Source:
     section: str | None = None
     fmt: str = "auto"
     label: str = ""
+    kind: str = "telemetry"
 
     @property
     def name(self) -> str:
@@ -64,17 +70,21 @@ def _source(base: Path, item: object, where: str) -> Source:
     if isinstance(item, str):
         return Source(base / item, label=item)
     if isinstance(item, dict) and isinstance(item.get("file"), str):
-        unknown = set(item) - {"file", "section", "format"}
+        unknown = set(item) - {"file", "section", "format", "kind"}
         if unknown:
             raise ReferenceFileError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         fmt = item.get("format", "auto")
         if fmt not in FORMATS:
             raise ReferenceFileError(f"{where}: format {fmt!r} is not one of {', '.join(FORMATS)}")
+        kind = item.get("kind", "telemetry")
+        if kind not in KINDS:
+            raise ReferenceFileError(f"{where}: kind {kind!r} is not one of {', '.join(KINDS)}")
         section = item.get("section")
         if section is not None and not isinstance(section, str):
             raise ReferenceFileError(f"{where}: section must be a string")
-        return Source(base / item["file"], section, fmt, item["file"])
-    raise ReferenceFileError(f"{where}: expected a path or {{file: PATH, section: NAME}}, got {item!r}")
+        return Source(base / item["file"], section, fmt, item["file"], kind)
+    raise ReferenceFileError(f"{where}: expected a path or {{file: PATH, section: NAME, kind: KIND}}, "
+                             f"got {item!r}")
 
 
 def load_vendors(path: Path) -> dict[str, Vendor]:
