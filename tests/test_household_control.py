@@ -256,3 +256,12 @@ def test_query_explains_a_saved_pause(srv, capsys, tmp_path) -> None:
     assert code == 0
     assert "group kids: forwarded to" in out
     assert "  note: blocking paused for group kids until" in out
+
+
+def test_negative_durations_on_the_command_line_get_the_servers_reason(srv, capsys, tmp_path) -> None:
+    code, _, err = _cli(capsys, tmp_path, "pause", "-5m", "--group", "kids")
+    assert code == 1 and "cannot be negative: '-5m'" in err
+    code, _, err = _cli(capsys, tmp_path, "allow", "ads.example", "--device", "tablet", "--for", "-1h")
+    assert code == 1 and "cannot be negative: '-1h'" in err
+    code, _, err = _cli(capsys, tmp_path, "pause", "400d")
+    assert code == 1 and "longer than the limit of 7 days" in err

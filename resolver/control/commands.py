@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import sys
 from datetime import datetime
@@ -52,6 +53,27 @@ def request(req: dict[str, Any], socket_path: str | None = None,
     if not buf:
         raise ControlUnreachable("hushdns closed the connection without a reply")
     return json.loads(buf)
+
+
+_NEGATIVE = re.compile(r"-\d[\w.]*")
+
+
+def negative_durations(argv: list[str]) -> list[str]:
+    """``pause -5m`` / ``allow X --for -1h``: argparse would take ``-5m`` for an option and
+    say "unrecognized arguments"; handed over as values, the server says what is wrong."""
+    if not argv or argv[0] not in ("pause", "allow"):
+        return argv
+    out: list[str] = []
+    tail: list[str] = []
+    for arg in argv:
+        if _NEGATIVE.fullmatch(arg):
+            if out and out[-1] == "--for":
+                out[-1] = f"--for={arg}"
+            else:
+                tail.append(arg)
+            continue
+        out.append(arg)
+    return out + (["--", *tail] if tail else [])
 
 
 def add_parsers(sub: Any) -> None:
