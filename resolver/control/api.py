@@ -33,6 +33,7 @@ log = logging.getLogger("hushdns.control")
 MAX_LINE = 16_384
 MAX_CONNECTIONS = 16
 IDLE_TIMEOUT = 30.0
+REFUSE_DELAY = 0.5    # seconds before a wrong token is answered (and the connection closed)
 VERBS = ("pause", "resume", "allow", "status")
 
 
@@ -111,6 +112,8 @@ class ControlApi:
                 if not line:
                     break
                 reply = self.handle(line, listener, writer.get_extra_info("peername"))
+                if reply.get("refused"):
+                    await asyncio.sleep(REFUSE_DELAY)   # a guesser gets two tries a second
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
                 if not reply.get("ok") and reply.get("refused"):
