@@ -85,6 +85,7 @@ def test_the_server_follows_the_window_and_the_memo_with_it(serve, upstream) -> 
                 f'      - {{lists: [social], from: "{_hhmm(now - 3600)}", to: "{_hhmm(now + 3600)}"}}\n',
                 lists={"ads": "ads.example\n", "social": "social.example\n"})
     assert ask(srv, "social.example").rcode() == dns.rcode.NXDOMAIN     # bedtime
+    assert ask(srv, "social.example").rcode() == dns.rcode.NXDOMAIN     # (remembered)
     assert ask(srv, "social.example").rcode() == dns.rcode.NXDOMAIN     # (from the memo)
     assert ask(srv, "social.example", source="127.0.0.2").rcode() == dns.rcode.NOERROR  # not a kid
     hh = srv.server.household
