@@ -300,6 +300,11 @@ def cmd_query(args: argparse.Namespace) -> int:
         return 0
     q.client, q.proto, q.info, q.addr = address, "tcp" if args.tcp else "udp", client, (address, 0)
     reply, notes, terminal = build_pipeline(config, lists, Stats()).explain(q)
+    for r in (*notes, reply):
+        if r is not None and r.list is not None and r.rule and r.rule.startswith("/"):
+            # A regex verdict names the list's whole alternation: show the one that matched.
+            bit = lists.lists[r.list].bit
+            r.rule = "/" + lists.index.which_regex(bit, name, r.rule[1:-1]) + "/"
     for note in notes:   # why a stage let the query through (an allow rule)
         print(f"{head}: {note.result} by list {note.list}, rule `{note.rule}` "
               f"({_where(lists, note, config.state_dir)})")
