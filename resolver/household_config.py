@@ -100,6 +100,8 @@ class Bypass:
     ddr: bool = True
     private_relay: bool = True
     doh_resolvers: bool = False
+    # ``bypass: false``: no answers and no counting (the stage is left out of the pipeline).
+    enabled: bool = True
 
 
 @dataclass(frozen=True)
@@ -150,9 +152,14 @@ def read_household(r: _Reader, top: dict[str, Any], state_dir: str) -> Household
             doc.err("timezone", f"unknown time zone {tz!r} (e.g. Europe/Berlin, UTC)")
             tz = None
 
-    b = r.section(top.get("bypass"), "bypass", tuple(Bypass.__dataclass_fields__))
-    bypass = Bypass(**{k: r.typed(b, k, "bypass", bool, getattr(Bypass(), k))
-                       for k in Bypass.__dataclass_fields__})
+    switches = ("firefox_canary", "ddr", "private_relay", "doh_resolvers")
+    if top.get("bypass") is False:
+        bypass = Bypass(False, False, False, False, enabled=False)
+    elif top.get("bypass") is True:
+        bypass = Bypass()
+    else:
+        b = r.section(top.get("bypass"), "bypass", switches)
+        bypass = Bypass(**{k: r.typed(b, k, "bypass", bool, getattr(Bypass(), k)) for k in switches})
     return Household(Control(sock, listen, token), tz, _local(r, top), bypass)
 
 

@@ -69,10 +69,11 @@ def build_pipeline(config: Config, lists: Blocklists, stats: Stats,
         # before the lists so that no list can block the NAS.
         positions.append((Local(config.household.local, udp),
                           "before blocking: a household's own names are never blocked or forwarded"))
-    # bypass: Firefox's canary, DDR, iCloud Private Relay (and, opt-in, public DoH/DoT names)
+    # bypass (unless `bypass: false`): Firefox's canary, DDR, iCloud Private Relay (and, opt-in, public DoH/DoT names)
     # answered so that devices stay on this resolver; every lookup of one counted per client.
-    positions.append((Bypass(config.household.bypass, stats, udp),
-                      "before blocking: its answers and counts do not depend on the group"))
+    if config.household.bypass.enabled:
+        positions.append((Bypass(config.household.bypass, stats, udp),
+                          "before blocking: its answers and counts do not depend on the group"))
     if lists.lists:
         # blocking: before the cache, so per-client groups see every query, and its
         # on_answer (CNAME cloaking) sees every answer, cached or forwarded.

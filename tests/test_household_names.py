@@ -162,3 +162,17 @@ def test_bypass_switches(serve, upstream) -> None:
     assert ask(srv, "dns.google", "HTTPS").rcode() == dns.rcode.NXDOMAIN
     assert [s.record.q.qname.idna().rstrip(".") for s in upstream.queries()] == ["use-application-dns.net"]
     assert srv.stats.bypass_lookups[("127.0.0.1", "firefox_canary")] == 1
+
+
+def test_bypass_false_leaves_the_stage_out(serve, upstream) -> None:
+    from resolver.lists.loader import Blocklists
+    from resolver.pipeline import build_pipeline
+    from resolver.stats import Stats
+
+    on = build_pipeline(load_config(text="upstreams: [127.0.0.1]\n"), Blocklists(), Stats())
+    off = build_pipeline(load_config(text="upstreams: [127.0.0.1]\nbypass: false\n"), Blocklists(), Stats())
+    assert "Bypass" in [type(s).__name__ for s in on.stages]
+    assert "Bypass" not in [type(s).__name__ for s in off.stages]
+    srv = serve("bypass: false\n")
+    assert ask(srv, "use-application-dns.net").rcode() == dns.rcode.NOERROR
+    assert srv.stats.bypass_lookups == {}
