@@ -24,6 +24,7 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 SCHEDULE_ACTIONS = ("block", "unblock")
 LOCAL_TYPES = ("A", "AAAA", "CNAME", "TXT", "MX", "SRV", "PTR")
 TOKEN_ENV = "HUSHDNS_CONTROL_TOKEN"
+MAX_HOSTS_BYTES = 16 << 20   # an /etc/hosts is kilobytes; a bigger file is a mistake or hostile
 CONTROL_PORT = 5534   # the port after DNS's 5533 when control.listen names none
 _HHMM = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
 _LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
@@ -199,10 +200,15 @@ def _local(r: _Reader, top: dict[str, Any]) -> LocalNames:
         p = Path(os.path.expanduser(h))
         p = p if p.is_absolute() else r.base / p
         if not p.is_file():
-            doc.err(f"hosts_files[{i}]", f"no such file {h!r}")
+            doc.err(f"hosts_files[{i}]", f"not a regular file: {h!r}" if p.exists()
+                    else f"no such file {h!r}")
             continue
         problems: list[str] = []
         try:
+            if p.stat().st_size > MAX_HOSTS_BYTES:
+                doc.err(f"hosts_files[{i}]", f"{h!r} is larger than {MAX_HOSTS_BYTES >> 20} MiB: "
+                        "not a hosts file")
+                continue
             text = p.read_text(encoding="utf-8", errors="replace")
         except OSError as exc:
             doc.err(f"hosts_files[{i}]", f"cannot read {h!r}: {exc.strerror or exc}")

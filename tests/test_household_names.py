@@ -176,3 +176,15 @@ def test_bypass_false_leaves_the_stage_out(serve, upstream) -> None:
     srv = serve("bypass: false\n")
     assert ask(srv, "use-application-dns.net").rcode() == dns.rcode.NOERROR
     assert srv.stats.bypass_lookups == {}
+
+
+def test_a_huge_or_special_hosts_file_is_refused(tmp_path: Path, monkeypatch) -> None:
+    import resolver.household_config as hc
+
+    big = tmp_path / "hosts"
+    big.write_text("10.0.0.1 a.home\n" * 10)
+    monkeypatch.setattr(hc, "MAX_HOSTS_BYTES", 100)
+    with pytest.raises(ConfigError, match="larger than 0 MiB: not a hosts file"):
+        load_config(text=f"hosts_files: [{big}]\n")
+    with pytest.raises(ConfigError, match="not a regular file: '/dev/zero'"):
+        load_config(text="hosts_files: [/dev/zero]\n")
