@@ -252,6 +252,12 @@ def test_garbage_on_the_socket_is_refused_and_counted(srv) -> None:
         reply = json.loads(c.makefile().readline())
     assert not reply["ok"] and "not a JSON object" in reply["error"]
     assert srv.stats.control_refused[("unix", "bad_request")] == 1
+    for line in (b"[" * 5000 + b"\n", b'{"verb": "pause", "duration": 1e400}\n', b'{"verb": "pause", "group": 5}\n'):
+        with s.socket(s.AF_UNIX, s.SOCK_STREAM) as c:
+            c.settimeout(5)
+            c.connect(srv.server.control.socket_path)
+            c.sendall(line)
+            assert not json.loads(c.makefile().readline())["ok"]
     with s.socket(s.AF_UNIX, s.SOCK_STREAM) as c:   # a line over the limit: closed, no crash
         c.settimeout(5)
         c.connect(srv.server.control.socket_path)

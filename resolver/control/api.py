@@ -136,7 +136,7 @@ class ControlApi:
             req = json.loads(line)
             if not isinstance(req, dict):
                 raise ValueError("not an object")
-        except ValueError:
+        except (ValueError, RecursionError):   # RecursionError: "[[[[..." nested too deep
             self._refuse(listener, "bad_request", peer)
             return {"ok": False, "error": "not a JSON object on one line"}
         if listener == "tcp":
@@ -151,6 +151,9 @@ class ControlApi:
         except ControlError as exc:
             log.info("control %s refused: %s", verb, exc)
             return {"ok": False, "error": str(exc)}
+        except Exception:   # a bug here must cost one reply, not the listener
+            log.exception("control %s failed", verb)
+            return {"ok": False, "error": "internal error (see the hushdns log)"}
 
     def _verb(self, verb: Any, req: dict[str, Any]) -> Any:
         s = self.state
