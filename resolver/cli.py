@@ -11,9 +11,9 @@ from typing import Any
 
 from . import __version__, sdnotify
 from .config import Config, ConfigError, ListSpec, load_config
-from .lifecycle import handle_signals, tune_gc
+from .lifecycle import defer_sighup, handle_signals, tune_gc
 from .listen_errors import ListenError
-from .lists import loader
+from .lists import loader, local_file
 from .lists.parse import Parsed
 
 log = logging.getLogger("hushdns")
@@ -64,6 +64,11 @@ STRICT_HELP = ("the embedded default config plus every bundled strict list (bloc
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    defer_sighup()   # first: a reload during the slow start-up must not kill the process
+    if args.worker_fd is not None:   # a worker: its config comes from the supervisor
+        from .workers import worker_main
+
+        return worker_main(args.worker_fd, args.log_level, _runner())
     try:
         config = _load(args)
     except ConfigError as exc:
@@ -75,17 +80,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     for text in config.warnings:
         log.warning("%s", text)
+    runner = _runner()
     try:
-        import uvloop  # type: ignore[import-not-found]
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        if args.worker_fd is not None:
-            from .workers import run_worker
-
-            return runner(run_worker(config, lambda: _load(args), args.worker_fd))
         if config.workers > 1:
             from .workers import Supervisor, worker_argv
 
@@ -93,6 +89,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return runner(_serve(config, args))
     except KeyboardInterrupt:
         return 0
+
+
+def _runner() -> Any:
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        return uvloop.run
+    except ImportError:
+        return asyncio.run
 
 
 async def _serve(config: Config, args: argparse.Namespace) -> int:
@@ -139,8 +144,11 @@ def _parse_spec(spec: ListSpec, state_dir: str, fetch: bool = False) -> list[tup
     if spec.kind == "dir":
         files = sorted(p for p in Path(spec.source).iterdir()
                        if p.is_file() and not p.name.startswith("."))
-        return [(str(p), loader.parse_text(p.read_text(encoding="utf-8", errors="replace"),
-                                           keep_rules=True)) for p in files]
+        try:
+            return [(str(p), loader.parse_text(local_file.read_text(str(p), spec.max_size),
+                                               keep_rules=True)) for p in files]
+        except OSError as exc:
+            raise loader.LoadError(str(exc)) from None
     text = loader.read_source(spec, state_dir, fetch=fetch)
     return [(spec.source, loader.parse_checked(spec, text, keep_rules=True))]
 

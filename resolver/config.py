@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from . import bundled
+from . import bundled, config_limits, config_load
 from .household_config import HOUSEHOLD_KEYS, Household, Schedule, read_household, read_schedules
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -55,6 +55,8 @@ class ListSpec:
     refresh: float = 86400.0
     allow: bool = False
     line: int = 0          # config line, for messages
+    max_size: int = 64 * 1024 * 1024   # bytes a local file (or directory) may hold
+    allow_empty: bool = False          # else an emptied file keeps the last good version
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ class ServerOptions:
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 256
     tcp_max_pipelined: int = 32
+    tcp_max_per_client: int = 32     # connections one client address may hold
     upstream_timeout: float = 1.0
     upstream_total_timeout: float = 4.0
     max_inflight: int = 4096
@@ -223,7 +226,18 @@ class _Doc:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.convert(v, f"{path}[{i}]") for i, v in enumerate(node.value)]
-        return self._loader.construct_object(node, deep=True)
+        try:
+            return self._loader.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, OverflowError, TypeError) as exc:
+            # e.g. !!python/object (not in the safe schema) or an integer of 5000 digits.
+            problem = getattr(exc, "problem", None) or str(exc)
+            self.err(path, f"cannot read this value: {_short(problem)}")
+            return None
+
+
+def _short(text: str, limit: int = 120) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # --- field readers -----------------------------------------------------------------------
@@ -261,9 +275,17 @@ class _Reader:
             self.doc.err(sub, f"must be {_kname(kinds)}, not a boolean")
             return default
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                self.doc.err(sub, "is too large a number")
+                return default
         if not isinstance(value, kinds):
             self.doc.err(sub, f"must be {_kname(kinds)}, not {_tname(value)}")
+            return default
+        out_of_range = config_limits.check_number(sub, value)
+        if out_of_range:
+            self.doc.err(sub, out_of_range)
             return default
         if check is not None:
             problem = check(value)
@@ -423,10 +445,16 @@ def load_config(path: str | os.PathLike[str] | None = None, text: str | None = N
         base = p.resolve().parent
         if text is None:
             try:
-                text = p.read_text(encoding="utf-8")
+                text = config_load.read_text(p)
             except OSError as exc:
                 raise ConfigError([f"{filename}: cannot read: {exc.strerror or exc}"]) from None
+            except config_load.ConfigFileError as exc:
+                raise ConfigError([str(exc)]) from None
     doc = _Doc(filename)
+    try:
+        config_load.check_structure(text, filename)
+    except config_load.ConfigFileError as exc:
+        raise ConfigError([str(exc)]) from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -440,7 +468,12 @@ def load_config(path: str | os.PathLike[str] | None = None, text: str | None = N
     empty = path is not None and data in ({}, None)
     if overrides:
         data = {**data, **overrides} if isinstance(data, dict) else overrides
-    cfg = _build(doc, data, base, filename)
+    try:
+        cfg = _build(doc, data, base, filename)
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError, RecursionError) as exc:
+        # A shape no check above foresaw: still one clean line, never a traceback.
+        raise ConfigError([*doc.problems, f"<top>: cannot read this configuration: "
+                           f"{_short(repr(exc))} ({filename})"]) from None
     if doc.problems:
         raise ConfigError(doc.sorted_problems())
     assert cfg is not None
@@ -526,6 +559,8 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         tcp_idle_timeout=_dur(r, s, "tcp_idle_timeout", "server", d.tcp_idle_timeout, _positive),
         tcp_max_connections=r.typed(s, "tcp_max_connections", "server", int, d.tcp_max_connections, _at_least(1)),
         tcp_max_pipelined=r.typed(s, "tcp_max_pipelined", "server", int, d.tcp_max_pipelined, _at_least(1)),
+        tcp_max_per_client=r.typed(s, "tcp_max_per_client", "server", int, d.tcp_max_per_client,
+                                   _at_least(1)),
         upstream_timeout=_dur(r, s, "upstream_timeout", "server", d.upstream_timeout, _positive),
         upstream_total_timeout=_dur(r, s, "upstream_total_timeout", "server", d.upstream_total_timeout, _positive),
         max_inflight=r.typed(s, "max_inflight", "server", int, d.max_inflight, _at_least(1)),
@@ -671,11 +706,15 @@ def _lists(r: _Reader, data: Any, path: str, base: Path, allow: bool) -> dict[st
         r.declared.add(name)   # known to groups even if broken: report one problem, not three
         line = r.doc.lines.get(sub, 0)
         track, refresh = False, 86400.0
+        max_size, allow_empty = ListSpec.max_size, False
         if isinstance(value, dict):
-            v = r.section(value, sub, ("source", "track_domains", "refresh"))
+            v = r.section(value, sub, ("source", "track_domains", "refresh", "max_size",
+                                       "allow_empty"))
             source = v.get("source")
             track = r.typed(v, "track_domains", sub, bool, False)
             refresh = _dur(r, v, "refresh", sub, 86400.0)
+            max_size = r.typed(v, "max_size", sub, int, max_size)
+            allow_empty = r.typed(v, "allow_empty", sub, bool, False)
             src_path = f"{sub}.source"
         else:
             source, src_path = value, sub
@@ -686,7 +725,8 @@ def _lists(r: _Reader, data: Any, path: str, base: Path, allow: bool) -> dict[st
         if spec is None:
             continue
         kind, resolved = spec
-        out[name] = ListSpec(name, resolved, kind, track, refresh, allow, line)
+        out[name] = ListSpec(name, resolved, kind, track, refresh, allow, line,
+                             max_size=max_size, allow_empty=allow_empty)
     return out
 
 
@@ -703,6 +743,9 @@ def _source(r: _Reader, source: str, path: str, base: Path) -> tuple[str, str] |
         return "dir", str(p)
     if p.is_file():
         return "file", str(p)
+    if p.exists():
+        r.doc.err(path, f"{source!r} is not a regular file or directory")
+        return None
     r.doc.err(path, f"no such file {source!r}")
     return None
 
@@ -754,9 +797,16 @@ def _dur(r: _Reader, data: dict[str, Any], key: str, path: str, default: Any,
     """A duration key in seconds; ``whole``: a TTL, rounded to whole seconds."""
     if key not in data or data[key] is None:
         return default
-    v = parse_duration(data[key])
+    try:
+        v = parse_duration(data[key])
+    except OverflowError:   # an integer too large for a float
+        v = None
     if v is None:
         r.doc.err(f"{path}.{key}", f"must be a duration like {DURATION_EXAMPLES}, not {data[key]!r}")
+        return default
+    out_of_range = config_limits.check_number(f"{path}.{key}", v)
+    if out_of_range:
+        r.doc.err(f"{path}.{key}", out_of_range)
         return default
     if whole:
         if v != int(v):

@@ -33,6 +33,7 @@ from prometheus_client.utils import floatToGoString
 
 from resolver import __version__
 from resolver.stats import Histogram, Stats
+from resolver.tcp_limits import ConnectionTable
 
 log = logging.getLogger("hushdns.metrics")
 
@@ -143,7 +144,8 @@ class StatsCollector:
 
         m = CounterMetricFamily(
             "hushdns_upstream_requests",
-            "Exchanges with upstream resolvers, by outcome (ok, timeout, error, truncated, spoof_rejected).",
+            "Exchanges with upstream resolvers, by outcome (ok, timeout, error, truncated, "
+            "spoof_rejected, late).",
             labels=("upstream", "outcome"))
         for (upstream, outcome), n in _items(s.upstream_requests):
             m.add_metric((upstream, outcome), n)
@@ -305,7 +307,8 @@ def make_registry(stats: Stats, process: bool = True) -> CollectorRegistry:
 # /metrics and /healthz over a minimal HTTP/1.1 server on the asyncio loop.
 
 MAX_REQUEST_HEAD = 8192       # request line + headers; Prometheus sends ~300 bytes
-MAX_CONNECTIONS = 64          # concurrent scrapers/browsers; more are closed at once
+MAX_CONNECTIONS = 64          # concurrent scrapers/browsers (see ConnectionTable for who yields)
+MAX_PER_CLIENT = 8            # per client address; Prometheus keeps one
 IDLE_TIMEOUT = 30.0           # seconds a keep-alive connection may sit idle
 HEAD_TIMEOUT = 10.0           # seconds to send a complete request head
 
@@ -325,7 +328,10 @@ class MetricsServer:
         self.source = source or self._local
         self.serving = False
         self._server: asyncio.base_events.Server | None = None
-        self._conns: set[asyncio.Task[Any]] = set()
+        # Idle keep-alive connections make room for new ones, the biggest holder's first:
+        # 64 idle connections used to lock every scrape out.
+        self._conns: ConnectionTable[_Conn] = ConnectionTable(
+            MAX_CONNECTIONS, MAX_PER_CLIENT, lambda c: c.idle_since)
         self.address: tuple[str, int] = ("", 0)
 
     async def _local(self) -> Stats:
@@ -343,9 +349,10 @@ class MetricsServer:
         self.serving = False
         if self._server is not None:
             self._server.close()
-        for task in list(self._conns):
+        tasks = [c.task for c in self._conns if c.task is not None]
+        for task in tasks:
             task.cancel()
-        for task in list(self._conns):
+        for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
         if self._server is not None:
@@ -353,20 +360,30 @@ class MetricsServer:
             self._server = None
 
     def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._conns) >= MAX_CONNECTIONS or not self.serving:
+        peer = writer.get_extra_info("peername")
+        conn = _Conn()
+        conn.idle_since = time.monotonic()   # has asked for nothing yet
+        admitted, victim = self._conns.admit(conn, str(peer[0]) if peer else "")
+        if not admitted or not self.serving:
+            self._conns.remove(conn)
             writer.close()
             return
-        task = asyncio.ensure_future(self._serve(reader, writer))
-        self._conns.add(task)
-        task.add_done_callback(self._conns.discard)
+        if victim is not None and victim.task is not None:
+            victim.task.cancel()
+        conn.task = task = asyncio.ensure_future(self._serve(reader, writer, conn))
+        task.add_done_callback(lambda _t: self._conns.remove(conn))
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     conn: _Conn | None = None) -> None:
+        conn = conn or _Conn()
         try:
             first = True
             while self.serving:
                 try:
+                    conn.idle_since = time.monotonic()
                     head = await asyncio.wait_for(
                         reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT if first else IDLE_TIMEOUT)
+                    conn.idle_since = None
                 except asyncio.LimitOverrunError:
                     await self._send(writer, 413, b"request head too large\n", close=True)
                     return
@@ -447,6 +464,16 @@ class MetricsServer:
         if not head_only:
             writer.write(body)
         await writer.drain()
+
+
+class _Conn:
+    """One /metrics connection: its task, and since when it waits for a request (idle)."""
+
+    __slots__ = ("task", "idle_since")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[Any] | None = None
+        self.idle_since: float | None = None
 
 
 def render(stats: Stats, gzipped: bool = False) -> bytes:

@@ -27,13 +27,14 @@ from .control.api import ControlApi
 from .control.state import HouseholdState
 from .devices.service import DeviceService
 from .listen_errors import ListenError, listen_error
-from .lists import loader
+from .lists import loader, offload
 from .lists.loader import Blocklists
 from .lists.upkeep import ListUpkeep
 from .memo import ReplyMemo
 from .metrics import snapshot, start_metrics_server
 from .pipeline import Pipeline, build_pipeline, new_memo
 from .stats import Stats
+from .tcp_limits import ConnectionTable
 from .wire import Drop, Reject, parse_query
 
 HOSTS_POLL_SECONDS = 2.0
@@ -42,6 +43,8 @@ log = logging.getLogger("hushdns")
 UDP_RCVBUF = 4 * 1024 * 1024
 UDP_BATCH = 64            # datagrams read per readiness event before the replies go out
 UDP_MAX_QUERY = 4096      # larger datagrams are cut here: no real query comes near it
+TCP_WRITE_HIGH = 16 * 1024   # answers buffered for a TCP client before its reading pauses
+TCP_BATCH = 64               # frames of one connection answered per loop iteration
 
 
 class UdpEdge:
@@ -148,20 +151,35 @@ class TcpConnection(asyncio.Protocol):
         self.read_paused = False
         self.write_paused = False
         self.dispatching = False
+        self.batch_full = False   # a batch was cut short; the rest follows next iteration
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername") or ("", 0)
         srv = self.server
-        if len(srv.tcp_connections) >= srv.config.server.tcp_max_connections:
-            key = (srv.clients.lookup(self.peer[0]).label, "tcp_connections")  # type: ignore[union-attr]
-            srv.stats.limited[key] = srv.stats.limited.get(key, 0) + 1
+        table = srv.tcp_connections
+        opts = srv.config.server
+        table.limit, table.per_client = opts.tcp_max_connections, opts.tcp_max_per_client
+        admitted, victim = table.admit(self, self.peer[0])
+        if not admitted:
+            srv.count_limited(self.peer[0], "tcp_connections")
             transport.abort()  # type: ignore[attr-defined]
             return
-        srv.tcp_connections.add(self)
+        if victim is not None and victim.transport is not None:
+            srv.count_limited(victim.peer[0], "tcp_evicted")
+            victim.transport.abort()
+        # A client that does not read its answers is paused after 16 KB, not 64 KB.
+        with contextlib.suppress(AttributeError, NotImplementedError):
+            transport.set_write_buffer_limits(high=TCP_WRITE_HIGH)  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.tcp_connections.discard(self)
+        self.server.tcp_connections.remove(self)
+
+    def idle_since(self) -> float | None:
+        """When it went idle (nothing in flight, no partial frame), or None while busy."""
+        if self.pending or self.buf or self.write_paused:
+            return None
+        return self.last
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -179,10 +197,17 @@ class TcpConnection(asyncio.Protocol):
         if self.dispatching:   # re-entered through a synchronous answer
             return
         self.dispatching = True
+        self.batch_full = False
         try:
             buf = self.buf
             limit = self.server.config.server.tcp_max_pipelined
+            budget = TCP_BATCH   # then UDP and other connections get their turn
             while len(buf) >= 2 and self.pending < limit and not self.write_paused:
+                if budget == 0:
+                    self.batch_full = True
+                    asyncio.get_running_loop().call_soon(self._next_batch)
+                    break
+                budget -= 1
                 n = buf[0] << 8 | buf[1]
                 if n < 12:   # cannot even hold a header: the stream is garbage
                     self.transport.abort()  # type: ignore[union-attr]
@@ -205,13 +230,19 @@ class TcpConnection(asyncio.Protocol):
             self.dispatching = False
         self._flow()
 
+    def _next_batch(self) -> None:
+        self.batch_full = False
+        t = self.transport
+        if t is not None and not t.is_closing():
+            self._dispatch()
+
     def sendto(self, wire: bytes | None, addr: Any = None) -> None:
         self.pending -= 1
         t = self.transport
         if wire is not None and t is not None and not t.is_closing():
             t.write(len(wire).to_bytes(2, "big") + wire)
             self.last = time.monotonic()
-        if self.buf and not self.dispatching:
+        if self.buf and not self.dispatching and not self.batch_full:
             self._dispatch()
         else:
             self._flow()
@@ -223,7 +254,7 @@ class TcpConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.buf and not self.dispatching:
+        if self.buf and not self.dispatching and not self.batch_full:
             self._dispatch()
         else:
             self._flow()
@@ -233,7 +264,7 @@ class TcpConnection(asyncio.Protocol):
         if t is None or t.is_closing():
             return
         limit = self.server.config.server.tcp_max_pipelined
-        should_pause = self.write_paused or self.pending >= limit
+        should_pause = self.write_paused or self.pending >= limit or self.batch_full
         if should_pause and not self.read_paused:
             t.pause_reading()
             self.read_paused = True
@@ -272,11 +303,14 @@ class Server:
         self.inflight: dict[bytes, Any] = {}
         self.udp_edges: list[UdpEdge] = []
         self.tcp_servers: list[asyncio.AbstractServer] = []
-        self.tcp_connections: set[TcpConnection] = set()
+        self.tcp_connections: ConnectionTable[TcpConnection] = ConnectionTable(
+            config.server.tcp_max_connections, config.server.tcp_max_per_client,
+            TcpConnection.idle_since)
         self.udp_addresses: list[Endpoint] = []
         self.tcp_addresses: list[Endpoint] = []
         self._background: list[asyncio.Task[Any]] = []
         self._reload_lock = asyncio.Lock()
+        self._disposals: set[asyncio.Task[Any]] = set()   # old snapshots being freed
         self.metrics_server: Any = None
         # Lifecycle hooks (sd_notify uses them); plain callables.
         self.on_ready: Callable[[], None] = lambda: None
@@ -313,7 +347,7 @@ class Server:
         self._background.append(asyncio.create_task(self._sweep_tcp()))
         self._background.append(asyncio.create_task(self._release_idle_labels()))
         upkeep = ListUpkeep(lambda: self.config, lambda: self.lists, self.stats,
-                            lambda lists: self._install(self.config, lists), self._reload_lock)
+                            lambda lists: self._swap(self.config, lists), self._reload_lock)
         self._background += upkeep.tasks()
         self._background.append(asyncio.create_task(self.devices.run()))
         log.info("serving on %s (udp) and %s (tcp); upstreams %s",
@@ -326,7 +360,7 @@ class Server:
         self.on_stopping()
         if self.control is not None:
             await self.control.close()
-        for t in self._background:
+        for t in [*self._background, *self._disposals]:
             t.cancel()
         for edge in self.udp_edges:
             edge.close()
@@ -350,32 +384,38 @@ class Server:
         async with self._reload_lock:
             self.on_reload_start()
             try:
-                new = self.reload_config() if self.reload_config else self.config
-                lists = await asyncio.to_thread(loader.load_all, new, self.lists, self.stats)
-            except ConfigError as exc:
-                log.error("reload failed, keeping the running configuration:\n%s", exc)
+                return await self._reload_locked()
+            except Exception as exc:   # whatever broke, the running config keeps serving
+                log.error("reload failed, keeping the running configuration:\n%s",
+                          exc if isinstance(exc, ConfigError) else repr(exc),
+                          exc_info=not isinstance(exc, ConfigError))
                 self.stats.config_reload_success = 0
-                self.on_reload_done()
                 return False
-            if new.listen != self.config.listen:
-                log.warning("listen addresses changed: restart hushdns to rebind them")
-            metrics_moved = new.metrics.listen != self.config.metrics.listen
-            await self.devices.configure(new)
-            if new.household.control != self.config.household.control:
-                log.warning("control API settings changed: restart hushdns to apply them")
-            self.household.configure(new)
-            self._install(new, lists)
-            if metrics_moved:
-                await self._start_metrics(reloading=True)
-            failed = lists.failed()
-            # A list that failed keeps its previous rules (loader), but the reload
-            # did not fully succeed: say so in the metric and the log.
-            self.stats.config_reload_success = 0 if failed else 1
-            for info in failed:
-                log.error("reload: list %s failed: %s", info.spec.name, info.error)
-            log.info("reloaded: %d lists, %d domains", len(lists.lists), len(lists.index))
-            self.on_reload_done()
-            return True
+            finally:
+                self.on_reload_done()   # READY=1 after every RELOADING=1, failed or not
+
+    async def _reload_locked(self) -> bool:
+        # The config is read and parsed in a thread: never on the event loop.
+        new = await asyncio.to_thread(self.reload_config) if self.reload_config else self.config
+        lists = await offload.build(new, self.lists, self.stats)
+        if new.listen != self.config.listen:
+            log.warning("listen addresses changed: restart hushdns to rebind them")
+        metrics_moved = new.metrics.listen != self.config.metrics.listen
+        await self.devices.configure(new)
+        if new.household.control != self.config.household.control:
+            log.warning("control API settings changed: restart hushdns to apply them")
+        self.household.configure(new)
+        self._swap(new, lists)
+        if metrics_moved:
+            await self._start_metrics(reloading=True)
+        failed = lists.failed()
+        # A list that failed keeps its previous rules (loader), but the reload
+        # did not fully succeed: say so in the metric and the log.
+        self.stats.config_reload_success = 0 if failed else 1
+        for info in failed:
+            log.error("reload: list %s failed: %s", info.spec.name, info.error)
+        log.info("reloaded: %d lists, %d domains", len(lists.lists), len(lists.index))
+        return True
 
     async def _start_metrics(self, reloading: bool = False) -> None:
         """(Re)bind /metrics to ``config.metrics.listen``; off when it is null."""
@@ -397,6 +437,17 @@ class Server:
         """What /metrics reads: a snapshot, with the devices' last-query clock brought up to now."""
         self.devices.note_activity()
         return snapshot(self.stats)
+
+    def _swap(self, config: Config, lists: Blocklists) -> None:
+        """Install a new snapshot; the replaced one is freed in slices, after in-flight
+        queries (which may still check a CNAME against it) are done."""
+        old = self.lists
+        self._install(config, lists)
+        if old is not lists and len(old.index) >= offload.SLICE * 4:
+            task = asyncio.ensure_future(offload.dispose(
+                old, after=config.server.upstream_total_timeout + 1.0))
+            self._disposals.add(task)
+            task.add_done_callback(self._disposals.discard)
 
     def _install(self, config: Config, lists: Blocklists) -> None:
         """Swap in a new pipeline; the cache table carries over when its settings did not change."""
@@ -523,6 +574,10 @@ class Server:
             "upstreams": {u: ("up" if v else "down") for u, v in sorted(self.stats.upstream_state.items())}
             or {format_endpoint(u): "unknown" for u in self.config.upstreams},
         }
+
+    def count_limited(self, addr: str, reason: str) -> None:
+        key = (self.clients.lookup(addr).label, reason)  # type: ignore[union-attr]
+        self.stats.limited[key] = self.stats.limited.get(key, 0) + 1
 
     # --- per query -----------------------------------------------------------------
 

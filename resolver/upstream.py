@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import fd_exhaustion, late_replies
 from .config import Endpoint, ServerOptions, format_endpoint
 from .stats import Stats
 from .wire import (
@@ -512,7 +513,9 @@ class UdpAttempt(Attempt):
                 self.data = data
                 self._end()
                 return
-            self.stats.upstream(self.up.label, "spoof_rejected")
+            label = self.up.label
+            self.stats.upstream(label, "late" if late_replies.is_late(label, data)
+                                else "spoof_rejected")
 
     def _end(self) -> None:
         self.done = True
@@ -548,6 +551,8 @@ class UdpAttempt(Attempt):
             self.sock = None
             self.mux.forget(self.fd)
             sock.close()
+            if self.data is None:   # given up on: its answer may still come, late
+                late_replies.abandoned(self.up.label, self.qid)
 
 
 async def tcp_exchange(up: Upstream, req: Request, timeout: float, edns: bool = True) -> bytes:
@@ -670,6 +675,10 @@ class Upstreams:
         try:
             return UdpAttempt(mux, up, req, edns, self.stats, check, notify)
         except OSError as exc:
+            if fd_exhaustion.is_fd_exhaustion(exc):   # our limit, not the upstream's fault
+                info = getattr(req, "info", None)
+                fd_exhaustion.count(self.stats, info.label if info is not None else "other", exc)
+                return None
             self.stats.upstream(up.label, "error")
             self._failed(up, reason=failure_reason(exc))
             return None
@@ -815,8 +824,15 @@ class Upstreams:
         stats = self.stats
         data = a.data
         if data is None:
+            exc = a.error
+            if a.transport != "udp" and isinstance(exc, OSError) and \
+                    fd_exhaustion.is_fd_exhaustion(exc):
+                # Our file descriptors ran out (EMFILE/ENFILE), not the upstream's fault.
+                info = getattr(a.req, "info", None)
+                fd_exhaustion.count(stats, info.label if info is not None else "other", exc)
+                return None
             stats.upstream(a.up.label, "error")
-            reason = failure_reason(a.error)
+            reason = failure_reason(exc)
             self._failed(a.up, reason=reason if a.transport == "udp" else
                          f"over {a.transport.upper()}: {reason}")
             return None

@@ -472,7 +472,7 @@ def test_a_large_scrape_does_not_stall_the_event_loop() -> None:
             for r in RESULTS:
                 stats.query(f"10.0.{c // 250}.{c % 250}", q, r, 0.001)
 
-    async def main() -> float:
+    async def main() -> tuple[float, float]:
         srv = await start_metrics_server(stats, "127.0.0.1", 0)
         worst = 0.0
         done = False
@@ -486,6 +486,13 @@ def test_a_large_scrape_does_not_stall_the_event_loop() -> None:
                 worst = max(worst, now - last)
                 last = now
 
+        # The same ticker with nothing else going on, for as long as the scrapes take:
+        # what a busy shared machine alone does to the loop's wake-ups.
+        tick = asyncio.create_task(ticker())
+        await asyncio.sleep(0.6)
+        done = True
+        await tick
+        quiet, worst, done = worst, 0.0, False
         tick = asyncio.create_task(ticker())
         try:
             for _ in range(3):
@@ -495,13 +502,15 @@ def test_a_large_scrape_does_not_stall_the_event_loop() -> None:
             done = True
             await tick
             await srv.close()
-        return worst
+        return worst, quiet
 
     t0 = time.perf_counter()
     render(snapshot(stats))
     inline = time.perf_counter() - t0
-    worst = run(main())
-    assert worst < max(0.1, inline / 2), (worst, inline)
+    worst, quiet = run(main())
+    # Inline formatting would hold the loop for all of ``inline``; formatted off the loop,
+    # the worst wake-up is the machine's own jitter plus a few GIL switch intervals.
+    assert worst < max(0.1, inline / 2) + quiet, (worst, inline, quiet)
 
 
 # ---------------------------------------------------------------- wired into the Server

@@ -202,3 +202,36 @@ def test_serve_without_notify_socket_still_runs(setup: tuple[Path, Path, Systemd
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_hostile_config_at_reload_still_ends_with_ready(setup: tuple[Path, Path, Systemd]) -> None:
+    """An alias bomb (not a ConfigError before issue 21) is refused; READY=1 follows RELOADING=1."""
+    config, _vendor, systemd = setup
+    env = {**os.environ, "NOTIFY_SOCKET": str(systemd.path), "PYTHONPATH": str(ROOT)}
+    env.pop("WATCHDOG_USEC", None)
+    proc = subprocess.Popen([sys.executable, "-m", "resolver", "serve", "-c", str(config)],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        fields, _ = systemd.next()
+        assert fields.get("READY") == "1", fields
+        port = int(re.search(r"127\.0\.0\.1:(\d+)", fields["STATUS"]).group(1))  # type: ignore[union-attr]
+        good = config.read_text()
+        bomb = "a0: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+            f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]\n" for i in range(1, 10))
+        config.write_text(good + bomb)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGHUP)
+        assert systemd.next()[0].get("RELOADING") == "1"
+        fields, _ = systemd.next(timeout=10)
+        assert fields.get("READY") == "1" and "FAILED" in fields.get("STATUS", ""), fields
+        assert time.monotonic() - t0 < 5
+        assert query(port, "tracker.example").rcode() == dns.rcode.NXDOMAIN
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0 and "Traceback" not in out, out
+        assert "expands to more than" in out, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

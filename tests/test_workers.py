@@ -89,3 +89,91 @@ def test_two_workers_share_the_port_and_metrics_are_exact(tmp_path: Path) -> Non
     assert proc.returncode == 0, out
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return sorted(int(p) for p in out)
+
+
+def _wait(cond, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_dead_workers_are_logged_restarted_from_the_served_config_and_keep_their_counts(
+        tmp_path: Path) -> None:
+    up = FakeUpstream()
+    port, mport = free_port(), free_port()
+    (tmp_path / "bl.txt").write_text("tracker.example\n")
+    cfg = tmp_path / "c.yaml"
+    good = (f'listen: ["127.0.0.1:{port}"]\nupstreams: ["{up.address}"]\nworkers: 2\n'
+            f'blocking: {{lists: {{bl: bl.txt}}}}\nmetrics: {{listen: "127.0.0.1:{mport}"}}\n')
+    cfg.write_text(good)
+    log_path = tmp_path / "supervisor.log"
+    log_file = log_path.open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "resolver", "serve", "-c", str(cfg)],
+                            stdout=log_file, stderr=subprocess.STDOUT, text=True)
+
+    def scrape() -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+        return _metric(text, "hushdns_blocked_total", client="127.0.0.1", list="bl")
+
+    def blocked(i: int) -> None:
+        r = dns.query.udp(dns.message.make_query(f"n{i}.tracker.example", "A"), "127.0.0.1",
+                          port=port, timeout=3)
+        assert r.rcode() == dns.rcode.NXDOMAIN
+
+    try:
+        def up_and_scraping() -> bool:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{mport}/healthz", timeout=1)
+                return len(_children(proc.pid)) == 2
+            except OSError:
+                return False
+
+        _wait(up_and_scraping, 30, "supervisor did not come up")
+        for i in range(200):
+            blocked(i)
+        assert scrape() == 200
+        # The file on disk breaks; a worker dies hard.  Its replacement must not read the file.
+        cfg.write_text(good + "no_such_key: 1\n")
+        before = _children(proc.pid)
+        os.kill(before[0], signal.SIGKILL)
+        _wait(lambda: log_path.read_text().count("started again") == 1, 15,
+              "the killed worker was not started again")
+        assert scrape() >= 200, "merged counters went down when a worker died"
+        for i in range(200, 260):
+            blocked(i)
+        total = scrape()
+        assert total >= 260
+        # A worker that exits 0 (asked to stop by someone else) is logged and restarted too.
+        os.kill(before[1], signal.SIGTERM)
+        _wait(lambda: log_path.read_text().count("started again") == 2, 15,
+              "the worker that exited 0 was not started again")
+        assert scrape() >= total
+        time.sleep(1.5)   # no restart loop: the replacements stay up
+        stable = _children(proc.pid)
+        time.sleep(1.0)
+        assert _children(proc.pid) == stable
+        # A reload of the broken file is refused by the supervisor; the workers keep serving.
+        text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+        assert _metric(text, "hushdns_config_reload_success") == 1
+        os.kill(proc.pid, signal.SIGHUP)
+        time.sleep(1.0)
+        blocked(999)
+        assert _children(proc.pid) == stable
+        text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+        assert _metric(text, "hushdns_config_reload_success") == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        log_file.close()
+        up.close()
+    text = log_path.read_text()
+    assert "exited killed by SIGKILL" in text, text
+    assert "exited with code 0" in text, text
+    assert "reload failed" in text and "no_such_key" in text, text
+    assert text.count("Traceback") == 0, text

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from ..names import suffixes
 from .parse import Parsed
 from .regex_index import RegexSet
+from .safe_regex import MAX_NAME
 
 
 @dataclass(slots=True)
@@ -157,7 +158,9 @@ class DomainIndex:
             if i < 0:
                 break
             s = s[i + 1:]
-        if self.regex_mask & (block | allow):
+        # Names are at most 253 characters on the wire; the bound is what keeps a safe
+        # (linear or low-polynomial, see safe_regex) pattern's match time small.
+        if self.regex_mask & (block | allow) and len(name) <= MAX_NAME:
             allowed, bit, pattern = self.regex_set.check(name, block, allow, not found)
             if allowed:
                 return None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..config import Config, ListSpec
 from ..stats import Stats
-from . import remote
+from . import local_file, remote
 from .index import DomainIndex
 from .parse import LoadError, Parsed, parse_checked
 
@@ -62,12 +62,16 @@ def read_local(spec: ListSpec) -> str:
     path = Path(spec.source)
     try:
         if spec.kind == "dir":
-            parts = []
+            parts, budget = [], spec.max_size
             for p in sorted(path.iterdir()):
                 if p.is_file() and not p.name.startswith("."):
-                    parts.append(p.read_text(encoding="utf-8", errors="replace"))
+                    data = local_file.read_bytes(str(p), budget)
+                    budget -= len(data)
+                    parts.append(data.decode("utf-8", errors="replace"))
             return "\n".join(parts)
-        return path.read_text(encoding="utf-8", errors="replace")
+        return local_file.read_text(spec.source, spec.max_size)
+    except local_file.NotAListFile as exc:
+        raise LoadError(str(exc)) from None
     except OSError as exc:
         raise LoadError(f"cannot read {spec.source}: {exc.strerror or exc}") from None
 
@@ -113,6 +117,7 @@ def load_all(config: Config, previous: Blocklists | None = None,
         try:
             text = texts[spec.name] if texts and spec.name in texts else read_source(spec, config.state_dir)
             parsed = parse_checked(spec, text)
+            _refuse_emptied(spec, parsed, previous)
         except LoadError as exc:
             info.error = str(exc)
             _keep_old(snap, info, previous)
@@ -129,6 +134,19 @@ def load_all(config: Config, previous: Blocklists | None = None,
     if stats is not None:
         publish(snap, stats)
     return snap
+
+
+def _refuse_emptied(spec: ListSpec, parsed: Parsed, previous: Blocklists | None) -> None:
+    old = previous.lists.get(spec.name) if previous is not None else None
+    if old is not None and old.spec.source == spec.source:
+        refuse_emptied(spec, parsed, old.entries)
+
+
+def refuse_emptied(spec: ListSpec, parsed: Parsed, old_entries: int) -> None:
+    """A list that had entries and now has none was most likely truncated, not emptied."""
+    if old_entries and not len(parsed) and not spec.allow_empty:
+        raise LoadError(f"{spec.source} has no entries now (it had {old_entries}); keeping the "
+                        f"last good version (set allow_empty: true for this list to allow it)")
 
 
 def _keep_old(snap: Blocklists, info: ListInfo, previous: Blocklists | None) -> None:

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..config import ListSpec
 
+from . import safe_regex
+
 # Names that hosts files map to loopback for the machine itself, not blocks.
 _HOSTS_SKIP = frozenset({
     "localhost", "localhost.localdomain", "local", "broadcasthost", "ip6-localhost",
@@ -150,6 +152,11 @@ def _regex(out: Parsed, line: str, lineno: int, text: str | None = None) -> None
         re.compile(src)
     except re.error as exc:
         out.rejected.append((lineno, line, f"bad regex: {exc}"))
+        return
+    try:
+        safe_regex.check(src)
+    except safe_regex.UnsafeRegex as exc:
+        out.rejected.append((lineno, line, f"unsafe regex: {exc}"))
         return
     out.add(src, lineno, text or line, regex=True)
 

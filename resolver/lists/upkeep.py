@@ -2,7 +2,8 @@
 
 Why here and not in the server: list upkeep is about lists (files, downloads,
 schedules); the server only needs to be told when there is a new snapshot to
-serve.  ``ListUpkeep`` builds new snapshots and hands each to ``install(lists)``;
+serve.  ``ListUpkeep`` builds new snapshots (off the event loop: ``offload``) and hands
+each to ``install(lists)``;
 it reads the configuration and the snapshot in service through callables, so a
 reload is seen at once.  A failed or refused download keeps the current version
 serving (see ``remote``).
@@ -18,7 +19,7 @@ from typing import Any
 
 from ..config import Config, ListSpec
 from ..stats import Stats
-from . import loader, remote
+from . import loader, offload, remote
 from .loader import Blocklists
 
 log = logging.getLogger("hushdns")
@@ -49,8 +50,7 @@ class ListUpkeep:
                 if await asyncio.to_thread(loader.changed, self.lists()):
                     async with self.lock:
                         old = self.lists()
-                        lists = await asyncio.to_thread(
-                            loader.load_all, self.config(), old, self.stats)
+                        lists = await offload.build(self.config(), old, self.stats)
                         self.install(lists)
                     for name, info in lists.lists.items():
                         was = old.lists.get(name)
@@ -94,8 +94,8 @@ class ListUpkeep:
             return False
         if got.changed or info is None or not info.loaded_at or info.spec != spec:
             async with self.lock:
-                lists = await asyncio.to_thread(loader.load_all, self.config(), self.lists(),
-                                                self.stats, {spec.name: got.text})
+                lists = await offload.build(self.config(), self.lists(), self.stats,
+                                            {spec.name: got.text})
                 self.install(lists)
         else:   # 304 or the same bytes: the list in service is current
             info.loaded_at, info.error = time.time(), None
