@@ -304,11 +304,13 @@ def dnsmasq(workdir: Path, upstream_port: int, blocked: list[str], cache_entries
 
 def hushdns(workdir: Path, upstream_port: int, blocklist: Path, cache_entries: int,
             name: str = "hushdns", workers: int | None = None, memo: bool = True,
-            root: Path = REPO_ROOT) -> Proc:
+            extra: str = "", root: Path = REPO_ROOT) -> Proc:
     """hushdns from this checkout (`python -m resolver serve`), metrics on and counting.
 
     ``memo=False`` sets ``server.reply_memo: false``: no remembered replies, so every
     query takes the index or cache path (what a LAN that rarely repeats within a second gets).
+    Its state (the query log, on by default) lives in the run's directory; ``extra`` is
+    appended to the config (e.g. ``query_log: false`` for an A/B run).
     ``root``: another checkout to run instead of this one (``run.py --base``, an A/B).
     """
     d = workdir / name
@@ -322,8 +324,10 @@ def hushdns(workdir: Path, upstream_port: int, blocklist: Path, cache_entries: i
         f"blocking: {{mode: nxdomain, lists: {{bench: {blocklist}}}}}\n"
         f"cache: {{max_entries: {cache_entries}}}\n"
         f'metrics: {{listen: "127.0.0.1:{metrics_port}"}}\n'
+        + f"state_dir: {d / 'state'}\n"
         + (f"workers: {workers}\n" if workers else "")
         + ("" if memo else "server: {reply_memo: false}\n")
+        + extra
     )
     env = dict(os.environ, PYTHONPATH=str(root))
     return Proc(name, port, [sys.executable, "-m", "resolver", "serve", "-c", str(conf)],

@@ -410,7 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .lists.commands import add_parser as add_lists_parser
 
-    add_lists_parser(sub)   # hushdns lists lint | show | stats
+    add_lists_parser(sub)   # hushdns lists lint | show | stats | suggest
+    from .querylog.commands import add_parsers as add_querylog_parsers
+
+    add_querylog_parsers(sub)   # hushdns log | devices | device NAME
     from .control.commands import add_parsers as add_control_parsers
 
     add_control_parsers(sub)   # hushdns pause | resume | allow | status

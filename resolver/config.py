@@ -130,6 +130,24 @@ class RebindProtection:
     allow_zones: tuple[str, ...] = ()
 
 
+QUERY_LOG_PRIVACY = ("full", "blocked-only", "no-addresses", "off")
+
+
+@dataclass(frozen=True)
+class QueryLog:
+    """``query_log:``: the SQLite log of answered queries (resolver/querylog)."""
+
+    enabled: bool = True
+    path: str = ""               # the config sets <state_dir>/querylog.sqlite
+    retention: float = 7 * 86_400.0
+    max_size: int = 256 * 1024 * 1024
+    privacy: str = "full"        # full | blocked-only | no-addresses | off
+
+    @property
+    def on(self) -> bool:
+        return self.enabled and self.privacy != "off"
+
+
 @dataclass(frozen=True)
 class Devices:
     """Where device names come from besides ``clients:`` (resolver/devices/).
@@ -166,6 +184,7 @@ class Config:
     rebind_protection: RebindProtection = field(default_factory=RebindProtection)
     # Control API, time zone, local names, bypass answers (resolver/household_config.py).
     household: Household = field(default_factory=Household)
+    query_log: QueryLog = field(default_factory=QueryLog)
     devices: Devices = field(default_factory=Devices)
     # Not errors, but worth saying (check prints them, serve logs them): e.g. an empty file.
     warnings: tuple[str, ...] = ()
@@ -429,7 +448,7 @@ def parse_duration(v: Any) -> float | None:
 
 TOP_KEYS = ("listen", "upstreams", "forward_zones", "access", "blocking", "clients", "groups",
             "cache", "metrics", "server", "rate_limit", "rebind_protection", "state_dir", "log",
-            "workers", "devices", *HOUSEHOLD_KEYS)
+            "workers", "devices", "query_log", *HOUSEHOLD_KEYS)
 
 
 def load_config(path: str | os.PathLike[str] | None = None, text: str | None = None,
@@ -591,6 +610,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
 
     lg = r.section(top.get("log"), "log", ("level", "queries"))
     household = read_household(r, top, state_dir)
+    query_log = _query_log(r, top.get("query_log"), base, state_dir)
     return Config(
         path=filename,
         listen=listen,
@@ -610,6 +630,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         log_queries=r.typed(lg, "queries", "log", bool, False),
         workers=workers,
         rebind_protection=rebind,
+        query_log=query_log,
         access_allow_snoop=snoop_nets,
         household=household,
         devices=devices,
@@ -665,6 +686,61 @@ def _rebind(r: _Reader, data: Any) -> RebindProtection:
             continue
         zones.append(name)
     return RebindProtection(r.typed(rb, "enabled", "rebind_protection", bool, True), tuple(zones))
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
+               "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+SIZE_EXAMPLES = "268435456, '256MB', '1GiB'"
+
+
+def parse_size(v: Any) -> int | None:
+    """Bytes from a number or '500KB', '256MB', '1GiB' (KB = 1000, KiB = 1024); None if not one."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v if v >= 0 else None
+    if isinstance(v, str):
+        m = _SIZE.fullmatch(v.strip())
+        if m:
+            unit = (m.group(2) or "").lower().removesuffix("b")
+            return int(float(m.group(1)) * _SIZE_UNITS[unit])
+    return None
+
+
+def _query_log(r: _Reader, data: Any, base: Path, state_dir: str) -> QueryLog:
+    """``query_log: false`` or ``{enabled, path, retention, max_size, privacy}``."""
+    default_path = str(Path(state_dir) / "querylog.sqlite")
+    if data is None or isinstance(data, bool):
+        return QueryLog(enabled=data is not False, path=default_path)
+    if not isinstance(data, dict):
+        r.doc.err("query_log", f"must be true, false or a mapping with enabled, path, retention, "
+                  f"max_size and privacy, not {_tname(data)}")
+        return QueryLog(path=default_path)
+    q = r.section(data, "query_log", ("enabled", "path", "retention", "max_size", "privacy"))
+    if q.get("privacy") is False:   # YAML 1.1 reads a bare `off` as false: the "off" it meant
+        q = {**q, "privacy": "off"}
+    d = QueryLog()
+    path = r.typed(q, "path", "query_log", str, "")
+    if path:
+        path = str((base / os.path.expanduser(path)).resolve())
+    size = d.max_size
+    if q.get("max_size") is not None:
+        got = parse_size(q["max_size"])
+        if got is None:
+            r.doc.err("query_log.max_size", f"must be a size like {SIZE_EXAMPLES}, not {q['max_size']!r}")
+        elif got < 1024**2:
+            r.doc.err("query_log.max_size", "must be at least 1MiB")
+        else:
+            size = got
+    return QueryLog(
+        enabled=r.typed(q, "enabled", "query_log", bool, True),
+        path=path or default_path,
+        retention=_dur(r, q, "retention", "query_log", d.retention,
+                       lambda v: None if 3600 <= v <= 3650 * 86_400 else "must be between 1h and 3650d"),
+        max_size=size,
+        privacy=r.typed(q, "privacy", "query_log", str, "full", _one_of(*QUERY_LOG_PRIVACY)),
+    )
 
 
 def _blocking(r: _Reader, data: Any, base: Path) -> Blocking:

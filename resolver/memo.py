@@ -14,7 +14,7 @@ seconds, so the TTLs read the same).  Stages that must see every query
 (``per_query``, e.g. the rate limit) are run again for every memo answer, with a
 ``Request`` rebuilt from the remembered one; if one of them answers, that answer
 goes through the pipeline like any other.  Every counter the first answer moved
-moves again (``Keep.replay`` and ``Stats.query``).  A new memo, empty, comes
+moves again (``Keep.replay`` and ``Stats.query``), and the query log gets its row.  A new memo, empty, comes
 with every new pipeline; only UDP replies are remembered, and only from the second
 time the same bytes are answered (a doorkeeper set of hashes notes the first), so
 first-sight traffic does not pay for filling it.
@@ -125,7 +125,7 @@ class ReplyMemo:
                     self._missed_data = data
                     self._missed_tail = tail
                 else:
-                    tail, qlabel, result, keep, gates, q = seen
+                    tail, qlabel, result, keep, gates, q, why = seen
                     if keep.valid(monotonic()):
                         if gates:
                             q = q.again(data, addr, info, sink, t0)
@@ -135,7 +135,12 @@ class ReplyMemo:
                                     self.pipeline.answered(q, r, pos)
                                     return False
                         keep.replay(info.label)
-                        self.stats.query(info.label, qlabel, result, perf_counter() - t0)
+                        took = perf_counter() - t0
+                        self.stats.query(info.label, qlabel, result, took)
+                        record = self.pipeline.record
+                        if record is not None:   # the query log, as Pipeline.finish writes it
+                            record(info.device or info.label, addr[0], why[0], why[1], result,
+                                   why[2], why[3], tail[1] & 15, None, took)
                         return data[:2] + tail
         on_miss = self.on_miss
         if on_miss is None:
@@ -171,4 +176,4 @@ class ReplyMemo:
         self.size = size
         # The Request only when a gate will need it again: fewer objects for the GC to track.
         table[tail] = (wire[2:], _QTYPES.get(q.qtype, "other"), reply.result, keep, gates,
-                       q if gates else None)
+                       q if gates else None, (q.qname, q.qtype, reply.list, reply.rule))

@@ -206,6 +206,7 @@ class StatsCollector:
             m.add_metric((name,), failures.get(name, 0))
         yield m
 
+        yield from _querylog_families(s)
         g = GaugeMetricFamily(
             "hushdns_device_last_query_timestamp_seconds",
             "Unix time of the device's (client's) last query, to within 10 s; 0 for a device "
@@ -253,6 +254,28 @@ class StatsCollector:
             labels=("version",))
         g.add_metric((self.version,), 1)
         yield g
+
+
+def _querylog_families(s: Stats) -> Iterator[Metric]:
+    """The query log's counters and the per-device facts its writer keeps."""
+    yield CounterMetricFamily(
+        "hushdns_querylog_written", "Rows written to the query log.",
+        value=getattr(s, "querylog_written", 0))
+    m = CounterMetricFamily(
+        "hushdns_querylog_dropped",
+        "Query log rows not written, by reason (queue_full, disk_full, locked, corrupt, "
+        "unavailable, error); DNS answered them all.",
+        labels=("reason",))
+    for reason, n in _items(getattr(s, "querylog_dropped", {})):
+        m.add_metric((reason,), n)
+    yield m
+    m = CounterMetricFamily(
+        "hushdns_device_new_names",
+        "Names a device asked for the first time (per the query log's inventory).",
+        labels=("client",))
+    for client, n in _items(getattr(s, "device_new_names", {})):
+        m.add_metric((client,), n)
+    yield m
 
 
 def _safe_call(fn: Callable[[], int]) -> float:

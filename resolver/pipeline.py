@@ -7,8 +7,9 @@ answer goes back out through the ``on_answer`` of the stages above the one that
 gave it; a query that no stage answers goes to the forwarding terminal, whose
 callback (``Pipeline.forwarded``) runs every ``on_answer`` when the upstream
 answer is in.  ``finish`` is the one place where a reply becomes bytes for the
-client (render, truncation), is counted and logged, and is offered to the reply
-memo (``resolver.memo``), for UDP and TCP alike.
+client (render, truncation), is counted and logged (metrics, the query log, the
+text log), and is offered to the reply memo (``resolver.memo``), for UDP and TCP
+alike.
 
 Why flat: the cost of a stage is then one call that returns None, not a
 coroutine and a Response; disabled features are left out when the pipeline is
@@ -104,6 +105,8 @@ class Pipeline:
         self.udp_cap = config.server.udp_size
         self.log_queries = config.log_queries
         self.memo: ReplyMemo | None = None
+        # QueryLog.record when the query log is on (set by the server), else None.
+        self.record: Callable[..., None] | None = None
         self.cache_entries: OrderedDict[bytes, Answer] | None = None
         outs: list[Callable[[Request, Reply], Reply]] = []
         # (on_query, the on_answers above it innermost first, its position) per answering stage.
@@ -192,7 +195,13 @@ class Pipeline:
                         memo.store(q, wire, r, self.gates[pos], now)
             q.sink.sendto(wire, q.addr)
         qtype = _QTYPES.get(q.qtype, "other")   # as qtype_label(), inlined
-        self.stats.query(q.info.label, qtype, r.result, time.perf_counter() - q.t0)
+        took = time.perf_counter() - q.t0
+        info = q.info
+        self.stats.query(info.label, qtype, r.result, took)
+        record = self.record
+        if record is not None:   # the query log (resolver/querylog): device as device_of()
+            record(info.device or info.label, q.client, q.qname, q.qtype, r.result, r.list,
+                   r.rule, wire[3] & 15 if wire else None, r.upstream, took)
         if self.log_queries:
             qlog.info("%s %s %s %s%s", q.client, q.qname, qtype,
                       r.result, f" list={r.list} rule={r.rule}" if r.list else "")

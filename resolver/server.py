@@ -33,6 +33,7 @@ from .lists.upkeep import ListUpkeep
 from .memo import ReplyMemo
 from .metrics import snapshot, start_metrics_server
 from .pipeline import Pipeline, build_pipeline, new_memo
+from .querylog import QueryLog, open_log
 from .stats import Stats
 from .tcp_limits import ConnectionTable
 from .wire import Drop, Reject, parse_query
@@ -312,6 +313,7 @@ class Server:
         self._reload_lock = asyncio.Lock()
         self._disposals: set[asyncio.Task[Any]] = set()   # old snapshots being freed
         self.metrics_server: Any = None
+        self.querylog: QueryLog | None = None   # query_log: the SQLite log (resolver/querylog)
         # Lifecycle hooks (sd_notify uses them); plain callables.
         self.on_ready: Callable[[], None] = lambda: None
         self.on_reload_start: Callable[[], None] = lambda: None
@@ -378,6 +380,8 @@ class Server:
                 await s.wait_closed()
         if self.metrics_server is not None:
             await self.metrics_server.close()
+        if self.querylog is not None:
+            await asyncio.to_thread(self.querylog.close)
 
     async def reload(self) -> bool:
         """Re-read config and lists; on any failure the running ones keep serving."""
@@ -462,7 +466,7 @@ class Server:
         self.labels.limit = config.metrics.max_clients
         self.labels.idle = config.metrics.client_idle
         clients = ClientTable(config, lists, self.labels, self.devices.map.names, self.household)
-        # The query log wants every query through the pipeline, with its reasons;
+        # The text query log wants every query through the pipeline, with its reasons;
         # server.reply_memo: false (the bench's hushdns-nomemo) measures the pipeline alone.
         memo = None if config.log_queries or not config.server.reply_memo else \
             new_memo(pipeline, clients.cache, self.stats)
@@ -470,6 +474,18 @@ class Server:
             memo.on_miss = self._handle
         self.config, self.lists, self.pipeline, self.clients, self.memo = \
             config, lists, pipeline, clients, memo
+        self._install_querylog(config)
+        # The SQLite query log: a row per answer, from finish and from the memo alike.
+        pipeline.record = self.querylog.record if self.querylog is not None else None
+
+    def _install_querylog(self, config: Config) -> None:
+        """(Re)open the query log when its settings changed; the old writer finishes on its own."""
+        old = self.querylog
+        if old is not None and old.settings == config.query_log:
+            return
+        if old is not None:
+            old.close_soon()   # ships what it has queued, then ends (not awaited here)
+        self.querylog = open_log(config.query_log, self.stats)
 
     async def _bind(self, ep: Endpoint) -> None:
         loop = asyncio.get_running_loop()

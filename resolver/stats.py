@@ -86,6 +86,13 @@ class Stats:
         self.paused_devices: dict[str, int] = {}
         self.control_refused: dict[tuple[str, str], int] = {}
         self.bypass_lookups: dict[tuple[str, str], int] = {}
+        # The query log (resolver/querylog): rows written; rows dropped by reason
+        # (queue_full, disk_full, locked, corrupt, unavailable, error); per device
+        # (client label) the (device, name) pairs never seen before.  Added up by the
+        # log's shipper thread from the writer process's reports, read at scrape time.
+        self.querylog_written = 0
+        self.querylog_dropped: dict[str, int] = {}
+        self.device_new_names: dict[str, int] = {}
         # client label -> unix time its query count last grew (0: a known device that never
         # asked); kept by resolver/devices/service.py every few seconds, not per query
         self.device_last_query: dict[str, float] = {}

@@ -298,7 +298,7 @@ def _plain_query(data: bytes, n: int, flags: int, client: str, proto: str, info:
     """The query every stub sends (one IN question of a real type, uncompressed, at most
     one OPT and nothing else), read in one pass; None for anything else, which
     ``_parse_question`` then judges.  Accepts a strict subset of what it accepts, with
-    the same result (``tests/test_parse.py`` checks that on random input)."""
+    the same result (``tests/test_parse_query.py`` checks that on random input)."""
     i = 12
     labels = []
     while True:
@@ -608,10 +608,15 @@ def _name_end(data: bytes, pos: int, n: int, known: dict[int, int]) -> int:
     total = 0            # label octets so far, without the final root byte
     jumps = 0
     end = -1
+    # After a pointer, the name it points at must lie wholly before that pointer: a
+    # target whose labels read forward past it (into later records) would spell a
+    # different name once the message is cut or rebuilt, as a cached answer is.
+    limit = n
     seen: list[tuple[int, int, int]] | None = None   # (pointer target, total, jumps) on the way
     while True:
-        if pos >= n:
-            raise WireError("name runs past the end")
+        if pos >= limit:
+            raise WireError("name runs past the end" if limit == n else
+                            "pointer target runs past the pointer")
         ln = data[pos]
         if ln == 0:
             total += 1
@@ -637,13 +642,14 @@ def _name_end(data: bytes, pos: int, n: int, known: dict[int, int]) -> int:
             if seen is None:
                 seen = []
             seen.append((target, total, jumps))
+            limit = pos
             pos = target
             continue
         if ln > 63:
             raise WireError("extended label type")
         total += ln + 1
-        if total > 254 or pos + 1 + ln > n:
-            raise WireError("bad label")
+        if total > 254 or pos + 1 + ln > limit:
+            raise WireError("bad label" if limit == n else "pointer target runs past the pointer")
         pos += 1 + ln
     known[start] = total << 7 | jumps
     if seen is not None:

@@ -16,10 +16,10 @@ from tests.fakes import FakeUpstream, ServerThread, start_server
 
 
 @pytest.fixture(autouse=True)
-def _own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test its own default state dir: the household state file and the control socket
-    live there, and tests run in parallel with other checkouts on the same machine."""
-    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+def _state_directory(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's state (URL list copies, the query log, the household state and the control
+    socket) in its own directory, never ~/.local."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path_factory.mktemp("state")))
     monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
 
 

@@ -122,7 +122,8 @@ def well_formed(reply: bytes, query: bytes, strict: bool = True) -> None:
 @FUZZ
 @given(packets)
 def test_parse_query_only_drops_rejects_or_parses(data):
-    t0 = time.perf_counter()
+    # CPU time of this thread: what the parser spent, not what a busy machine took from it.
+    t0 = time.thread_time()
     try:
         req = parse_query(data)
     except Drop:
@@ -131,7 +132,7 @@ def test_parse_query_only_drops_rejects_or_parses(data):
         well_formed(rej.reply, data)
         return
     finally:
-        assert time.perf_counter() - t0 < 0.01
+        assert time.thread_time() - t0 < 0.01
     assert isinstance(req, Request)
     assert req.qend <= len(data)
     raw = req.qname.encode("latin-1")
@@ -252,13 +253,13 @@ def test_parse_answer_returns_or_raises_wireerror_only(pair):
     WireError makes the reply be ignored while the genuine one is awaited (TuDoor)."""
     query, answer = pair
     req = parse_query(query)
-    t0 = time.perf_counter()
+    t0 = time.thread_time()
     try:
         ans = parse_answer(answer, req, 0, 86400, 3600)
     except WireError:
         return
     finally:
-        assert time.perf_counter() - t0 < 0.05
+        assert time.thread_time() - t0 < 0.05
     assert ans.ttl >= 0
     assert all(0 <= off <= len(ans.body) - 4 for off in ans.ttl_offsets)
     # What would be cached renders to a well-formed reply for the client.  Not strict:
@@ -285,9 +286,9 @@ list_lines = st.one_of(
 @given(st.lists(list_lines, max_size=12))
 def test_list_parser_never_raises_and_keeps_only_valid_rules(lines):
     text = "\n".join(lines)
-    t0 = time.perf_counter()
+    t0 = time.thread_time()
     parsed = parse_text(text, keep_rules=True)
-    assert time.perf_counter() - t0 < 0.5
+    assert time.thread_time() - t0 < 0.5
     for d in parsed.domains:
         assert normalize_domain(d) == d
     for rx in parsed.regexes:

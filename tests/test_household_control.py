@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -54,7 +55,7 @@ def _blocked(srv: ServerThread, name: str = "ads.example", source: str = "127.0.
 
 def test_the_unix_socket_is_group_readable_only(srv, tmp_path: Path) -> None:
     path = Path(srv.server.control.socket_path)
-    assert path.parent == tmp_path / "state"
+    assert path.parent == Path(os.environ["STATE_DIRECTORY"])
     assert path.stat().st_mode & 0o777 == 0o660
 
 

@@ -291,3 +291,30 @@ def test_answer_rebuild_copies_records_it_does_not_understand() -> None:
     stray = b"\x04evil\x00" + struct.pack("!HHIH", 1, 1, 60, 4) + bytes([203, 0, 113, 6])
     ans = parse_answer(bytes(hdr) + data[12:] + nsec + stray, req, 0, 86400, 3600)
     assert ans.an == 1 and ans.body == nsec
+
+
+def test_a_pointer_whose_target_reads_past_the_pointer_is_refused() -> None:
+    """Found by the fuzz test: the SOA owner points into the question's first label (offset
+    13, read as a 48-octet label), a name that only "ends" by reading through later records.
+    Cached, the additional section is cut and the same pointer spells a name that runs off
+    the end of the reply; such a reply is refused as malformed."""
+    query = (b"\x00\x00\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+                  b"\x010\x010\x010\x0200\x00\x00\x01\x00\x01")
+    answer = (b"\x00\x00\x85\x80\x00\x01\x00\x00\x00\x01\x00\x01"
+                   b"\x010\x010\x010\x0200\x00\x00\x01\x00\x01"
+                   b"\xc0\r\x00\x06\x00\x01\x00\x00\x00<\x00!\x02ns\x04test\x00\x01h\xc0)"
+                   b"\x00\x00\x00\x01\x00\x00\x00\x02\x00\x00\x00\x03\x00\x00\x00\x04\x00\x00\x00\x05"
+                   b"\x00\x00)\x04\xd0\x00\x00\x00\x00\x00\x00")
+    req = parse_query(query)
+    with pytest.raises(wire.WireError, match="pointer target"):
+        parse_answer(answer, req, 0, 86400, 3600)
+
+
+def test_pointers_to_earlier_whole_names_still_pass() -> None:
+    """The usual compression (owner -> question name, rdata -> an earlier rdata name)."""
+    q = dnslib.DNSRecord.question("a.example.com", "A")
+    r = q.reply()
+    r.add_answer(dnslib.RR("a.example.com", dnslib.QTYPE.CNAME, rdata=dnslib.CNAME("b.example.com"), ttl=60))
+    r.add_answer(dnslib.RR("b.example.com", dnslib.QTYPE.A, rdata=dnslib.A("192.0.2.1"), ttl=60))
+    ans = parse_answer(r.pack(), parse_query(q.pack()), 0, 86400, 3600)
+    assert ans.ttl == 60

@@ -58,6 +58,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     help="an allow list applied as serve applies it (repeatable)")
     cv.set_defaults(func=cmd_coverage)
 
+    from ..querylog.commands import add_suggest_parser
+
+    add_suggest_parser(lsub)   # lists suggest: candidate rules from the query log
+
 
 def cmd_coverage(args: argparse.Namespace) -> int:
     from .coverage_cli import run

@@ -1,0 +1,344 @@
+"""The query log's database writer: batches of rows into SQLite, and every failure contained.
+
+It runs in its own process (``child.py``), fed by the server through a pipe, so
+neither its CPU nor its disk waits ever reach the event loop.  A full disk, a
+locked or corrupt file drop the batch (counted by reason), are logged once
+until writing works again, and a corrupt file is renamed
+``<path>.corrupt-<time>`` so a new one starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import QueryLog as Settings
+from ..stats import Stats
+from . import schema
+
+log = logging.getLogger("hushdns.querylog")
+
+MAX_BATCH = 2_000          # rows per transaction
+PRUNE_SECONDS = 60.0       # how often retention and size are enforced
+REOPEN_SECONDS = 30.0      # how often an unusable database is tried again
+
+# A row as the hot path queues it:
+# (time s, device, address, name, qtype, result, list, rule, rcode, upstream, latency s)
+Row = tuple[Any, ...]
+
+
+_INSERT_QUERY = "INSERT INTO queries VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_SEEN = "INSERT INTO seen VALUES (?,?,?,?,?,?,?,?)"
+_UPDATE_SEEN = """
+UPDATE seen SET last = max(last, ?3), count = count + ?4, blocked = blocked + ?5, result = ?6,
+                list = coalesce(?7, list)
+WHERE device = ?1 AND name = ?2
+"""
+_UPSERT_ADDRESS = """
+INSERT INTO addresses VALUES (?, ?, ?, ?)
+ON CONFLICT (device, address) DO UPDATE SET last = max(last, excluded.last)
+"""
+MAX_CACHED = 500_000   # string ids and known (device, name) pairs kept in memory
+
+
+def _reason(exc: BaseException) -> str:
+    """The metric reason for a failed write."""
+    text = str(exc).lower()
+    if "full" in text:
+        return "disk_full"
+    if "locked" in text or "busy" in text:
+        return "locked"
+    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError) \
+            or "malformed" in text or "not a database" in text:
+        return "corrupt"
+    return "error"
+
+
+class Writer:
+    """Owns the database connection and writes batches; runs in the writer process (child.py)."""
+
+    def __init__(self, settings: Settings, stats: Stats, page_limit: int | None = None) -> None:
+        self.settings = settings
+        self.stats = stats
+        self.path = Path(settings.path)
+        self.page_limit = page_limit   # tests: a hard cap in pages (a "full disk")
+        self.db: sqlite3.Connection | None = None
+        self.failing: str | None = None   # the reason last logged, until a write works
+        self.next_open = 0.0
+        self.next_prune = 0.0
+        self._reset_caches()
+
+    def write_all(self, rows: list[Row]) -> None:
+        """Write ``rows`` in transactions of MAX_BATCH; enforce retention when it is due."""
+        for i in range(0, len(rows), MAX_BATCH):
+            self.write(rows[i:i + MAX_BATCH])
+        self.maintain()
+
+    def maintain(self) -> None:
+        now = time.monotonic()
+        if self.db is not None and now >= self.next_prune:
+            self.next_prune = now + PRUNE_SECONDS
+            self._guard(self.prune, 0)
+
+    def close(self) -> None:
+        if self.db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.close()
+            self.db = None
+
+    def write(self, rows: list[Row]) -> None:
+        """Write one batch (privacy applied); a failure drops it, counted by reason."""
+        if not rows:
+            return
+        if self.db is None and not self._open():
+            self._drop(len(rows), "unavailable")
+            return
+        self._guard(self._insert, len(rows), rows, self.settings.privacy != "no-addresses")
+
+    def _guard(self, fn: Any, n: int, *args: Any) -> None:
+        """Run a database step; on failure roll back, count ``n`` rows dropped, log once."""
+        try:
+            fn(*args)
+        except (sqlite3.Error, OSError) as exc:
+            reason = _reason(exc)
+            self._reset_caches()
+            try:
+                if self.db is not None and self.db.in_transaction:
+                    self.db.rollback()
+            except sqlite3.Error:
+                pass
+            if n:
+                self._drop(n, reason)
+            self._failed(reason, exc)
+            if reason == "corrupt":
+                self._rotate()
+            elif reason == "disk_full":
+                self._guard(self._make_room, 0)
+            return
+        if self.failing is not None and n:
+            log.warning("query log: writing to %s again", self.path)
+            self.failing = None
+
+    def _drop(self, n: int, reason: str) -> None:
+        d = self.stats.querylog_dropped
+        d[reason] = d.get(reason, 0) + n
+
+    def _failed(self, reason: str, exc: BaseException) -> None:
+        if self.failing != reason:
+            self.failing = reason
+            log.error("query log %s: %s (%s); DNS keeps answering, rows are dropped and counted "
+                      "in hushdns_querylog_dropped_total", self.path, exc, reason)
+
+    # --- opening and rotating ----------------------------------------------------------
+
+    def _open(self) -> bool:
+        now = time.monotonic()
+        if now < self.next_open:
+            return False
+        self.next_open = now + REOPEN_SECONDS
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            reason = _reason(exc)
+            self._failed(reason if reason != "error" else "unavailable", exc)
+            if reason == "corrupt":
+                self._rotate()
+                return self._reopen_now()
+            return False
+        return True
+
+    def _reopen_now(self) -> bool:
+        self.next_open = 0.0
+        try:
+            self.db = self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            self._failed("unavailable", exc)
+            return False
+        return True
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            # Who looked up what: readable by the service's user only (SQLite gives the
+            # -wal and -shm files the database file's permissions).
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        db = sqlite3.connect(self.path, timeout=2.0, isolation_level=None, check_same_thread=False)
+        try:
+            # New files only: lets a size prune give pages back to the file system.
+            db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA cache_size = -16384")   # 16 MiB: index pages stay in memory
+            db.execute("PRAGMA temp_store = MEMORY")
+            db.execute("PRAGMA journal_size_limit = 16777216")
+            # Checkpoint every 4000 pages, not 1000: an index page changed by many batches
+            # is copied into the database file once.
+            db.execute("PRAGMA wal_autocheckpoint = 4000")
+            ok = db.execute("PRAGMA quick_check").fetchone()
+            if ok is None or ok[0] != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed ({ok and ok[0]})")
+            schema.create(db)
+            page = db.execute("PRAGMA page_size").fetchone()[0]
+            cap = self.page_limit or max(64, int(self.settings.max_size * 1.25) // page)
+            db.execute(f"PRAGMA max_page_count = {int(cap)}")
+        except BaseException:
+            db.close()
+            raise
+        self._reset_caches()
+        return db
+
+    def _rotate(self) -> None:
+        """Move a corrupt file (and its WAL) aside; the next write starts a new one."""
+        if self.db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.close()
+            self.db = None
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        try:
+            os.replace(self.path, aside)
+            for ext in ("-wal", "-shm"):
+                side = Path(str(self.path) + ext)
+                if side.exists():
+                    os.replace(side, Path(str(aside) + ext))
+            log.error("query log: %s was corrupt; moved aside to %s, a new log starts",
+                      self.path, aside)
+        except OSError as exc:
+            log.error("query log: cannot move corrupt %s aside: %s", self.path, exc)
+        self.next_open = 0.0
+
+    # --- writing -------------------------------------------------------------------------
+    #
+    # This runs in the writer process, which has its own GIL: plain Python and
+    # ``executemany`` are fine here.  Strings are interned through an in-memory map and
+    # the inventory is aggregated per batch in a dict, so SQLite sees integer rows.
+
+    def _reset_caches(self) -> None:
+        """After a rollback or a new file: ids and pairs in memory may not be in the file."""
+        self.ids: dict[str, int] = {}
+        self.known: set[tuple[int, int]] = set()
+
+    def _id(self, s: str) -> int:
+        i = self.ids.get(s)
+        if i is not None:
+            return i
+        db = self.db
+        assert db is not None
+        got = db.execute("SELECT id FROM strings WHERE s = ?", (s,)).fetchone()
+        i = got[0] if got else db.execute("INSERT INTO strings (s) VALUES (?)", (s,)).lastrowid
+        if len(self.ids) >= MAX_CACHED:
+            self.ids.clear()
+        self.ids[s] = i  # type: ignore[assignment]
+        return i  # type: ignore[return-value]
+
+    def _insert(self, rows: list[Row], addresses: bool) -> None:
+        db = self.db
+        assert db is not None
+        if self.settings.privacy == "blocked-only":
+            rows = [r for r in rows if r[5] == "blocked"]
+            if not rows:
+                return
+        sid = self._id
+        codes, other, blocked_code = schema.RESULT_OF, schema.OTHER, schema.BLOCKED
+        out = []
+        seen: dict[tuple[int, int], list[Any]] = {}
+        addrs: dict[tuple[int, int], list[int]] = {}
+        labels: dict[int, str] = {}
+        db.execute("BEGIN")
+        for t, device, address, name, qtype, result, lst, rule, rcode, upstream, latency in rows:
+            ms = int(t * 1000)
+            dev, nm = sid(device), sid(name)
+            res = codes.get(result, other)
+            li = sid(lst) if lst else None
+            ad = sid(address) if addresses and address else None
+            out.append((ms, dev, ad, nm, qtype, res, li, sid(rule) if rule else None, rcode,
+                        sid(upstream) if upstream else None, int(latency * 1e6)))
+            b = res == blocked_code
+            e = seen.get((dev, nm))
+            if e is None:
+                labels[dev] = device
+                seen[(dev, nm)] = [dev, nm, ms, ms, 1, int(b), res, li]
+            else:
+                e[3] = ms
+                e[4] += 1
+                e[5] += b
+                e[6] = res
+                if li is not None:
+                    e[7] = li
+            if ad is not None:
+                a = addrs.get((dev, ad))
+                if a is None:
+                    addrs[(dev, ad)] = [dev, ad, ms, ms]
+                else:
+                    a[3] = ms
+        db.executemany(_INSERT_QUERY, out)
+        known = self.known
+        new: list[list[Any]] = []
+        old: list[tuple[Any, ...]] = []
+        for key, e in seen.items():
+            if key in known or db.execute("SELECT 1 FROM seen WHERE device = ? AND name = ?",
+                                          key).fetchone():
+                old.append((e[0], e[1], e[3], e[4], e[5], e[6], e[7]))
+            else:
+                new.append(e)
+        db.executemany(_INSERT_SEEN, new)
+        db.executemany(_UPDATE_SEEN, old)
+        db.executemany(_UPSERT_ADDRESS, addrs.values())
+        db.execute("COMMIT")
+        if len(known) + len(seen) > MAX_CACHED:
+            known.clear()
+        known.update(seen)
+        self.stats.querylog_written += len(out)
+        if new:
+            counter = self.stats.device_new_names
+            for e in new:
+                label = labels[e[0]]
+                counter[label] = counter.get(label, 0) + 1
+
+    # --- retention -------------------------------------------------------------------------
+
+    def prune(self) -> None:
+        """Delete rows older than ``retention``, then the oldest while over ``max_size``."""
+        db = self.db
+        assert db is not None
+        cutoff = int((time.time() - self.settings.retention) * 1000)
+        # Rows are in time order: the first young row ends the old ones (no index on t).
+        first = db.execute("SELECT rowid FROM queries WHERE t >= ? ORDER BY rowid LIMIT 1",
+                           (cutoff,)).fetchone()
+        if first is None:
+            db.execute("DELETE FROM queries")
+        else:
+            db.execute("DELETE FROM queries WHERE rowid < ?", (first[0],))
+        while self._used() > self.settings.max_size * 0.9 and self._drop_oldest(0.1):
+            pass
+        db.execute("PRAGMA incremental_vacuum")
+
+    def _used(self) -> int:
+        db = self.db
+        assert db is not None
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        return (pages - free) * db.execute("PRAGMA page_size").fetchone()[0]
+
+    def _drop_oldest(self, share: float) -> bool:
+        """Delete the oldest ``share`` of the rows; False when there is nothing left to delete."""
+        db = self.db
+        assert db is not None
+        lo = db.execute("SELECT min(rowid) FROM queries").fetchone()[0]   # (one each: no scan)
+        if lo is None:
+            return False
+        hi = db.execute("SELECT max(rowid) FROM queries").fetchone()[0]
+        upto = lo + max(1, int((hi - lo + 1) * share))
+        db.execute("DELETE FROM queries WHERE rowid < ?", (upto,))
+        return True
+
+    def _make_room(self) -> None:
+        """After a "full" error: drop the oldest rows so the next batch fits."""
+        if self.db is not None:
+            self._drop_oldest(0.2)
+            self.db.execute("PRAGMA incremental_vacuum")
