@@ -298,11 +298,6 @@ def test_cli_exit_status_only_for_errors(tmp_path: Path, capsys: pytest.CaptureF
 
 # --- the real repository: THE triage test of issue #16 -------------------------------------
 
-# The curation branches (curA/curB/curC) fill the lists and the triage files; until they are
-# merged, the untriaged names and the targets are expected to fail. Stale triage and parse
-# errors are never expected to fail. The targets stay expected-to-fail until every vendor meets them.
-CURATION_PENDING = pytest.mark.xfail(
-    strict=False, reason="issue #16: the curation branches fill the lists and blocklists/triage/")
 DEFAULT_TARGET = 85.0
 STRICT_TARGET = 95.0
 
@@ -351,7 +346,28 @@ def test_every_reference_name_is_blocked_or_triaged(repo_report: coverage.Report
     assert missing == {}, "untriaged reference names (hushdns lists coverage --missing)"
 
 
-@CURATION_PENDING
+# What the lists reach today (default %, default+strict %), from `hushdns lists coverage`:
+# a change that blocks fewer reference names than this fails. Raise a floor when a vendor
+# improves; lowering one needs the reason in the commit (e.g. a host found to be essential).
+FLOORS = {
+    "xiaomi": (59.0, 88.0), "heytap": (88.5, 95.5), "vivo": (85.0, 89.5), "huawei": (81.5, 84.0),
+    "samsung": (83.5, 94.5), "lg": (93.5, 99.0), "roku": (84.5, 99.5), "amazon": (96.0, 99.0),
+    "windows": (65.0, 79.0), "apple": (86.0, 93.0), "tiktok": (92.0, 99.5),
+}
+
+
+def test_coverage_never_falls_below_todays_floor(repo_report: coverage.Report) -> None:
+    now = {v.vendor: (v.total.share("default"), v.total.share("default", "strict"))
+           for v in repo_report.vendors}
+    assert set(now) == set(FLOORS)
+    low = {v: (round(d, 1), round(s, 1)) for v, (d, s) in now.items()
+           if d < FLOORS[v][0] or s < FLOORS[v][1]}
+    assert low == {}, f"vendor: (default %, default+strict %) below FLOORS {FLOORS}"
+
+
+@pytest.mark.xfail(strict=False, reason="issue #16 targets: xiaomi, huawei, samsung, roku, windows "
+                   "(default) and xiaomi, vivo, huawei, samsung, windows, apple (default+strict) "
+                   "are below; see README Coverage")
 def test_coverage_targets_per_vendor(repo_report: coverage.Report) -> None:
     low = {v.vendor: (round(v.total.share("default"), 1), round(v.total.share("default", "strict"), 1))
            for v in repo_report.vendors

@@ -52,14 +52,18 @@ class DomainIndex:
     def add(self, bit: int, parsed: Parsed, allow: bool = False) -> None:
         """Add one list's rules under ``bit`` (a power of two)."""
         self._add_domains(bit, parsed.domains)
-        sources = parsed.regexes
+        self.add_regexes(bit, parsed.regexes)
+        if allow:
+            self.allow_bits |= bit
+
+    def add_regexes(self, bit: int, sources: list[str]) -> None:
+        """One list's regex rules under ``bit``: what ``match`` runs and ``explain`` names.
+        The one way in, so an index assembled elsewhere (``offload``) matches the same."""
         if sources:
             self.regexes.append((bit, re.compile("|".join(f"(?:{s})" for s in sources))))
             self.regex_sources[bit] = list(sources)
             self.regex_set.add(bit, sources)
             self.regex_mask |= bit
-        if allow:
-            self.allow_bits |= bit
 
     def _add_domains(self, bit: int, domains: Iterable[str]) -> None:
         """Merge one list's names; set operations keep a big list's cost in C, not per name.

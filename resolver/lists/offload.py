@@ -23,7 +23,6 @@ import itertools
 import logging
 import os
 import pickle
-import re
 import struct
 import sys
 import time
@@ -159,7 +158,7 @@ async def _carry_over(info: ListInfo, previous: Blocklists | None
         masks, common = idx.masks, idx.common
         chunks.append("\n".join(n for n in batch if masks.get(n, common) & old.bit))
         await asyncio.sleep(0)
-    regexes = [rx.pattern for bit, rx in idx.regexes if bit == old.bit]
+    regexes = list(idx.regex_sources.get(old.bit, ()))
     info.entries, info.loaded_at = old.entries, old.loaded_at
     return info.bit, chunks, regexes, info.spec.allow
 
@@ -172,9 +171,7 @@ async def build_index(parts: list[tuple[int, list[str], list[str], bool]]) -> Do
     """The same DomainIndex ``DomainIndex.add`` would build, assembled one chunk per iteration."""
     idx = DomainIndex()
     for bit, _chunks, regexes, allow in parts:
-        if regexes:
-            idx.regexes.append((bit, re.compile("|".join(f"(?:{s})" for s in regexes))))
-            idx.regex_mask |= bit
+        idx.add_regexes(bit, regexes)
         if allow:
             idx.allow_bits |= bit
     with_names = [(bit, chunks) for bit, chunks, _r, _a in parts if any(chunks)]
