@@ -167,13 +167,18 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("check FAILED: configuration errors (above)", file=sys.stderr)
         return 2
     offline = getattr(args, "offline", False)
-    failures: list[str] = []
     print(f"{config.path}: configuration OK")
     for text in config.warnings:
         print(f"warning: {text}")
     for line in _household_summary(config):
         print(line)
     warnings = len(config.warnings)
+    from .tls_check import report  # DoT/DoH upstreams and listeners, the certificate's dates
+
+    lines, tls_warnings, failures = report(config)
+    for line in lines:
+        print(line)
+    warnings += tls_warnings
     for spec in config.all_lists():
         kind = "allow" if spec.allow else "block"
         if offline and spec.kind == "url":

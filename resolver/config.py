@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from . import bundled, config_limits, config_load
+from .encrypted_endpoints import ListenURL, is_encrypted_url, parse_listen_url, parse_upstream_url
 from .household_config import HOUSEHOLD_KEYS, Household, Schedule, read_household, read_schedules
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -109,6 +110,15 @@ class ServerOptions:
     max_waiters: int = 256
     minimal_responses: bool = True
     reply_memo: bool = True
+    # Sources that put a PROXY protocol v2 header before each query (dnsdist, HAProxy):
+    # only they may, and from them it is required (resolver/proxy_protocol.py).
+    proxy_protocol_from: tuple[IPNetwork, ...] = ()
+    # DoT/DoH listeners (listen: tls://..., https://...): PEM paths, reloaded on SIGHUP.
+    tls_certificate: str | None = None
+    tls_key: str | None = None
+    tls_handshake_timeout: float = 5.0
+    # Persistent DoT/DoH upstream connections close after this long without a query.
+    upstream_idle_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +159,18 @@ class QueryLog:
 
 
 @dataclass(frozen=True)
+class Dnstap:
+    """Where dnstap messages go (resolver/dnstap/); ``socket`` or ``tcp``, never both."""
+
+    socket: str | None = None          # a unix socket path (fstrm_capture -u, a collector)
+    tcp: Endpoint | None = None        # or a TCP collector
+    identity: str = ""
+    queries: bool = True               # CLIENT_QUERY messages
+    responses: bool = True             # CLIENT_RESPONSE messages
+    queue: int = 10_000                # messages waiting for the writer; beyond: dropped, counted
+
+
+@dataclass(frozen=True)
 class Devices:
     """Where device names come from besides ``clients:`` (resolver/devices/).
 
@@ -185,11 +207,14 @@ class Config:
     # Control API, time zone, local names, bypass answers (resolver/household_config.py).
     household: Household = field(default_factory=Household)
     query_log: QueryLog = field(default_factory=QueryLog)
+    # DoT (tls://) and DoH (https://.../path) listeners; ``listen`` keeps the plain UDP+TCP ones.
+    listen_encrypted: tuple[ListenURL, ...] = ()
     devices: Devices = field(default_factory=Devices)
     # Not errors, but worth saying (check prints them, serve logs them): e.g. an empty file.
     warnings: tuple[str, ...] = ()
     # Clients whose RD=0 queries are answered (from the cache only); the rest get REFUSED.
     access_allow_snoop: tuple[IPNetwork, ...] = ()
+    dnstap: Dnstap | None = None       # None: off
 
     def all_lists(self) -> list[ListSpec]:
         return [*self.blocking.lists.values(), *self.blocking.allow.values()]
@@ -329,8 +354,10 @@ class _Reader:
             out.append(item)
         return out
 
-    def endpoints(self, data: Any, path: str, default_port: int) -> tuple[Endpoint, ...]:
-        out = []
+    def endpoints(self, data: Any, path: str, default_port: int,
+                  encrypted: bool = False) -> tuple[Endpoint, ...]:
+        """Plain ``IP[:port]`` addresses; with ``encrypted``, ``tls://`` and ``https://`` upstreams too."""
+        out: list[Endpoint] = []
         raw = data if isinstance(data, list) else [data]
         if data is not None and not isinstance(data, list | str):
             self.doc.err(path, f"must be a list of addresses, not {_tname(data)}")
@@ -341,10 +368,34 @@ class _Reader:
                 self.doc.err(sub, f"must be an address string like '192.0.2.1:53', not {_tname(item)}")
                 continue
             try:
-                out.append(parse_endpoint(item, default_port))
+                if encrypted and is_encrypted_url(item):
+                    out.extend(parse_upstream_url(item, str(self.base)))
+                else:
+                    out.append(parse_endpoint(item, default_port))
             except ValueError as exc:
                 self.doc.err(sub, str(exc))
         return tuple(out)
+
+    def listen(self, data: Any) -> tuple[tuple[Endpoint, ...], tuple[ListenURL, ...]]:
+        """``listen``: plain addresses (UDP+TCP) and ``tls://``/``https://`` listeners, apart."""
+        raw = data if isinstance(data, list) else [data]
+        if not isinstance(data, list | str):
+            return self.endpoints(data, "listen", 53), ()
+        plain: list[Any] = []
+        enc: list[ListenURL] = []
+        for i, item in enumerate(raw):
+            sub = f"listen[{i}]" if isinstance(data, list) else "listen"
+            if isinstance(item, str) and is_encrypted_url(item):
+                try:
+                    enc.append(parse_listen_url(item))
+                except ValueError as exc:
+                    self.doc.err(sub, str(exc))
+            else:
+                plain.append((sub, item))
+        eps: list[Endpoint] = []
+        for sub, item in plain:
+            eps.extend(self.endpoints(item, sub, 53))
+        return tuple(eps), tuple(enc)
 
     def networks(self, data: Any, path: str) -> tuple[IPNetwork, ...]:
         out = []
@@ -386,6 +437,9 @@ def _port(p: str, text: str) -> int:
 
 
 def format_endpoint(ep: Endpoint) -> str:
+    text = getattr(ep, "text", None)
+    if text is not None:   # a tls:// or https:// upstream: its URL
+        return text
     host, port = ep
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -448,7 +502,7 @@ def parse_duration(v: Any) -> float | None:
 
 TOP_KEYS = ("listen", "upstreams", "forward_zones", "access", "blocking", "clients", "groups",
             "cache", "metrics", "server", "rate_limit", "rebind_protection", "state_dir", "log",
-            "workers", "devices", "query_log", *HOUSEHOLD_KEYS)
+            "workers", "devices", "query_log", "dnstap", *HOUSEHOLD_KEYS)
 
 
 def load_config(path: str | os.PathLike[str] | None = None, text: str | None = None,
@@ -510,11 +564,11 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
     r = _Reader(doc, base)
     top = r.section(data, "", TOP_KEYS)
 
-    listen = r.endpoints(top.get("listen", ["0.0.0.0:53", "[::]:53"]), "listen", 53)
+    listen, listen_enc = r.listen(top.get("listen", ["0.0.0.0:53", "[::]:53"]))
     if top.get("listen", None) == []:
         doc.err("listen", "needs at least one address")
     ups_raw = top.get("upstreams", "auto")
-    upstreams = system_upstreams() if ups_raw in ("auto", None) else r.endpoints(ups_raw, "upstreams", 53)
+    upstreams = system_upstreams() if ups_raw in ("auto", None) else r.endpoints(ups_raw, "upstreams", 53, encrypted=True)
     if ups_raw == []:
         doc.err("upstreams", "needs at least one upstream (or 'auto')")
 
@@ -525,7 +579,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         fz = {}
     for zone, servers in fz.items():
         name = zone.strip(".").lower()
-        eps = r.endpoints(servers, f"forward_zones.{zone}", 53)
+        eps = r.endpoints(servers, f"forward_zones.{zone}", 53, encrypted=True)
         if not eps:
             doc.err(f"forward_zones.{zone}", "needs at least one server")
         zones[name] = eps
@@ -586,7 +640,15 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         max_waiters=r.typed(s, "max_waiters", "server", int, d.max_waiters, _at_least(1)),
         minimal_responses=r.typed(s, "minimal_responses", "server", bool, d.minimal_responses),
         reply_memo=r.typed(s, "reply_memo", "server", bool, d.reply_memo),
+        proxy_protocol_from=r.networks(s.get("proxy_protocol_from"), "server.proxy_protocol_from"),
+        tls_certificate=_pem_path(r, s, "tls_certificate"),
+        tls_key=_pem_path(r, s, "tls_key"),
+        tls_handshake_timeout=_dur(r, s, "tls_handshake_timeout", "server", d.tls_handshake_timeout,
+                                   _positive),
+        upstream_idle_timeout=_dur(r, s, "upstream_idle_timeout", "server", d.upstream_idle_timeout,
+                                   _positive),
     )
+    _check_tls_pair(r, s, server, listen_enc)
 
     rl = r.section(top.get("rate_limit"), "rate_limit", ("qps", "burst", "action"))
     qps = r.typed(rl, "qps", "rate_limit", float, 0.0, _at_least(0))
@@ -605,7 +667,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         state_dir = str((base / top["state_dir"]).resolve())
 
     workers = r.typed(top, "workers", "", int, 1, _between(1, 64))
-    if workers > 1 and any(port == 0 for _, port in listen):
+    if workers > 1 and any(ep[1] == 0 for ep in (*listen, *listen_enc)):
         doc.err("workers", "several workers share fixed ports (SO_REUSEPORT); listen on port 0 needs workers: 1")
 
     lg = r.section(top.get("log"), "log", ("level", "queries"))
@@ -631,9 +693,11 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         workers=workers,
         rebind_protection=rebind,
         query_log=query_log,
+        listen_encrypted=listen_enc,
         access_allow_snoop=snoop_nets,
         household=household,
         devices=devices,
+        dnstap=_dnstap(r, top.get("dnstap"), base),
     )
 
 
@@ -666,6 +730,28 @@ def _devices(r: _Reader, top: dict[str, Any], base: Path) -> Devices:
         reverse_dns=reverse,
         refresh=_dur(r, d, "refresh", "devices", 60.0, _at_least(1)),
     )
+
+
+def _dnstap(r: _Reader, data: Any, base: Path) -> Dnstap | None:
+    """``dnstap: {socket: PATH | tcp: IP:PORT, identity, queries, responses, queue}``."""
+    if data is None:
+        return None
+    d = r.section(data, "dnstap", tuple(Dnstap.__dataclass_fields__))
+    if not d:
+        return None
+    sock = r.typed(d, "socket", "dnstap", str, None)
+    tcp = None
+    if d.get("tcp") is not None:
+        eps = r.endpoints(d["tcp"], "dnstap.tcp", 6000)
+        tcp = eps[0] if eps else None
+    if ("socket" in d) == ("tcp" in d):
+        r.doc.err("dnstap", "needs exactly one of socket (a unix socket path) or tcp (IP:PORT)")
+    if sock is not None:
+        sock = str(base / sock)
+    return Dnstap(sock, tcp, r.typed(d, "identity", "dnstap", str, ""),
+                  r.typed(d, "queries", "dnstap", bool, True),
+                  r.typed(d, "responses", "dnstap", bool, True),
+                  r.typed(d, "queue", "dnstap", int, Dnstap.queue, _at_least(1)))
 
 
 def _rebind(r: _Reader, data: Any) -> RebindProtection:
@@ -894,6 +980,50 @@ def _dur(r: _Reader, data: dict[str, Any], key: str, path: str, default: Any,
         r.doc.err(f"{path}.{key}", problem)
         return default
     return v
+
+
+def _pem_path(r: _Reader, s: dict[str, Any], key: str) -> str | None:
+    value = r.typed(s, key, "server", str, None)
+    return None if value is None else str((r.base / value).resolve())
+
+
+def _check_tls_pair(r: _Reader, s: dict[str, Any], server: ServerOptions,
+                    listen_enc: tuple[ListenURL, ...]) -> None:
+    """DoT/DoH listeners need a certificate and its key, readable and matching."""
+    cert, key = server.tls_certificate, server.tls_key
+    if listen_enc and (cert is None or key is None):
+        missing = "server.tls_certificate" if cert is None else "server.tls_key"
+        r.doc.err(missing, f"needed by listen {listen_enc[0].url()} (a PEM file path)")
+        return
+    if cert is None and key is None:
+        return
+    if cert is None or key is None:
+        r.doc.err("server.tls_key" if key is None else "server.tls_certificate",
+                  "server.tls_certificate and server.tls_key go together")
+        return
+    problem = tls_pair_problem(cert, key)
+    if problem:
+        r.doc.err(problem[0], problem[1])
+
+
+def tls_pair_problem(cert: str, key: str) -> tuple[str, str] | None:
+    """(key path, what is wrong) when ``cert``/``key`` cannot serve TLS, else None."""
+    import ssl
+
+    for name, path in (("server.tls_certificate", cert), ("server.tls_key", key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            return name, f"{path}: {(exc.strerror or str(exc)).lower()}"
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        why = "the key does not match the certificate" if "KEY_VALUES_MISMATCH" in str(exc) \
+            else f"not a usable PEM certificate and key ({exc.reason or exc})"
+        return "server.tls_key", why
+    return None
 
 
 def _at_least(lo: float) -> Callable[[Any], str | None]:

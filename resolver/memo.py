@@ -101,6 +101,7 @@ class ReplyMemo:
         self.size = 0
         self.door: set[int] = set()
         self.on_miss: Any = None
+        self.tap: Any = None   # the dnstap writer: memo answers are logged like the pipeline's
         self._missed_data = b""   # the last datagram not answered here, and its key
         self._missed_tail = b""
 
@@ -141,7 +142,11 @@ class ReplyMemo:
                         if record is not None:   # the query log, as Pipeline.finish writes it
                             record(info.device or info.label, addr[0], why[0], why[1], result,
                                    why[2], why[3], tail[1] & 15, None, took)
-                        return data[:2] + tail
+                        wire = data[:2] + tail
+                        tap = self.tap
+                        if tap is not None:   # dnstap, with the verdict of the reply it repeats
+                            tap.hit(data, addr, wire, result, keep, why[3], t0)
+                        return wire
         on_miss = self.on_miss
         if on_miss is None:
             return None

@@ -120,6 +120,28 @@ class StatsCollector:
             m.add_metric((client, reason), n)
         yield m
 
+        m = CounterMetricFamily(
+            "hushdns_proxy_dropped",
+            "Datagrams and TCP connections dropped at the PROXY protocol v2 check "
+            "(untrusted source, malformed, truncated, header missing from a trusted proxy).",
+            labels=("reason",))
+        for reason, n in _items(getattr(s, "proxy_dropped", {})):
+            m.add_metric((reason,), n)
+        yield m
+
+        yield CounterMetricFamily(
+            "hushdns_dnstap_dropped",
+            "dnstap messages dropped because the queue was full or the collector was gone.",
+            value=getattr(s, "dnstap_dropped", 0) + getattr(s, "dnstap_lost", lambda: 0)())
+
+        m = CounterMetricFamily(
+            "hushdns_client_connections",
+            "Client connections accepted, by transport (tcp, tls = DoT, https = DoH).",
+            labels=("proto",))
+        for proto, n in _items(s.connections):
+            m.add_metric((proto,), n)
+        yield m
+
         yield CounterMetricFamily(
             "hushdns_client_labels_released",
             "Client label values released after metrics.client_idle without a query "
@@ -146,26 +168,27 @@ class StatsCollector:
             "hushdns_upstream_requests",
             "Exchanges with upstream resolvers, by outcome (ok, timeout, error, truncated, "
             "spoof_rejected, late).",
-            labels=("upstream", "outcome"))
+            labels=("upstream", "transport", "outcome"))
+        tr = s.upstream_transport
         for (upstream, outcome), n in _items(s.upstream_requests):
-            m.add_metric((upstream, outcome), n)
+            m.add_metric((upstream, tr.get(upstream, "udp"), outcome), n)
         yield m
 
         h = HistogramMetricFamily(
             "hushdns_upstream_duration_seconds",
             "Round-trip time of upstream exchanges that got an answer.",
-            labels=("upstream",))
+            labels=("upstream", "transport"))
         for upstream, hist in _items(s.upstream_duration):
             buckets, total = _buckets(hist)
-            h.add_metric((upstream,), buckets, total)
+            h.add_metric((upstream, tr.get(upstream, "udp")), buckets, total)
         yield h
 
         g = GaugeMetricFamily(
             "hushdns_upstream_up",
             "1 if the upstream answered last time, 0 while it is in back-off after repeated failures.",
-            labels=("upstream",))
+            labels=("upstream", "transport"))
         for upstream, up in _items(s.upstream_state):
-            g.add_metric((upstream,), up)
+            g.add_metric((upstream, tr.get(upstream, "udp")), up)
         yield g
 
         yield GaugeMetricFamily(

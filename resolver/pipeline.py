@@ -107,6 +107,7 @@ class Pipeline:
         self.memo: ReplyMemo | None = None
         # QueryLog.record when the query log is on (set by the server), else None.
         self.record: Callable[..., None] | None = None
+        self.tap: Any = None   # the dnstap writer (resolver/dnstap), None when off
         self.cache_entries: OrderedDict[bytes, Answer] | None = None
         outs: list[Callable[[Request, Reply], Reply]] = []
         # (on_query, the on_answers above it innermost first, its position) per answering stage.
@@ -179,7 +180,7 @@ class Pipeline:
             now = time.monotonic()
             wire = r.answer.render(q, now, self.udp_cap)
         if wire is None:
-            if q.proto == "tcp":
+            if q.proto != "udp":   # stream transports (tcp, tls, https) count what they await
                 q.sink.sendto(None, q.addr)
         else:
             if q.proto == "udp":
@@ -202,6 +203,9 @@ class Pipeline:
         if record is not None:   # the query log (resolver/querylog): device as device_of()
             record(info.device or info.label, q.client, q.qname, q.qtype, r.result, r.list,
                    r.rule, wire[3] & 15 if wire else None, r.upstream, took)
+        tap = self.tap
+        if tap is not None:
+            tap.emit(q, wire, r)
         if self.log_queries:
             qlog.info("%s %s %s %s%s", q.client, q.qname, qtype,
                       r.result, f" list={r.list} rule={r.rule}" if r.list else "")

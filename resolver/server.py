@@ -26,6 +26,7 @@ from .config import Config, ConfigError, Endpoint, format_endpoint
 from .control.api import ControlApi
 from .control.state import HouseholdState
 from .devices.service import DeviceService
+from .dnstap import DnstapWriter
 from .listen_errors import ListenError, listen_error
 from .lists import loader, offload
 from .lists.loader import Blocklists
@@ -33,6 +34,7 @@ from .lists.upkeep import ListUpkeep
 from .memo import ReplyMemo
 from .metrics import snapshot, start_metrics_server
 from .pipeline import Pipeline, build_pipeline, new_memo
+from .proxy_protocol import SIGNATURE, V4_UDP, ProxyDrop, ProxyGate, parse
 from .querylog import QueryLog, open_log
 from .stats import Stats
 from .tcp_limits import ConnectionTable
@@ -67,6 +69,16 @@ class UdpEdge:
         self.out: list[tuple[bytes, Any]] | None = None   # replies of the batch being read
         self.later: list[tuple[bytes, Any]] = []          # replies of answers that waited
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.proxies: dict[Any, ProxiedSink] = {}          # proxy address -> its sink
+
+    def via(self, proxy: Any) -> ProxiedSink:
+        """The sink that sends a proxied client's replies back to the proxy (one per proxy socket)."""
+        sink = self.proxies.get(proxy)
+        if sink is None:
+            if len(self.proxies) >= 4096:
+                self.proxies.clear()
+            sink = self.proxies[proxy] = ProxiedSink(self, proxy)
+        return sink
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -122,24 +134,58 @@ class UdpEdge:
         self.out = out = []
         try:
             memo = server.memo
-            for data, addr in batch:
+            gate = server.proxy
+            proxies = self.proxies
+            if gate is not None:
+                trusted, known = gate.trusted_table, gate.clients
+            for data, peer in batch:
+                addr, sink = peer, self
+                if gate is not None:   # PROXY v2: the client is who the header names
+                    # ProxyGate.open's common case inlined: a trusted proxy, dnsdist's IPv4
+                    # UDP header without TLVs, a client seen before.
+                    client = known.get(data[16:26]) if trusted.get(peer[0]) and \
+                        data[12:16] == V4_UDP and data[:12] == SIGNATURE and len(data) >= 28 \
+                        else None
+                    if client is not None:
+                        data, addr = data[28:], client
+                    else:
+                        opened = gate.open(data, peer)
+                        if opened is None:
+                            continue
+                        data, addr = opened
+                    if addr is not peer:
+                        sink = proxies.get(peer) or self.via(peer)
                 wire = None
                 if memo is not None:
                     try:
-                        wire = memo.answer(data, addr, self)
+                        wire = memo.answer(data, addr, sink)
                     except Exception:   # a bug in the memo must not cost the answer
                         log.exception("reply memo failed; the pipeline answers")
                 if wire is None:
-                    server.handle(data, addr, "udp", self)
+                    server.handle(data, addr, "udp", sink)
                 elif wire:
-                    out.append((wire, addr))
+                    out.append((wire, peer))
         finally:
             self.out = None
             self._send_all(out)
 
 
+class ProxiedSink:
+    """Replies to a client that came through a PROXY v2 proxy go to the proxy, bare (no header)."""
+
+    __slots__ = ("edge", "to")
+
+    def __init__(self, edge: UdpEdge, to: Any) -> None:
+        self.edge, self.to = edge, to
+
+    def sendto(self, wire: bytes | None, addr: Any = None) -> None:
+        self.edge.sendto(wire, self.to)
+
+
 class TcpConnection(asyncio.Protocol):
     """One DNS-over-TCP client (RFC 7766): length-prefixed messages, pipelined, answered as ready."""
+
+    proto = "tcp"   # edge_tls.TlsConnection: "tls"
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -152,6 +198,9 @@ class TcpConnection(asyncio.Protocol):
         self.read_paused = False
         self.write_paused = False
         self.dispatching = False
+        # PROXY v2: "header" until a trusted proxy's header is read, "check" for the
+        # first bytes of anyone else while the feature is on, None after that.
+        self.proxy: str | None = None
         self.batch_full = False   # a batch was cut short; the rest follows next iteration
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -169,9 +218,16 @@ class TcpConnection(asyncio.Protocol):
         if victim is not None and victim.transport is not None:
             srv.count_limited(victim.peer[0], "tcp_evicted")
             victim.transport.abort()
+        conns = srv.stats.connections
+        conns[self.proto] = conns.get(self.proto, 0) + 1
         # A client that does not read its answers is paused after 16 KB, not 64 KB.
         with contextlib.suppress(AttributeError, NotImplementedError):
             transport.set_write_buffer_limits(high=TCP_WRITE_HIGH)  # type: ignore[attr-defined]
+        gate = srv.proxy
+        if gate is not None:
+            self.proxy = "header" if gate.trusted(self.peer[0]) else "check"
+            if self.proxy == "header":
+                self.frame_started = time.monotonic()   # the sweep closes a stalled header
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.tcp_connections.remove(self)
@@ -185,7 +241,32 @@ class TcpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buf += data
         self.last = time.monotonic()
+        if self.proxy is not None and not self._proxy_header():
+            return
         self._dispatch()
+
+    def _proxy_header(self) -> bool:
+        """Read (trusted proxy) or refuse (anyone else) a PROXY v2 header; False: not yet, or gone."""
+        buf, gate = self.buf, self.server.proxy
+        if self.proxy == "check":
+            if len(buf) < 12 and buf == SIGNATURE[:len(buf)]:
+                return False
+            if buf[:12] == SIGNATURE:
+                gate.drop("untrusted")  # type: ignore[union-attr]
+                self.transport.abort()  # type: ignore[union-attr]
+                return False
+            self.proxy = None
+            return True
+        try:
+            end, client = parse(buf, self.peer)
+        except ProxyDrop as d:
+            if d.reason != "truncated":
+                gate.drop(d.reason)  # type: ignore[union-attr]
+                self.transport.abort()  # type: ignore[union-attr]
+            return False
+        del buf[:end]
+        self.peer, self.proxy, self.frame_started = client, None, None
+        return True
 
     def _dispatch(self) -> None:
         """Hand complete frames to the server, at most ``tcp_max_pipelined`` in flight.
@@ -219,7 +300,7 @@ class TcpConnection(asyncio.Protocol):
                 del buf[:2 + n]
                 self.frame_started = None
                 self.pending += 1
-                self.server.handle(msg, self.peer, "tcp", self)
+                self.server.handle(msg, self.peer, self.proto, self)
                 t = self.transport
                 if t is None or t.is_closing():
                     return
@@ -306,13 +387,20 @@ class Server:
         self.tcp_servers: list[asyncio.AbstractServer] = []
         self.tcp_connections: ConnectionTable[TcpConnection] = ConnectionTable(
             config.server.tcp_max_connections, config.server.tcp_max_per_client,
-            TcpConnection.idle_since)
+            lambda c: c.idle_since())   # TcpConnection, TlsConnection, DohServerConnection
         self.udp_addresses: list[Endpoint] = []
         self.tcp_addresses: list[Endpoint] = []
+        from .edge_tls import EncryptedListeners  # edge_tls builds on TcpConnection
+
+        self.encrypted = EncryptedListeners(self)
         self._background: list[asyncio.Task[Any]] = []
         self._reload_lock = asyncio.Lock()
         self._disposals: set[asyncio.Task[Any]] = set()   # old snapshots being freed
         self.metrics_server: Any = None
+        # PROXY v2 trusted sources, or None when server.proxy_protocol_from is empty.
+        self.proxy: ProxyGate | None = None
+        # The dnstap writer (kept across reloads while its settings hold), or None.
+        self.tap: DnstapWriter | None = None
         self.querylog: QueryLog | None = None   # query_log: the SQLite log (resolver/querylog)
         # Lifecycle hooks (sd_notify uses them); plain callables.
         self.on_ready: Callable[[], None] = lambda: None
@@ -344,6 +432,7 @@ class Server:
         self._install(self.config, self.lists)
         for ep in self.config.listen:
             await self._bind(ep)
+        await self.encrypted.start(self.config)
         await self._start_metrics()
         await self._start_control()
         self._background.append(asyncio.create_task(self._sweep_tcp()))
@@ -356,6 +445,8 @@ class Server:
                  ", ".join(map(format_endpoint, self.udp_addresses)),
                  ", ".join(map(format_endpoint, self.tcp_addresses)),
                  ", ".join(map(format_endpoint, self.config.upstreams)))
+        if self.encrypted.addresses:
+            log.info("serving encrypted DNS on %s", ", ".join(u.url() for u in self.encrypted.addresses))
         self.on_ready()
 
     async def stop(self) -> None:
@@ -368,16 +459,20 @@ class Server:
             edge.close()
         for s in self.tcp_servers:
             s.close()
+        self.encrypted.close()
         for c in list(self.tcp_connections):
             if c.transport is not None:
                 c.transport.abort()
         if self.pipeline is not None:
             self.pipeline.close()   # the questions in flight, of this and earlier pipelines
+        if self.tap is not None:
+            await asyncio.to_thread(self.tap.close)
         upstream.close_idle_sockets(asyncio.get_running_loop())
         await asyncio.gather(*self._background, return_exceptions=True)
         for s in self.tcp_servers:
             with contextlib.suppress(Exception):
                 await s.wait_closed()
+        await self.encrypted.wait_closed()
         if self.metrics_server is not None:
             await self.metrics_server.close()
         if self.querylog is not None:
@@ -402,7 +497,7 @@ class Server:
         # The config is read and parsed in a thread: never on the event loop.
         new = await asyncio.to_thread(self.reload_config) if self.reload_config else self.config
         lists = await offload.build(new, self.lists, self.stats)
-        if new.listen != self.config.listen:
+        if new.listen != self.config.listen or new.listen_encrypted != self.config.listen_encrypted:
             log.warning("listen addresses changed: restart hushdns to rebind them")
         metrics_moved = new.metrics.listen != self.config.metrics.listen
         await self.devices.configure(new)
@@ -410,6 +505,7 @@ class Server:
             log.warning("control API settings changed: restart hushdns to apply them")
         self.household.configure(new)
         self._swap(new, lists)
+        self.encrypted.reload(new)
         if metrics_moved:
             await self._start_metrics(reloading=True)
         failed = lists.failed()
@@ -472,6 +568,17 @@ class Server:
             new_memo(pipeline, clients.cache, self.stats)
         if memo is not None:
             memo.on_miss = self._handle
+        tap = self.tap
+        if tap is not None and tap.cfg != config.dnstap:
+            tap.close(0.5)
+            tap = None
+        if tap is None and config.dnstap is not None:
+            tap = DnstapWriter(config.dnstap, self.stats)
+        self.tap = pipeline.tap = tap
+        if memo is not None:
+            memo.tap = tap
+        nets = config.server.proxy_protocol_from
+        self.proxy = ProxyGate(nets, self.stats.proxy_dropped) if nets else None
         self.config, self.lists, self.pipeline, self.clients, self.memo = \
             config, lists, pipeline, clients, memo
         self._install_querylog(config)
@@ -611,7 +718,7 @@ class Server:
             q = parse_query(data, addr[0], proto, info, addr, sink, t0)
         except Drop:
             self.stats.query(info.label, "none", "dropped", time.perf_counter() - t0)
-            if proto == "tcp":
+            if proto != "udp":   # stream transports count what they await
                 sink.sendto(None, addr)
             return
         except Reject as rej:
@@ -620,7 +727,7 @@ class Server:
                 result = rej.result
             else:   # outsiders get nothing they could use for reflection
                 result = "dropped"
-                if proto == "tcp":
+                if proto != "udp":
                     sink.sendto(None, addr)
             self.stats.query(info.label, "none", result, time.perf_counter() - t0)
             return

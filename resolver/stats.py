@@ -63,6 +63,10 @@ class Stats:
         self.upstream_requests: dict[tuple[str, str], int] = {}
         # upstream -> Histogram
         self.upstream_duration: dict[str, Histogram] = {}
+        # Client connections accepted per stream transport: tcp, tls (DoT), https (DoH)
+        self.connections: dict[str, int] = {}
+        # upstream -> its transport (udp, tls, https): the ``transport`` label
+        self.upstream_transport: dict[str, str] = {}
         # upstream -> 1 (answering) / 0 (in back-off after repeated failures)
         self.upstream_state: dict[str, int] = {}
         self.cache_hits = 0
@@ -98,6 +102,12 @@ class Stats:
         self.device_last_query: dict[str, float] = {}
         # Client label values released after metrics.client_idle without a query
         self.client_labels_released = 0
+        # PROXY protocol v2: reason -> datagrams / connections dropped (resolver/proxy_protocol.py)
+        self.proxy_dropped: dict[str, int] = {}
+        # dnstap: messages not sent because the queue was full or the collector gone
+        self.dnstap_dropped = 0
+        # ... and those lost in a write to a collector that went away (the writer thread's count)
+        self.dnstap_lost: Callable[[], int] = lambda: 0
 
     def query(self, client: str, qtype: str, result: str, duration: float) -> None:
         """Count one answered (or dropped) query; called once per query at the edge."""

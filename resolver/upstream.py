@@ -65,6 +65,8 @@ def failure_reason(exc: BaseException | None) -> str:
     """A few words for the log line saying why an upstream went down."""
     if exc is None or isinstance(exc, TimeoutError):
         return "timeout"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: certificate not trusted ({exc.verify_message})"
     if isinstance(exc, ssl.SSLError):
         return f"TLS: {exc.reason or exc}"
     if isinstance(exc, ConnectionRefusedError):
@@ -106,6 +108,10 @@ class Upstream:
     failures: int = 0            # consecutive failures (>= DOWN_AFTER: down)
     down_until: float = 0.0      # while down: monotonic time of the next probe
     probing: bool = False        # while down: a probe query is in flight
+    transport: str = "udp"       # udp (TCP after TC), tls (DoT) or https (DoH)
+    # DoT/DoH: the EncryptedEndpoint and the persistent connection(s) (upstream_tls.Link)
+    spec: Any = None
+    link: Any = None
 
     def __post_init__(self) -> None:
         self.label = self.label or format_endpoint((self.host, self.port))
@@ -118,7 +124,15 @@ class Upstream:
 
     @classmethod
     def of(cls, ep: Endpoint) -> Upstream:
-        return cls(ep[0], ep[1])
+        scheme = getattr(ep, "scheme", None)
+        if scheme is None:
+            return cls(ep[0], ep[1])
+        return cls(ep[0], ep[1], label=format_endpoint(ep), transport=scheme, spec=ep)
+
+    def close(self) -> None:
+        """Close a DoT/DoH upstream's persistent connection (server stop)."""
+        if self.link is not None:
+            self.link.close()
 
 
 def _query_id() -> int:
@@ -671,9 +685,13 @@ class Upstreams:
         return self.plan(ups)[0]
 
     def _send(self, mux: _Mux | _ReaderMux, up: Upstream, req: Request, edns: bool,
-              check: Check | None, notify: Callable[[], None]) -> UdpAttempt | None:
+              check: Check | None, notify: Callable[[], None]) -> Attempt | None:
         try:
-            return UdpAttempt(mux, up, req, edns, self.stats, check, notify)
+            if up.transport == "udp":
+                return UdpAttempt(mux, up, req, edns, self.stats, check, notify)
+            from .upstream_tls import stream_attempt  # DoT/DoH: a new Attempt, same policy
+
+            return stream_attempt(up, req, edns, self.stats, check, notify, self.opts)
         except OSError as exc:
             if fd_exhaustion.is_fd_exhaustion(exc):   # our limit, not the upstream's fault
                 info = getattr(req, "info", None)

@@ -95,6 +95,8 @@ def merge(parts: list[dict[str, Any]]) -> Stats:
                 # device's last query is the latest any worker saw.
                 for k, v in value.items():
                     mine[k] = max(mine.get(k, v), v)
+            elif name == "upstream_transport":   # a fact of the config: the same in every worker
+                mine.update(value)
             elif name == "upstream_state":
                 for k, v in value.items():
                     mine[k] = min(mine.get(k, v), v)

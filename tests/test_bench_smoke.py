@@ -125,3 +125,14 @@ def test_first_sight_names_never_repeat_and_sit_under_listed_names() -> None:
     assert len(set(a) | set(b)) == 10_000   # within a run and across runs
     assert all(n.split(".", 1)[1] in listed for n in a)
     assert len(set(data.wide_names(90_000))) == 90_000
+
+
+@pytest.mark.skipif(bool(_missing("unbound", "dnsperf")), reason="needs Debian unbound and dnsperf")
+def test_the_encrypted_dns_bench_runs() -> None:
+    """bench/encrypted.py (UDP vs DoT vs DoH misses to one unbound, memory per connection) still runs."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "encrypted.py"), "--seconds", "0.5",
+                           "--rounds", "1", "--conns", "5"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for line in (r"  tls  : +\d+ qps \([\d.]+x UDP\)", r"  https: +\d+ qps \([\d.]+x UDP\)",
+                 r"idle tls upstream connection: [\d.]+ KiB", r"served https client: [\d.]+ KiB"):
+        assert re.search(line, proc.stdout), proc.stdout

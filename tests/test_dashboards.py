@@ -35,6 +35,12 @@ def test_prometheus_example_config_is_valid() -> None:
 
 
 @needs_promtool
+def test_scale_out_scrape_config_is_valid() -> None:
+    out = promtool("check", "config", "prometheus-scale-out.yml")
+    assert "SUCCESS: 1 rule files found" in out
+
+
+@needs_promtool
 def test_alert_rules_are_valid_and_lint_clean() -> None:
     out = promtool("check", "rules", "alerts.yml")
     assert "SUCCESS: 9 rules found" in out

@@ -94,9 +94,9 @@ def test_every_series_in_the_issue_is_exported_with_exact_values() -> None:
     assert value(got, "hushdns_blocked_domains_total", list="xiaomi",
                  domain="api.account.xiaomi.com") == 7
     assert value(got, "hushdns_request_duration_seconds_count", result="blocked") == 7
-    assert value(got, "hushdns_upstream_requests_total", upstream="9.9.9.9:53", outcome="timeout") == 1
-    assert value(got, "hushdns_upstream_duration_seconds_count", upstream="9.9.9.9:53") == 1
-    assert value(got, "hushdns_upstream_up", upstream="9.9.9.9:53") == 1
+    assert value(got, "hushdns_upstream_requests_total", upstream="9.9.9.9:53", transport="udp", outcome="timeout") == 1
+    assert value(got, "hushdns_upstream_duration_seconds_count", upstream="9.9.9.9:53", transport="udp") == 1
+    assert value(got, "hushdns_upstream_up", upstream="9.9.9.9:53", transport="udp") == 1
     assert value(got, "hushdns_cache_entries") == 42
     assert value(got, "hushdns_cache_hits_total") == 5
     assert value(got, "hushdns_cache_misses_total") == 3
@@ -178,7 +178,7 @@ def test_snapshot_is_detached_from_later_increments() -> None:
     assert value(got, "hushdns_queries_total", client="a", qtype="A", result="blocked") == 1
     assert ("hushdns_queries_total", (("client", "b"), ("qtype", "A"), ("result", "cached"))) not in got
     assert value(got, "hushdns_request_duration_seconds_count", result="blocked") == 1
-    assert value(got, "hushdns_upstream_up", upstream="u") == 1
+    assert value(got, "hushdns_upstream_up", upstream="u", transport="udp") == 1
     assert value(got, "hushdns_cache_entries") == 3
 
 

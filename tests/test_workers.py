@@ -28,6 +28,7 @@ def test_merge_adds_counters_and_histograms_and_keeps_list_facts() -> None:
             s.block("tv", "xiaomi", "tracking.miui.com")
         s.cache_hits = n
         s.list_entries = {"xiaomi": 40}
+        s.upstream_transport = {"tls://192.0.2.1#dns.example": "tls", "192.0.2.2:53": "udp"}
     b.config_reload_success = 0
     total = merge([plain_stats(a), plain_stats(b)])
     assert total.queries[("tv", "A", "blocked")] == 7
@@ -36,6 +37,7 @@ def test_merge_adds_counters_and_histograms_and_keeps_list_facts() -> None:
     assert total.request_duration["blocked"].n == 7 and sum(total.request_duration["blocked"].counts) == 7
     assert total.cache_hits == 7 and total.list_entries == {"xiaomi": 40}
     assert total.config_reload_success == 0
+    assert total.upstream_transport == {"tls://192.0.2.1#dns.example": "tls", "192.0.2.2:53": "udp"}
 
 
 def _metric(text: str, name: str, **labels: str) -> float:

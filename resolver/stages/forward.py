@@ -81,6 +81,15 @@ class _Flight:
             coro.close()
 
 
+TRANSPORT_NAMES = {"tls": "DNS over TLS", "https": "DNS over HTTPS"}
+
+
+def _named(up: Upstream) -> str:
+    """An upstream as ``query`` names it: plain ones by address (UDP, TCP after TC), others with their transport."""
+    name = TRANSPORT_NAMES.get(up.transport)
+    return up.label if name is None else f"{up.label} ({name})"
+
+
 class Forward:
     def __init__(self, config: Config, stats: Stats,
                  inflight: dict[bytes, _Flight] | None = None) -> None:
@@ -93,6 +102,8 @@ class Forward:
         self.zones = {z: [pool.setdefault(ep, Upstream.of(ep)) for ep in eps]
                       for z, eps in config.forward_zones.items()}
         stats.upstream_state = {u.label: 0 if u.down else 1 for u in pool.values()}
+        stats.upstream_transport = {u.label: u.transport for u in pool.values()}
+        self.pool = list(pool.values())
         self.upstreams = Upstreams(config.server, stats)
         # Questions in flight (shared by the pipelines of one server, across reloads).
         self.inflight: dict[bytes, _Flight] = inflight if inflight is not None else {}
@@ -112,7 +123,7 @@ class Forward:
     def explain(self, q: Request) -> str:
         zone = self.zone(q.qname)
         via = f" (forward zone {zone})" if zone is not None else ""
-        return "forwarded to " + ", ".join(u.label for u in self.route(q.qname)) + via
+        return "forwarded to " + ", ".join(_named(u) for u in self.route(q.qname)) + via
 
     def start(self, q: Request, done: Done) -> None:
         """Ask upstream for ``q``; ``done(q, reply)`` follows (at once when over a bound)."""
@@ -148,6 +159,8 @@ class Forward:
         for flight in list(self.inflight.values()):
             flight.close()
         self.inflight.clear()
+        for up in self.pool:   # DoT/DoH persistent connections
+            up.close()
 
     async def _ask(self, req: Request) -> tuple[Answer, str]:
         c = self.cache_cfg
