@@ -170,6 +170,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{config.path}: configuration OK")
     for text in config.warnings:
         print(f"warning: {text}")
+    for line in _household_summary(config):
+        print(line)
     warnings = len(config.warnings)
     from .tls_check import report  # DoT/DoH upstreams and listeners, the certificate's dates
 
@@ -210,6 +212,22 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     print(f"check OK: configuration and {len(config.all_lists())} lists{note}")
     return 0
+
+
+def _household_summary(config: Config) -> list[str]:
+    """``check``'s lines for local names and schedules (nothing when neither is configured)."""
+    out = []
+    local = config.household.local
+    if local.records:
+        hosts = sum(1 for r in local.records if not r.where.startswith(config.path + ":"))
+        out.append(f"local names: {len({r.name for r in local.records})} names, "
+                   f"{len(local.records)} records" + (f" ({hosts} from hosts files)" if hosts else "")
+                   + (f", zones {', '.join(local.zones)}" if local.zones else ""))
+    for g in config.groups.values():
+        for sch in g.schedules:
+            out.append(f"schedule of group {g.name}: {sch.describe()} "
+                       f"({config.household.timezone or 'system time zone'})")
+    return out
 
 
 # --- query ---------------------------------------------------------------------------------
@@ -273,8 +291,18 @@ def cmd_query(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     lists = loader.load_all(config)
+    from .control.state import HouseholdState, parse_when
+
+    try:
+        when = parse_when(args.at, config) if getattr(args, "at", None) else None
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    # Schedules now (or --at), and the pauses and allows the server saved.
+    household = HouseholdState(config) if when is None else HouseholdState(config, clock=lambda: when)
+    household.load()
     client = ClientTable(config, lists, LabelBound(config.metrics.max_clients),
-                         devices.names).lookup(address)
+                         devices.names, household).lookup(address)
     named = client.device or client.name
     who = f"client {address}" + (f" ({named})" if named else "") + f", group {client.group}"
     head = f"{name} {qtype} for {who}"
@@ -303,6 +331,8 @@ def cmd_query(args: argparse.Namespace) -> int:
             print(f"  {reply.note}")
     else:
         print(f"{head}: {reply.note or reply.result}")
+    for line in household.explain(client, address):
+        print(f"  note: {line}")
     for info in lists.failed():
         print(f"  note: list {info.spec.name} failed to load: {info.error}")
     return 0
@@ -372,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--client", default="127.0.0.1",
                    help="client address or a name from clients: (default 127.0.0.1)")
     q.add_argument("--tcp", action="store_true", help="as if asked over TCP")
+    q.add_argument("--at", help="as if asked at this time (schedules): 'sat 21:00', "
+                                "'2026-12-05 21:00'; in the config's timezone")
     q.add_argument("-c", "--config", help="YAML config file (embedded default without -c)")
     q.add_argument("--strict", action="store_true", help=STRICT_HELP)
     q.set_defaults(func=cmd_query)
@@ -387,11 +419,16 @@ def build_parser() -> argparse.ArgumentParser:
     from .querylog.commands import add_parsers as add_querylog_parsers
 
     add_querylog_parsers(sub)   # hushdns log | devices | device NAME
+    from .control.commands import add_parsers as add_control_parsers
+
+    add_control_parsers(sub)   # hushdns pause | resume | allow | status
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from .control.commands import negative_durations
+
+    args = build_parser().parse_args(negative_durations(list(sys.argv[1:] if argv is None else argv)))
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .config import Config, IPNetwork
 from .lists.loader import Blocklists
@@ -36,6 +37,8 @@ class ClientInfo:
     # What selects policy, as the reply memo's key: the group, whether the client may
     # ask at all, and whether it may snoop.  Two clients with one policy get the same answers.
     policy: str = ""
+    # Names a household control allows for this client for a while (resolver/control/state.py).
+    allow_names: frozenset[str] = frozenset()
 
 
 class LabelBound:
@@ -65,7 +68,7 @@ class LabelBound:
                      table: ClientTable | None) -> list[str]:
         """Release the labels whose query count has not moved for ``idle`` seconds.
 
-        A released label loses its slot, its series (queries, blocked, limited) and the
+        A released label loses its slot, its series (queries, blocked, limited, bypass) and the
         cached ClientInfo of its addresses, so a returning address is labelled afresh.
         ``keep`` (configured client names and "other") is never released.  The count of
         released labels is ``stats.client_labels_released``.
@@ -91,7 +94,7 @@ class LabelBound:
         for label in gone:
             self.seen.discard(label)
             del last[label]
-        for series in (stats.queries, stats.blocked, stats.limited):
+        for series in (stats.queries, stats.blocked, stats.limited, stats.bypass_lookups):
             for key in [k for k in series if k[0] in dead]:
                 del series[key]
         if table is not None:
@@ -117,7 +120,7 @@ class ClientTable:
     """Maps a client address to its ClientInfo for one configuration and list snapshot."""
 
     def __init__(self, config: Config, lists: Blocklists, labels: LabelBound,
-                 devices: Mapping[str, str] | None = None) -> None:
+                 devices: Mapping[str, str] | None = None, household: Any = None) -> None:
         self.allow_nets = config.access_allow
         self.snoop_nets = config.access_allow_snoop
         self.names = [(n, name) for name, nets in config.clients.items() for n in nets]
@@ -127,6 +130,9 @@ class ClientTable:
         self.labels = labels
         self.devices: Mapping[str, str] = devices or {}   # address -> device name
         self.cache: dict[str, ClientInfo] = {}
+        # Pauses, schedules, temporary allows (resolver.control.state.HouseholdState.adjust).
+        self.household = household
+        self.list_mask: Callable[[tuple[str, ...]], int] = lists.mask
 
     def set_devices(self, devices: Mapping[str, str]) -> None:
         """Swap in a refreshed address -> device name mapping (on the event loop's thread).
@@ -162,8 +168,11 @@ class ClientTable:
         group = _longest(ip, self.groups) or "default"
         block, allow = self.masks.get(group, (0, 0))
         policy = ("" if allowed else "!") + ("~" if snoop else "") + group
-        return ClientInfo(allowed, self.labels(device or str(ip)), name, group, block, allow, snoop,
+        info = ClientInfo(allowed, self.labels(device or str(ip)), name, group, block, allow, snoop,
                           device, policy)
+        if self.household is not None and allowed:
+            info = self.household.adjust(info, str(ip), self.list_mask)
+        return info
 
 
 class UnknownClient(ValueError):

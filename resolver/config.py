@@ -20,6 +20,7 @@ import yaml
 
 from . import bundled, config_limits, config_load
 from .encrypted_endpoints import ListenURL, is_encrypted_url, parse_listen_url, parse_upstream_url
+from .household_config import HOUSEHOLD_KEYS, Household, Schedule, read_household, read_schedules
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Endpoint = tuple[str, int]
@@ -67,6 +68,7 @@ class Group:
     clients: tuple[IPNetwork, ...]
     lists: tuple[str, ...]
     allow: tuple[str, ...]
+    schedules: tuple[Schedule, ...] = ()    # weekly windows that switch lists (household_config)
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,8 @@ class Config:
     log_queries: bool = False
     workers: int = 1
     rebind_protection: RebindProtection = field(default_factory=RebindProtection)
+    # Control API, time zone, local names, bypass answers (resolver/household_config.py).
+    household: Household = field(default_factory=Household)
     query_log: QueryLog = field(default_factory=QueryLog)
     # DoT (tls://) and DoH (https://.../path) listeners; ``listen`` keeps the plain UDP+TCP ones.
     listen_encrypted: tuple[ListenURL, ...] = ()
@@ -498,7 +502,7 @@ def parse_duration(v: Any) -> float | None:
 
 TOP_KEYS = ("listen", "upstreams", "forward_zones", "access", "blocking", "clients", "groups",
             "cache", "metrics", "server", "rate_limit", "rebind_protection", "state_dir", "log",
-            "workers", "devices", "query_log", "dnstap")
+            "workers", "devices", "query_log", "dnstap", *HOUSEHOLD_KEYS)
 
 
 def load_config(path: str | os.PathLike[str] | None = None, text: str | None = None,
@@ -667,6 +671,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         doc.err("workers", "several workers share fixed ports (SO_REUSEPORT); listen on port 0 needs workers: 1")
 
     lg = r.section(top.get("log"), "log", ("level", "queries"))
+    household = read_household(r, top, state_dir)
     query_log = _query_log(r, top.get("query_log"), base, state_dir)
     return Config(
         path=filename,
@@ -690,6 +695,7 @@ def _build(doc: _Doc, data: Any, base: Path, filename: str) -> Config | None:
         query_log=query_log,
         listen_encrypted=listen_enc,
         access_allow_snoop=snoop_nets,
+        household=household,
         devices=devices,
         dnstap=_dnstap(r, top.get("dnstap"), base),
     )
@@ -918,7 +924,7 @@ def _groups(r: _Reader, data: Any, blocking: Blocking,
     out = {}
     for name, g in data.items():
         sub = f"groups.{name}"
-        gd = r.section(g, sub, ("clients", "lists", "allow"))
+        gd = r.section(g, sub, ("clients", "lists", "allow", "schedules"))
         nets: list[IPNetwork] = []
         named = r.str_list(gd.get("clients"), f"{sub}.clients")
         for i, c in enumerate(named):
@@ -941,7 +947,8 @@ def _groups(r: _Reader, data: Any, blocking: Blocking,
         for i, ln in enumerate(allow):
             if ln not in blocking.allow and (ln not in r.declared or ln in blocking.lists):
                 r.doc.err(f"{sub}.allow[{i}]", f"no list named {ln!r} in blocking.allow")
-        out[name] = Group(name, tuple(nets), tuple(lists), tuple(allow))
+        schedules = read_schedules(r, gd.get("schedules"), f"{sub}.schedules", blocking.lists)
+        out[name] = Group(name, tuple(nets), tuple(lists), tuple(allow), schedules)
     if "default" not in out:
         out["default"] = Group("default", (), all_lists, all_allow)
     return out

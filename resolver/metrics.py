@@ -238,6 +238,35 @@ class StatsCollector:
         for client, t in _items(getattr(s, "device_last_query", {})):
             g.add_metric((client,), t)
         yield g
+        g = GaugeMetricFamily(
+            "hushdns_blocking_paused",
+            "1 while blocking is paused for the group (hushdns pause), else 0.",
+            labels=("group",))
+        for group, v in sorted(_items(s.paused)):
+            g.add_metric((group,), v)
+        yield g
+        g = GaugeMetricFamily(
+            "hushdns_blocking_paused_device",
+            "1 for each device (clients: name or address) whose blocking is paused.",
+            labels=("device",))
+        for device, v in sorted(_items(s.paused_devices)):
+            g.add_metric((device,), v)
+        yield g
+        m = CounterMetricFamily(
+            "hushdns_control_refused",
+            "Control API requests refused (listener tcp/unix; reason bad_token, bad_request).",
+            labels=("listener", "reason"))
+        for (listener, reason), v in sorted(_items(s.control_refused)):
+            m.add_metric((listener, reason), v)
+        yield m
+        m = CounterMetricFamily(
+            "hushdns_bypass_lookups",
+            "Lookups of names that move a device off this resolver (kind: firefox_canary, ddr, "
+            "private_relay, doh_resolver), per client.",
+            labels=("client", "kind"))
+        for (client, kind), v in sorted(_items(s.bypass_lookups)):
+            m.add_metric((client, kind), v)
+        yield m
 
         yield GaugeMetricFamily(
             "hushdns_config_reload_success",

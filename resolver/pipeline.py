@@ -30,8 +30,10 @@ from .memo import ReplyMemo
 from .reply import Reply
 from .stages.access import Access
 from .stages.blocking import Blocking
+from .stages.bypass import Bypass
 from .stages.cache import Cache
 from .stages.forward import Forward
+from .stages.local import Local
 from .stages.ratelimit import RateLimit
 from .stages.rebind import Rebind
 from .stats import Stats
@@ -46,7 +48,8 @@ def build_pipeline(config: Config, lists: Blocklists, stats: Stats,
                    cache_entries: OrderedDict[bytes, Answer] | None = None,
                    inflight: dict | None = None,
                    buckets: dict[str, list[float]] | None = None) -> Pipeline:
-    """access (+ minimal ANY) -> rate limit -> blocking -> cache -> rebind -> forward.
+    """access (+ minimal ANY) -> rate limit -> local names -> bypass -> blocking -> cache -> rebind
+    -> forward.
 
     ``cache_entries``, ``inflight`` and ``buckets`` carry tables over from the
     pipeline this one replaces (a reload).
@@ -62,6 +65,16 @@ def build_pipeline(config: Config, lists: Blocklists, stats: Stats,
         # refused outsiders do not use up buckets and a flood costs no other work.
         positions.append((RateLimit(config.rate_limit, stats, buckets=buckets),
                           "right after access: a flood costs no other work"))
+    if config.household.local.enabled:
+        # local names (optional): the household's own names, authoritative, never forwarded,
+        # before the lists so that no list can block the NAS.
+        positions.append((Local(config.household.local, udp),
+                          "before blocking: a household's own names are never blocked or forwarded"))
+    # bypass (unless `bypass: false`): Firefox's canary, DDR, iCloud Private Relay (and, opt-in, public DoH/DoT names)
+    # answered so that devices stay on this resolver; every lookup of one counted per client.
+    if config.household.bypass.enabled:
+        positions.append((Bypass(config.household.bypass, stats, udp),
+                          "before blocking: its answers and counts do not depend on the group"))
     if lists.lists:
         # blocking: before the cache, so per-client groups see every query, and its
         # on_answer (CNAME cloaking) sees every answer, cached or forwarded.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from . import upstream
 from .carryover import carry_over
 from .clients import ClientTable, LabelBound
 from .config import Config, ConfigError, Endpoint, format_endpoint
+from .control.api import ControlApi
+from .control.state import HouseholdState
 from .devices.service import DeviceService
 from .dnstap import DnstapWriter
 from .listen_errors import ListenError, listen_error
@@ -37,6 +40,7 @@ from .stats import Stats
 from .tcp_limits import ConnectionTable
 from .wire import Drop, Reject, parse_query
 
+HOSTS_POLL_SECONDS = 2.0
 log = logging.getLogger("hushdns")
 
 UDP_RCVBUF = 4 * 1024 * 1024
@@ -403,6 +407,12 @@ class Server:
         self.on_reload_start: Callable[[], None] = lambda: None
         self.on_reload_done: Callable[[], None] = lambda: None
         self.on_stopping: Callable[[], None] = lambda: None
+        # Pauses, temporary allows, schedules: outlive every pipeline (resolver/control).
+        self.household = HouseholdState(config, stats=self.stats)
+        self.household.on_change.append(self._household_changed)
+        self.household.device_names = lambda: set(self.devices.map.names.values())
+        self.control: ControlApi | None = None
+        self.started = time.time()
 
     @property
     def waiting(self) -> dict[bytes, Any]:
@@ -417,11 +427,14 @@ class Server:
         self.lists = await asyncio.to_thread(loader.load_all, self.config, None, self.stats)
         log.info("config %s: %s", self.config.path, _lists_summary(self.lists))
         await self.devices.configure(self.config)
+        if not self.reuse_port:   # workers: N have no control API; a saved pause could not end
+            self.household.load()
         self._install(self.config, self.lists)
         for ep in self.config.listen:
             await self._bind(ep)
         await self.encrypted.start(self.config)
         await self._start_metrics()
+        await self._start_control()
         self._background.append(asyncio.create_task(self._sweep_tcp()))
         self._background.append(asyncio.create_task(self._release_idle_labels()))
         upkeep = ListUpkeep(lambda: self.config, lambda: self.lists, self.stats,
@@ -438,6 +451,8 @@ class Server:
 
     async def stop(self) -> None:
         self.on_stopping()
+        if self.control is not None:
+            await self.control.close()
         for t in [*self._background, *self._disposals]:
             t.cancel()
         for edge in self.udp_edges:
@@ -486,6 +501,9 @@ class Server:
             log.warning("listen addresses changed: restart hushdns to rebind them")
         metrics_moved = new.metrics.listen != self.config.metrics.listen
         await self.devices.configure(new)
+        if new.household.control != self.config.household.control:
+            log.warning("control API settings changed: restart hushdns to apply them")
+        self.household.configure(new)
         self._swap(new, lists)
         self.encrypted.reload(new)
         if metrics_moved:
@@ -543,7 +561,7 @@ class Server:
         carry_over(old, pipeline, self.stats)   # buckets, upstream health, in flight
         self.labels.limit = config.metrics.max_clients
         self.labels.idle = config.metrics.client_idle
-        clients = ClientTable(config, lists, self.labels, self.devices.map.names)
+        clients = ClientTable(config, lists, self.labels, self.devices.map.names, self.household)
         # The text query log wants every query through the pipeline, with its reasons;
         # server.reply_memo: false (the bench's hushdns-nomemo) measures the pipeline alone.
         memo = None if config.log_queries or not config.server.reply_memo else \
@@ -620,6 +638,65 @@ class Server:
         self.tcp_servers.append(server)
         self.udp_addresses.append((host, bound))
         self.tcp_addresses.append((host, bound))
+
+    async def _start_control(self) -> None:
+        """The control API (hushdns pause/resume/allow/status) and the once-a-second expiry tick."""
+        self._background.append(asyncio.create_task(self._household_tick()))
+        self._background.append(asyncio.create_task(self._watch_hosts_files()))
+        ctl = self.config.household.control
+        if self.reuse_port:   # workers: N; each worker would hold its own pauses
+            if ctl.socket or ctl.listen:
+                log.warning("control API off with workers > 1: pauses and allows need workers: 1")
+            return
+        self.control = ControlApi(self.household, self.status, self.stats)
+        await self.control.start(ctl.socket, ctl.listen, ctl.token)
+
+    async def _watch_hosts_files(self) -> None:
+        """``hosts_files`` are watched like list files: a change is a reload (which re-reads and
+        checks them; a bad line fails the reload, logged with file:line, old names keep serving)."""
+        def stamps() -> dict[str, tuple[float, int] | None]:
+            out: dict[str, tuple[float, int] | None] = {}
+            for f in self.config.household.local.hosts_files:
+                try:
+                    st = os.stat(f)
+                    out[f] = (st.st_mtime, st.st_size)
+                except OSError:
+                    out[f] = None
+            return out
+
+        seen = stamps()
+        while True:
+            await asyncio.sleep(HOSTS_POLL_SECONDS)
+            now = await asyncio.to_thread(stamps)
+            if now != seen and set(now) == set(seen):
+                log.info("hosts file changed: reloading")
+                await self.reload()
+            seen = await asyncio.to_thread(stamps)
+
+    async def _household_tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.household.tick()
+            except Exception:   # a bug here must not stop expiries for good
+                log.exception("household tick failed")
+
+    def _household_changed(self) -> None:
+        """Pauses, allows or schedule windows changed: every client is looked up again."""
+        if self.clients is not None:
+            self.clients.cache.clear()
+
+    def status(self) -> dict[str, Any]:
+        """What ``hushdns status`` shows besides the household state."""
+        return {
+            "uptime": round(time.time() - self.started),
+            "config": self.config.path,
+            "listen": [format_endpoint(ep) for ep in self.udp_addresses],
+            "lists": {n: ("FAILED: " + str(i.error)) if i.error else i.entries
+                      for n, i in self.lists.lists.items()},
+            "upstreams": {u: ("up" if v else "down") for u, v in sorted(self.stats.upstream_state.items())}
+            or {format_endpoint(u): "unknown" for u in self.config.upstreams},
+        }
 
     def count_limited(self, addr: str, reason: str) -> None:
         key = (self.clients.lookup(addr).label, reason)  # type: ignore[union-attr]

@@ -23,7 +23,7 @@ DURATION_BUCKETS: tuple[float, ...] = (
 # Every value the ``result`` label can take (documented in the README).
 RESULTS: tuple[str, ...] = (
     "forwarded", "cached", "blocked", "refused", "servfail",
-    "formerr", "notimp", "dropped",
+    "formerr", "notimp", "dropped", "local",
 )
 
 
@@ -83,6 +83,13 @@ class Stats:
         self.limited: dict[tuple[str, str], int] = {}
         # A/AAAA records with private/loopback addresses removed from public answers
         self.rebind_removed = 0
+        # Household controls (resolver/control): group -> 1 while blocking is paused for it,
+        # paused device -> 1, refused control requests by (listener, reason),
+        # lookups of bypass names by (client, kind).
+        self.paused: dict[str, int] = {}
+        self.paused_devices: dict[str, int] = {}
+        self.control_refused: dict[tuple[str, str], int] = {}
+        self.bypass_lookups: dict[tuple[str, str], int] = {}
         # The query log (resolver/querylog): rows written; rows dropped by reason
         # (queue_full, disk_full, locked, corrupt, unavailable, error); per device
         # (client label) the (device, name) pairs never seen before.  Added up by the

@@ -17,8 +17,10 @@ from tests.fakes import FakeUpstream, ServerThread, start_server
 
 @pytest.fixture(autouse=True)
 def _state_directory(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test's state (URL list copies, the query log) in its own directory, never ~/.local."""
+    """Each test's state (URL list copies, the query log, the household state and the control
+    socket) in its own directory, never ~/.local."""
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path_factory.mktemp("state")))
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
 
 
 @pytest.fixture

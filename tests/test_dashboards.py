@@ -43,7 +43,7 @@ def test_scale_out_scrape_config_is_valid() -> None:
 @needs_promtool
 def test_alert_rules_are_valid_and_lint_clean() -> None:
     out = promtool("check", "rules", "alerts.yml")
-    assert "SUCCESS: 6 rules found" in out
+    assert "SUCCESS: 9 rules found" in out
 
 
 @needs_promtool

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "docs" / "configuration.md", ROOT / "docs" / "lists.md"]
+DOCS = [ROOT / "README.md", ROOT / "docs" / "configuration.md", ROOT / "docs" / "lists.md",
+        ROOT / "docs" / "household.md"]
 FENCE = re.compile(r"(<!-- example: not run -->\s*)?^```[a-z]*\n(.*?)^```", re.M | re.S)
 FILE = re.compile(r"# ([\w./-]+\.(?:yaml|txt))$")
 

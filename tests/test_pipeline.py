@@ -91,7 +91,7 @@ def test_the_terminals_answer_runs_every_on_answer_then_finish() -> None:
 
 def test_build_pipeline_writes_out_the_request_order_with_a_reason_each() -> None:
     cfg = load_config(None, text="upstreams: [127.0.0.1]\nblocking: {}\n"
-                      "rate_limit: {qps: 5}\nrebind_protection: true")
+                      "rate_limit: {qps: 5}\nrebind_protection: true\nbypass: false")
     p = build_pipeline(cfg, Blocklists(), Stats())
     names = [type(s).__name__ for s in p.stages]
     assert names == ["Access", "RateLimit", "Cache", "Rebind"]   # no lists: no Blocking

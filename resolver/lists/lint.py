@@ -28,7 +28,9 @@ from pathlib import Path
 from .parse import parse_text
 
 REQUIRED_HEADERS = ("title", "description", "tier", "license", "last-reviewed")
-TIERS = ("default", "strict", "essential")
+TIERS = ("default", "strict", "essential", "bypass")
+# Opt-in lists of the ``bypass:`` config key (not vendor telemetry): their own tier.
+BYPASS_FILES = ("doh-resolvers.txt",)
 ESSENTIAL_FILE = "essential.txt"
 
 # Blocking one of these as a subtree takes down sign-in, updates, app stores or
@@ -438,11 +440,13 @@ def _check_headers(lf: ListFile) -> list[Finding]:
             out.append(Finding(p, tier[1], f"tier {tier[0]!r} is not one of {', '.join(TIERS)}"))
         else:
             expect = "essential" if lf.path.name == ESSENTIAL_FILE else \
+                "bypass" if lf.path.name in BYPASS_FILES else \
                 "strict" if lf.path.stem.endswith("-strict") else "default"
             if tier[0] != expect:
                 out.append(Finding(p, tier[1], f"tier {tier[0]!r} does not match the file name "
                                                f"(<vendor>.txt is default, <vendor>-strict.txt "
-                                               f"strict, {ESSENTIAL_FILE} essential)"))
+                                               f"strict, {ESSENTIAL_FILE} essential, "
+                                               f"{', '.join(BYPASS_FILES)} bypass)"))
     date = lf.headers.get("last-reviewed")
     if date and date[0]:
         try:

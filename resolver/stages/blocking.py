@@ -9,7 +9,9 @@ the client's group decides which lists apply (masks from ClientInfo).
 from the cache or upstream whose CNAME chain leads into a list.  Memo-safe:
 the verdict depends on the question, the client's group (its policy key) and
 the lists, which live as long as the pipeline; a name blocked through a
-CNAME is not remembered (it depends on a cache entry too).
+CNAME is not remembered (it depends on a cache entry too).  A household's
+temporary allow (``ClientInfo.allow_names``, part of the policy key too) wins
+over every list for that client and the names below it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..config import Blocking as BlockingConfig
 from ..lists.index import Match
 from ..lists.loader import Blocklists
 from ..memo import Listed
+from ..names import in_zones
 from ..reply import Reply
 from ..stats import Stats
 from ..wire import (
@@ -67,7 +70,7 @@ class Blocking:
         info = q.info
         if info.block:
             hit = self.match(q.qname, info.block, info.allow)
-            if hit is not None:
+            if hit is not None and not (info.allow_names and in_zones(q.qname, info.allow_names)):
                 return self.blocked(q, hit, True)
         return None
 
@@ -75,7 +78,7 @@ class Blocking:
         answer = reply.answer
         if answer is not None and answer.cnames:
             info = q.info
-            if info.block:
+            if info.block and not (info.allow_names and in_zones(q.qname, info.allow_names)):
                 # CNAME cloaking: a tracker hidden behind a first-party name.
                 for target in answer.cnames:
                     hit = self.match(target, info.block, info.allow)
