@@ -164,9 +164,9 @@ def running(tmp_path_factory):
 
 async def _handle(server, data: bytes, proto: str) -> tuple[Sink, float]:
     sink = Sink()
-    t0 = time.perf_counter()
+    t0 = time.thread_time()    # the loop thread's CPU time: a busy machine's preemption is not ours
     server.handle(data, ("127.0.0.1", 40000), proto, sink)
-    sync = time.perf_counter() - t0
+    sync = time.thread_time() - t0
     deadline = time.monotonic() + 3
     while server.waiting and time.monotonic() < deadline:   # queries waiting for the upstream
         await asyncio.sleep(0.005)
