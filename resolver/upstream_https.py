@@ -25,7 +25,7 @@ import struct
 
 import hpack
 
-from .upstream_tls import Link, StreamAttempt, check_pins, client_context
+from .upstream_tls import Link, PersistentConnection, StreamAttempt, check_pins, client_context
 from .wire import WireError
 
 CONTENT_TYPE = b"application/dns-message"
@@ -85,7 +85,7 @@ class _Stream:
         self.body = bytearray()
 
 
-class DohConnection(asyncio.Protocol):
+class DohConnection(PersistentConnection):
     """One HTTP/2 connection to a DoH upstream: a stream per query, at most as many as it allows."""
 
     def __init__(self, link: Link, loop: asyncio.AbstractEventLoop) -> None:
@@ -345,14 +345,3 @@ class DohConnection(asyncio.Protocol):
             self.transport.write(frame(GOAWAY, 0, 0, struct.pack("!LL", 0, 0)))
             self.transport.close()
 
-    def abandon(self) -> None:
-        self.closed = True
-        if self.idle is not None:
-            self.idle.cancel()
-        try:
-            if self.transport is not None:
-                self.transport.abort()
-            elif not self.task.done():
-                self.task.cancel()
-        except RuntimeError:   # its event loop is closed
-            pass

@@ -261,7 +261,29 @@ class Link:
             self.conn = None
 
 
-class DotConnection(asyncio.Protocol):
+class PersistentConnection(asyncio.Protocol):
+    """What a DoT and a DoH upstream connection share: how one is given up at once."""
+
+    closed: bool
+    idle: Any
+    transport: Any
+    task: Any
+
+    def abandon(self) -> None:
+        """Close now (server stop, or a connection of an event loop that is gone)."""
+        self.closed = True
+        if self.idle is not None:
+            self.idle.cancel()
+        try:
+            if self.transport is not None:
+                self.transport.abort()
+            elif not self.task.done():
+                self.task.cancel()
+        except RuntimeError:   # its event loop is closed
+            pass
+
+
+class DotConnection(PersistentConnection):
     """One TLS connection to a DoT upstream: queries written as they come, replies matched by ID."""
 
     def __init__(self, link: Link, loop: asyncio.AbstractEventLoop) -> None:
@@ -371,18 +393,6 @@ class DotConnection(asyncio.Protocol):
                 self.link.conn = None
             self.transport.close()
 
-    def abandon(self) -> None:
-        """Close now (server stop, or a connection of an event loop that is gone)."""
-        self.closed = True
-        if self.idle is not None:
-            self.idle.cancel()
-        try:
-            if self.transport is not None:
-                self.transport.abort()
-            elif not self.task.done():
-                self.task.cancel()
-        except RuntimeError:   # its event loop is closed
-            pass
 
 
 def stream_attempt(up: Upstream, req: Request, edns: bool, stats: Stats, check: Check | None,
