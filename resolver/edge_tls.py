@@ -121,20 +121,9 @@ class DohServerConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername") or ("", 0)
-        srv = self.server
         # The TCP connection table: the same global and per-client caps, fair eviction.
-        table = srv.tcp_connections
-        opts = srv.config.server
-        table.limit, table.per_client = opts.tcp_max_connections, opts.tcp_max_per_client
-        admitted, victim = table.admit(self, self.peer[0])  # type: ignore[arg-type]
-        if not admitted:
-            srv.count_limited(self.peer[0], "tcp_connections")
-            transport.abort()  # type: ignore[attr-defined]
+        if not self.server.admit_connection(self, transport, "https"):
             return
-        if victim is not None and victim.transport is not None:
-            srv.count_limited(victim.peer[0], "tcp_evicted")
-            victim.transport.abort()
-        srv.stats.connections["https"] = srv.stats.connections.get("https", 0) + 1
         sslobj = transport.get_extra_info("ssl_object")
         if sslobj is not None and sslobj.selected_alpn_protocol() != "h2":
             self.h1 = Http1(self)   # a client without ALPN h2: HTTP/1.1

@@ -207,19 +207,8 @@ class TcpConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername") or ("", 0)
         srv = self.server
-        table = srv.tcp_connections
-        opts = srv.config.server
-        table.limit, table.per_client = opts.tcp_max_connections, opts.tcp_max_per_client
-        admitted, victim = table.admit(self, self.peer[0])
-        if not admitted:
-            srv.count_limited(self.peer[0], "tcp_connections")
-            transport.abort()  # type: ignore[attr-defined]
+        if not srv.admit_connection(self, transport, self.proto):
             return
-        if victim is not None and victim.transport is not None:
-            srv.count_limited(victim.peer[0], "tcp_evicted")
-            victim.transport.abort()
-        conns = srv.stats.connections
-        conns[self.proto] = conns.get(self.proto, 0) + 1
         # A client that does not read its answers is paused after 16 KB, not 64 KB.
         with contextlib.suppress(AttributeError, NotImplementedError):
             transport.set_write_buffer_limits(high=TCP_WRITE_HIGH)  # type: ignore[attr-defined]
@@ -697,6 +686,24 @@ class Server:
             "upstreams": {u: ("up" if v else "down") for u, v in sorted(self.stats.upstream_state.items())}
             or {format_endpoint(u): "unknown" for u in self.config.upstreams},
         }
+
+    def admit_connection(self, conn: Any, transport: Any, proto: str) -> bool:
+        """The one connection table for TCP, DoT and DoH: global and per-client caps, the
+        idle connection of the client holding most evicted for a newcomer; counted."""
+        table = self.tcp_connections
+        opts = self.config.server
+        table.limit, table.per_client = opts.tcp_max_connections, opts.tcp_max_per_client
+        admitted, victim = table.admit(conn, conn.peer[0])
+        if not admitted:
+            self.count_limited(conn.peer[0], "tcp_connections")
+            transport.abort()
+            return False
+        if victim is not None and victim.transport is not None:
+            self.count_limited(victim.peer[0], "tcp_evicted")
+            victim.transport.abort()
+        conns = self.stats.connections
+        conns[proto] = conns.get(proto, 0) + 1
+        return True
 
     def count_limited(self, addr: str, reason: str) -> None:
         key = (self.clients.lookup(addr).label, reason)  # type: ignore[union-attr]
