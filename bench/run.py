@@ -121,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"unknown servers: {', '.join(sorted(unknown))}")
     if any(n.startswith("hushdns") for n in names) and not servers.hushdns_available():
         ap.error("hushdns requested but resolver/server.py is not in this checkout yet")
-    if any(n.startswith("base") for n in names) and args.base is None:
+    if any(n.startswith("base") and n != "baseline" for n in names) and args.base is None:
         ap.error("servers named base* need --base DIR")
     args.server_names = names
     args.mix_names = [m for m in args.mixes.split(",") if m]
