@@ -63,13 +63,17 @@ class Zones:
 
     def find(self, name: str) -> str | None:
         """As ``in_zones(name, zones)``: the longest zone ``name`` is in or under, or None."""
-        i = name.rfind(".")
-        if i < 0:
-            return name if name in self.tops else None
-        if name[name.rfind(".", 0, i) + 1:] not in self.tails and \
-                (not self.tops or name[i + 1:] not in self.tops):
+        if not self.may_hold(name):
             return None
         return in_zones(name, self.zones)
+
+    def may_hold(self, name: str) -> bool:
+        """False when ``name`` is in none of the zones (one or two set lookups); True: maybe."""
+        i = name.rfind(".")
+        if i < 0:
+            return name in self.tops
+        return name[name.rfind(".", 0, i) + 1:] in self.tails or \
+            (bool(self.tops) and name[i + 1:] in self.tops)
 
 
 def _tail_start(name: str) -> int:
