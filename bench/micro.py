@@ -72,7 +72,8 @@ async def measure(args: argparse.Namespace, work: Path) -> list[tuple[str, float
             'listen: ["127.0.0.1:0"]\n'
             f'upstreams: ["127.0.0.1:{nsd.port}"]\n'
             f"blocking: {{mode: nxdomain, lists: {{bench: {blist}}}}}\n"
-            "cache: {max_entries: 100000}\n")
+            "cache: {max_entries: 100000}\n"
+            f"state_dir: {work / 'state'}\n")   # its own query log, not the user's
         server = Server(load_config(cfg))
         await server.start()
         try:

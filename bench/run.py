@@ -33,9 +33,11 @@ ANCHORS = ("unbound", "dnsmasq")
 MISS_RATE_CAP = 80_000
 # The same for first-sight blocked names (answered locally, so faster than misses).
 FIRST_SIGHT_RATE_CAP = 160_000
-# hushdns variants: -nomemo is server.reply_memo: false; -w<N> is workers: N.
+# hushdns variants: -nomemo is server.reply_memo: false; -nolog is query_log off (what the
+# code before the query log did, so an A/B against an older --base compares like for like);
+# -w<N> is workers: N.
 # base, base-nomemo, ...: the same, from the checkout given with --base (an A/B in one run).
-_HUSHDNS = re.compile(r"(?:hushdns|base)(-nomemo)?(-w\d+)?")
+_HUSHDNS = re.compile(r"(?:hushdns|base)(-nomemo)?(-nolog)?(-w\d+)?")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -119,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"unknown servers: {', '.join(sorted(unknown))}")
     if any(n.startswith("hushdns") for n in names) and not servers.hushdns_available():
         ap.error("hushdns requested but resolver/server.py is not in this checkout yet")
-    if any(n.startswith("base") for n in names) and args.base is None:
+    if any(n.startswith("base") and n != "baseline" for n in names) and args.base is None:
         ap.error("servers named base* need --base DIR")
     args.server_names = names
     args.mix_names = [m for m in args.mixes.split(",") if m]
@@ -226,10 +228,12 @@ class Bench:
         elif name == "dnsmasq":
             p = servers.dnsmasq(self.dir, self.nsd.port, blocked, ce)
         elif (hm := _HUSHDNS.fullmatch(name)) is not None:
-            # -nomemo: server.reply_memo off; -w<N>: workers: N (SO_REUSEPORT processes)
+            # -nomemo: server.reply_memo off; -nolog: query_log off; -w<N>: workers: N
+            # (SO_REUSEPORT processes)
             p = servers.hushdns(self.dir, self.nsd.port, blocklist, ce, name=label or name,
-                                workers=int(hm.group(2)[2:]) if hm.group(2) else None,
+                                workers=int(hm.group(3)[2:]) if hm.group(3) else None,
                                 memo=hm.group(1) is None,
+                                extra="query_log: {enabled: false}\n" if hm.group(2) else "",
                                 root=self.args.base if name.startswith("base") else
                                 servers.REPO_ROOT)
         elif name == "baseline":

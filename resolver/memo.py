@@ -17,7 +17,10 @@ goes through the pipeline like any other.  Every counter the first answer moved
 moves again (``Keep.replay`` and ``Stats.query``), and the query log gets its row.  A new memo, empty, comes
 with every new pipeline; only UDP replies are remembered, and only from the second
 time the same bytes are answered (a doorkeeper set of hashes notes the first), so
-first-sight traffic does not pay for filling it.
+first-sight traffic does not pay for filling it; and when the replies it remembered
+were rarely given again (a wide set of names asked at full rate), it remembers only a
+fixed eighth of the questions, until remembering pays again (checked every
+``WINDOW`` repeated questions).
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ if TYPE_CHECKING:
     from .reply import Reply
 
 MAX_REPLIES = 16_384      # remembered replies; the memo is cleared when full
+# Every WINDOW repeated questions offered to ``store`` (remembered or not), the memo asks
+# whether remembering paid: fewer answers than stores / WORTH (a wide set of names at full
+# rate) and it admits, until the next window, only the questions whose hash has its low
+# SAMPLE bits clear (one in eight); more, and it remembers every repeated question again.
+WINDOW = MAX_REPLIES
+WORTH = 2
+SAMPLE = 7
 DOOR_SIZE = 4 * MAX_REPLIES   # questions seen once (their hashes), before any is remembered
 _QTYPES = QTYPE_NAMES     # as wire.qtype_label, inlined
 
@@ -101,6 +111,14 @@ class ReplyMemo:
         self.size = 0
         self.door: set[int] = set()
         self.on_miss: Any = None
+        self.hits = 0          # answers given in this window
+        self.offered = 0       # repeated questions offered to store in this window
+        self.kept = 0          # ... and those remembered
+        self.admit = 0         # 0: remember every repeated question; SAMPLE: one in eight
+        # Answers and stores of earlier generations, and of the memos this one replaces
+        # (a reload): the metrics are counters, they do not start again.
+        self.answered, self.stored = stats.memo_counts()
+        stats.memo_counts = self.counts
         self.tap: Any = None   # the dnstap writer: memo answers are logged like the pipeline's
         self._missed_data = b""   # the last datagram not answered here, and its key
         self._missed_tail = b""
@@ -136,6 +154,7 @@ class ReplyMemo:
                                     self.pipeline.answered(q, r, pos)
                                     return False
                         keep.replay(info.label)
+                        self.hits += 1
                         took = perf_counter() - t0
                         self.stats.query(info.label, qlabel, result, took)
                         record = self.pipeline.record
@@ -153,6 +172,16 @@ class ReplyMemo:
         on_miss(data, addr, sink, t0, info)
         return False
 
+    def counts(self) -> tuple[int, int]:
+        """(answers given, replies remembered) since this memo started: the metrics."""
+        return self.answered + self.hits, self.stored + self.size
+
+    def _judge(self) -> None:
+        """End of a window: did remembering pay?  Few answers per store: sample the next one."""
+        self.admit = SAMPLE if self.hits * WORTH < self.kept else 0
+        self.answered += self.hits
+        self.hits = self.offered = self.kept = 0
+
     def store(self, q: Request, wire: bytes, reply: Reply, gates: tuple, now: float) -> None:
         """Remember ``wire`` (as sent to ``q``, rendered at ``now`` if it was rendered)."""
         data = q.data
@@ -167,6 +196,12 @@ class ReplyMemo:
                 door.clear()
             door.add(h)
             return
+        offered = self.offered = self.offered + 1
+        if offered >= WINDOW:
+            self._judge()
+        if h & self.admit:
+            return   # sampling: not one of the questions it remembers
+        self.kept += 1
         keep = reply.keep
         if keep.timed:
             keep.hold(now or monotonic())
@@ -177,6 +212,7 @@ class ReplyMemo:
         if size > MAX_REPLIES:
             for t in self.tables.values():
                 t.clear()
+            self.stored += self.size
             size = 1
         self.size = size
         # The Request only when a gate will need it again: fewer objects for the GC to track.

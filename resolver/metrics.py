@@ -134,6 +134,17 @@ class StatsCollector:
             "dnstap messages dropped because the queue was full or the collector was gone.",
             value=getattr(s, "dnstap_dropped", 0) + getattr(s, "dnstap_lost", lambda: 0)())
 
+        answered, stored = s.memo_counts()
+        yield CounterMetricFamily(
+            "hushdns_reply_memo_answers",
+            "UDP answers given from the reply memo (remembered replies), this pipeline's memo.",
+            value=answered)
+        yield CounterMetricFamily(
+            "hushdns_reply_memo_stored",
+            "Replies remembered by the reply memo (this pipeline's memo); many stores and few "
+            "answers make it remember only a sample of questions.",
+            value=stored)
+
         m = CounterMetricFamily(
             "hushdns_client_connections",
             "Client connections accepted, by transport (tcp, tls = DoT, https = DoH).",

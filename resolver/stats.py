@@ -108,6 +108,8 @@ class Stats:
         self.dnstap_dropped = 0
         # ... and those lost in a write to a collector that went away (the writer thread's count)
         self.dnstap_lost: Callable[[], int] = lambda: 0
+        # The reply memo's (answers given, replies remembered), read by the metrics
+        self.memo_counts: Callable[[], tuple[int, int]] = lambda: (0, 0)
 
     def query(self, client: str, qtype: str, result: str, duration: float) -> None:
         """Count one answered (or dropped) query; called once per query at the edge."""

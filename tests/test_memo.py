@@ -406,3 +406,40 @@ def test_first_sight_answers_are_noted_not_remembered(tmp_path, monkeypatch):
     memo = server.memo
     assert memo.size == 0 and len(memo.door) == 200   # type: ignore[union-attr]
     assert server.stats.blocked == {("127.0.0.1", "l"): 200}
+
+
+def test_remembering_that_does_not_pay_turns_to_sampling_and_back() -> None:
+    """Stores with hardly any answers (a wide cache at full rate): the memo then remembers
+    one repeated question in eight; when answers are worth their stores again (hot names),
+    it remembers every repeated question.  Its counters go on across a reload."""
+    from types import SimpleNamespace
+
+    from resolver import memo as memo_mod
+    from resolver.memo import Keep
+    from resolver.stats import Stats
+
+    stats = Stats()
+    m = memo_mod.ReplyMemo(None, {}, stats)   # type: ignore[arg-type]
+    reply = SimpleNamespace(keep=Keep(), result="blocked", list=None, rule=None)
+
+    def offer(i: int) -> None:   # a repeated question (its hash already at the door)
+        data = b"\x00\x01" + i.to_bytes(4, "big") + b"name"
+        q = SimpleNamespace(data=data, qtype=1, qname="x", info=SimpleNamespace(policy="p"))
+        m.door.add(hash(data[2:]))
+        m.store(q, data, reply, (), 1.0)
+
+    for i in range(memo_mod.WINDOW):   # wide: every one stored, none answered
+        offer(i)
+    assert m.admit == memo_mod.SAMPLE
+    kept_before = m.kept
+    for i in range(memo_mod.WINDOW, memo_mod.WINDOW + 800):
+        offer(i)
+    kept = m.kept - kept_before
+    assert 40 < kept < 200, kept        # about one in eight of 800
+    m.hits = memo_mod.WINDOW            # hot names: the few remembered answer again and again
+    for i in range(memo_mod.WINDOW):
+        offer(i)
+    assert m.admit == 0
+    answered, stored = stats.memo_counts()
+    assert answered == memo_mod.WINDOW and stored > memo_mod.WINDOW
+    assert memo_mod.ReplyMemo(None, {}, stats).counts() == (answered, stored)

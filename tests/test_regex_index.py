@@ -91,6 +91,16 @@ def test_domain_index_match_uses_it(tmp_path) -> None:
     assert idx.match("ads7.x.example", 1, 0).regex
     assert idx.match("www.vivoglobal.com", 1, 0) is None
     assert set(idx.regex_set.by_suffix) == {"vivoglobal.com"} and len(idx.regex_set.always) == 1
-    # A name below no regex's literal ending runs only the regexes that have none.
-    assert [e[1] for e in idx.regex_set.candidates("www.example.org")] == [1]
-    assert len(idx.regex_set.candidates("id-stsdk.vivoglobal.com")) == 3
+    # A name below no regex's literal ending runs only the regexes that have none, and of
+    # those only the ones whose required literal (".x." here) it contains.
+    assert [e[1] for e in idx.regex_set.candidates("www.ad.x.example.org")] == [1]
+    assert idx.regex_set.candidates("www.example.org") == []
+    assert len(idx.regex_set.candidates("id-stsdk.vivoglobal.com")) == 2   # the ".x." regex is not a candidate: no ".x." in the name
+
+
+def test_required_literal() -> None:
+    from resolver.lists.regex_index import required_literal
+    assert required_literal(r"^unagi(?:-(?:na|eu))?\.amazon\.(?:com|co\.)?[a-z]{2,3}$") == ".amazon."
+    assert required_literal(r"ads?[0-9]*\.x\.") == ".x."
+    assert required_literal(r"^a\.ab\.com$|^eu\.net$") == ""     # top-level alternation
+    assert required_literal(r"(?i)^ADS\.") == ""                  # case-insensitive: no filter

@@ -164,7 +164,9 @@ class DomainIndex:
             s = s[i + 1:]
         # Names are at most 253 characters on the wire; the bound is what keeps a safe
         # (linear or low-polynomial, see safe_regex) pattern's match time small.
-        if self.regex_mask & (block | allow) and len(name) <= MAX_NAME:
+        # A regex can change the verdict only if it may allow, or block what no domain did.
+        regex_mask = self.regex_mask
+        if (regex_mask & allow or (not found and regex_mask & block)) and len(name) <= MAX_NAME:
             allowed, bit, pattern = self.regex_set.check(name, block, allow, not found)
             if allowed:
                 return None

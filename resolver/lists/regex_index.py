@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import re
 
+from ..names import Zones
+
 _MAX_ENDINGS = 64
 
 
@@ -91,14 +93,47 @@ def literal_suffixes(src: str) -> frozenset[str] | None:
     return frozenset(keys)
 
 
+def required_literal(src: str) -> str:
+    """The longest run of literal characters every match of ``src`` contains ("" if none).
+
+    Why: a regex with no literal suffix is tried for every name; a substring test
+    (``"amazon." in name``) first costs tens of nanoseconds and rules out nearly all.
+    Only the pattern's top level is read (no alternation there, no case-insensitive
+    flag); anything else gives "" and the regex is simply always tried.
+    """
+    from re import _parser as sre
+
+    try:
+        parsed = sre.parse(src)
+    except Exception:   # noqa: BLE001 - refused patterns get no filter
+        return ""
+    if parsed.state.flags & re.IGNORECASE:
+        return ""
+    best = run = ""
+    for op, av in parsed:
+        if op is sre.LITERAL:
+            run += chr(av)
+            if len(run) > len(best):
+                best = run
+        else:
+            run = ""
+    return best
+
+
+_NOTHING = (False, 0, "")
+
+
 class RegexSet:
     """Every list's regexes, grouped per list under the literal suffix they need."""
 
     def __init__(self) -> None:
         # suffix -> [(list order, bit, compiled alternation)]; None: regexes tried for every name
         self.by_suffix: dict[str, list[tuple[int, int, re.Pattern[str]]]] = {}
-        self.always: list[tuple[int, int, re.Pattern[str]]] = []
+        # (a literal every match contains, or "", and the regex): tried for every name
+        self.always: list[tuple[str, tuple[int, int, re.Pattern[str]]]] = []
         self._lists = 0
+        # The suffixes' last two labels: most names end in none, and skip the walk.
+        self._filter = Zones(())
 
     def add(self, bit: int, sources: list[str]) -> None:
         order = self._lists
@@ -108,17 +143,26 @@ class RegexSet:
             for key in literal_suffixes(s) or (None,):
                 groups.setdefault(key, []).append(s)
         for key, srcs in groups.items():
+            if key is None:   # one alternation per literal the regexes need
+                by_literal: dict[str, list[str]] = {}
+                for src in srcs:
+                    by_literal.setdefault(required_literal(src), []).append(src)
+                for lit, group in by_literal.items():
+                    self.always.append((lit, (order, bit, re.compile(
+                        "|".join(f"(?:{s})" for s in group)))))
+                continue
             entry = (order, bit, re.compile("|".join(f"(?:{s})" for s in srcs)))
-            if key is None:
-                self.always.append(entry)
-            else:
-                self.by_suffix.setdefault(key, []).append(entry)
+            self.by_suffix.setdefault(key, []).append(entry)
+        self._filter = Zones(self.by_suffix)
 
     def candidates(self, name: str) -> list[tuple[int, int, re.Pattern[str]]]:
         """The groups that can match ``name``, in list order."""
         by_suffix = self.by_suffix
-        found = list(self.always)
-        if by_suffix:
+        found = []
+        for lit, e in self.always:
+            if lit in name:
+                found.append(e)
+        if by_suffix and self._filter.may_hold(name):
             s = name
             while True:
                 group = by_suffix.get(s)
@@ -135,6 +179,17 @@ class RegexSet:
     def check(self, name: str, block: int, allow: int,
               want_block: bool) -> tuple[bool, int, str]:
         """(allowed, block bit or 0, pattern): an allow regex wins; else the first list's block regex."""
+        # Most names (every ordinary query) are below no regex's suffix and contain no
+        # always-regex's literal: answered here, as Zones.may_hold and candidates inlined.
+        f = self._filter
+        i = name.rfind(".")
+        if (name[name.rfind(".", 0, i) + 1:] not in f.tails if i >= 0 else name not in f.tops) \
+                and not f.tops:
+            for lit, _ in self.always:
+                if lit in name:
+                    break
+            else:
+                return _NOTHING
         cands = self.candidates(name)
         if not cands:
             return False, 0, ""

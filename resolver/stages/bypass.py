@@ -28,7 +28,7 @@ from pathlib import Path
 from .. import bundled
 from ..household_config import Bypass as BypassConfig
 from ..memo import Keep
-from ..names import in_zones
+from ..names import Zones
 from ..reply import Reply
 from ..stats import Stats
 from ..wire import NOERROR, NXDOMAIN, T_SOA, Request, encode_name, opt_record, reply_for, rr
@@ -82,7 +82,9 @@ class Bypass:
             DDR: ("ddr", NOERROR, cfg.ddr),
             **{n: ("private_relay", NXDOMAIN, cfg.private_relay) for n in RELAY},
         }
-        self.doh = doh if doh is not None else doh_names()
+        self.doh = Zones(doh if doh is not None else doh_names())
+        self._name: str | None = None   # the last name on_query looked up, and its zone
+        self._zone: str | None = None
         self.block_doh = cfg.doh_resolvers
         self.keeps = {kind: Counted(stats, kind) for kind in
                       ("firefox_canary", "ddr", "private_relay", "doh_resolver")}
@@ -101,7 +103,9 @@ class Bypass:
                     "resolver.arpa" if kind == "ddr" else "icloud.com"
                 return self._reply(q, kind, rcode, zone)
             return None
-        zone = in_zones(name, self.doh)
+        zone = self.doh.find(name)
+        # on_answer of this same query (when a stage below answers it at once) asks again.
+        self._name, self._zone = name, zone
         if zone is not None:
             count(self.stats, q.info.label, "doh_resolver")
             if self.block_doh:
@@ -112,8 +116,11 @@ class Bypass:
 
     def on_answer(self, q: Request, reply: Reply) -> Reply:
         """A bypass name answered by a later stage is not remembered: every lookup is counted."""
-        if reply.keep is not None and (q.qname in self.exact or in_zones(q.qname, self.doh)):
-            reply.keep = None
+        if reply.keep is not None:
+            name = q.qname
+            if name in self.exact or \
+                    (self._zone if name is self._name else self.doh.find(name)) is not None:
+                reply.keep = None
         return reply
 
     def _reply(self, q: Request, kind: str, rcode: int, zone: str) -> Reply:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import Config
-from ..names import in_zones
+from ..names import Zones
 from ..reply import Reply
 from ..stats import Stats
 from ..upstream import Upstream, UpstreamFailure, Upstreams
@@ -101,6 +101,7 @@ class Forward:
         self.default = [pool.setdefault(ep, Upstream.of(ep)) for ep in config.upstreams]
         self.zones = {z: [pool.setdefault(ep, Upstream.of(ep)) for ep in eps]
                       for z, eps in config.forward_zones.items()}
+        self.zone_set = Zones(self.zones)   # a one-lookup reject for names under no zone
         stats.upstream_state = {u.label: 0 if u.down else 1 for u in pool.values()}
         stats.upstream_transport = {u.label: u.transport for u in pool.values()}
         self.pool = list(pool.values())
@@ -110,12 +111,12 @@ class Forward:
 
     def zone(self, qname: str) -> str | None:
         """The longest forward zone ``qname`` is in, or None."""
-        return in_zones(qname, self.zones) if self.zones else None
+        return self.zone_set.find(qname) if self.zones else None
 
     def route(self, qname: str) -> list[Upstream]:
         """The servers for a name: the longest matching forward zone, else the upstreams."""
         if self.zones:
-            z = in_zones(qname, self.zones)
+            z = self.zone_set.find(qname)
             if z is not None:
                 return self.zones[z]
         return self.default

@@ -19,7 +19,7 @@ import logging
 import struct
 
 from ..config import Config
-from ..names import in_zones
+from ..names import Zones
 from ..reply import Reply
 from ..stats import Stats
 from ..wire import (
@@ -78,12 +78,12 @@ class Rebind:
     def __init__(self, config: Config, stats: Stats) -> None:
         self.stats = stats
         self.cache_cfg = config.cache
-        self.allow = frozenset(config.rebind_protection.allow_zones) | frozenset(
-            config.forward_zones) | {"localhost"}
+        self.allow = Zones(frozenset(config.rebind_protection.allow_zones) | frozenset(
+            config.forward_zones) | {"localhost"})
 
     def allowed(self, qname: str) -> bool:
         """Is the name in (or under) one of the LAN's own zones?"""
-        return in_zones(qname, self.allow) is not None
+        return self.allow.find(qname) is not None
 
     def on_answer(self, req: Request, resp: Reply) -> Reply:
         answer = resp.answer
