@@ -356,6 +356,38 @@ FLOORS = {
 }
 
 
+# Tier decisions of the third lists pass (issue #16), including names no reference lists yet
+# (family rules generalise): the bucket each name lands in with the bundled lists.
+TIER_OF = {
+    # xiaomi: the pre-production family, quick apps and the theme market are default ...
+    "staging.newsvc.xiaomi.com": "default", "tj1.staging.pay.xiaomi.com": "default",
+    "micloudevents.preview.n.xiaomi.com": "default", "testit.miui.com": "default",
+    "api.hybrid.xiaomi.com": "default", "thm.market.xiaomi.com": "default",
+    # ... never sign-in, push, OTA or the store, and Mi Account's "My devices" page is strict
+    "account.xiaomi.com": "untriaged", "register.xmpush.xiaomi.com": "untriaged",
+    "update.miui.com": "untriaged", "app.market.xiaomi.com": "untriaged",
+    "api.device.xiaomi.net": "strict", "staging.xiaomi.com.example": "untriaged",
+    # lg: nudges, promoted rows and remote config are default; recommend. and guide data strict
+    "eic.nudge.lgtvcommon.com": "default", "us.homeprv.lgtvcommon.com": "default",
+    "aic.wiseconfig.lgtvcommon.com": "default", "eic.recommend.lgtvcommon.com": "strict",
+    "eic.cdpsvc.lgtvcommon.com": "strict",
+    # windows: Edge telemetry below SmartScreen is default, SmartScreen itself never blocked
+    "telem-edge.smartscreen.microsoft.com": "default", "nav.smartscreen.microsoft.com": "untriaged",
+    "sa.windows.com": "default", "settings-win.data.microsoft.com": "strict",
+}
+
+
+@pytest.fixture(scope="module")
+def repo_classifier() -> coverage.Classifier:
+    return coverage.Classifier(coverage.load_lists(REPO_LISTS), [])
+
+
+@pytest.mark.parametrize(("name", "bucket"), sorted(TIER_OF.items()))
+def test_tier_of_names_decided_in_the_third_lists_pass(
+        repo_classifier: coverage.Classifier, name: str, bucket: str) -> None:
+    assert repo_classifier.bucket(name) == bucket
+
+
 def test_coverage_never_falls_below_todays_floor(repo_report: coverage.Report) -> None:
     now = {v.vendor: (v.total.share("default"), v.total.share("default", "strict"))
            for v in repo_report.vendors}
