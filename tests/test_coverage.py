@@ -350,10 +350,48 @@ def test_every_reference_name_is_blocked_or_triaged(repo_report: coverage.Report
 # a change that blocks fewer reference names than this fails. Raise a floor when a vendor
 # improves; lowering one needs the reason in the commit (e.g. a host found to be essential).
 FLOORS = {
-    "xiaomi": (59.0, 88.0), "heytap": (88.5, 95.5), "vivo": (85.0, 89.5), "huawei": (81.5, 96.0),
-    "samsung": (85.0, 95.0), "lg": (93.5, 99.0), "roku": (84.5, 99.5), "amazon": (96.0, 99.0),
-    "windows": (65.0, 79.0), "apple": (88.5, 94.0), "tiktok": (92.0, 99.5),
+    "xiaomi": (65.5, 93.0), "heytap": (89.0, 95.5), "vivo": (85.0, 89.5), "huawei": (81.5, 96.0),
+    "samsung": (85.0, 95.0), "lg": (94.5, 99.0), "roku": (84.5, 99.5), "amazon": (96.0, 99.0),
+    "windows": (65.5, 79.0), "apple": (88.5, 94.0), "tiktok": (91.5, 99.5),
 }
+
+
+# Tier decisions of the third lists pass (issue #16), including names no reference lists yet
+# (family rules generalise): the bucket each name lands in with the bundled lists.
+TIER_OF = {
+    # xiaomi: the pre-production family, quick apps and the theme market are default ...
+    "staging.newsvc.xiaomi.com": "default", "tj1.staging.pay.xiaomi.com": "default",
+    "micloudevents.preview.n.xiaomi.com": "default", "testit.miui.com": "default",
+    "api.hybrid.xiaomi.com": "default", "thm.market.xiaomi.com": "default",
+    # ... never sign-in, push, OTA or the store, and Mi Account's "My devices" page is strict
+    "account.xiaomi.com": "untriaged", "register.xmpush.xiaomi.com": "untriaged",
+    "update.miui.com": "untriaged", "app.market.xiaomi.com": "untriaged",
+    "api.device.xiaomi.net": "strict", "staging.xiaomi.com.example": "untriaged",
+    # lg: nudges, promoted rows and remote config are default; recommend. and guide data strict
+    "eic.nudge.lgtvcommon.com": "default", "us.homeprv.lgtvcommon.com": "default",
+    "aic.wiseconfig.lgtvcommon.com": "default", "eic.recommend.lgtvcommon.com": "strict",
+    "eic.cdpsvc.lgtvcommon.com": "strict",
+    # windows: Edge telemetry below SmartScreen is default, SmartScreen itself never blocked
+    "telem-edge.smartscreen.microsoft.com": "default", "nav.smartscreen.microsoft.com": "untriaged",
+    "sa.windows.com": "default", "settings-win.data.microsoft.com": "strict",
+    # heytap: the theme store API is default, the App Market API strict, push discovery open
+    "api-id.theme.heytapmobile.com": "default", "api-id.cdo.heytapmobile.com": "strict",
+    "httpdns.push.heytapmobi.com": "untriaged",
+    # tiktok: the boot-time log hosts that sign-in needs are strict only, the rest of the family default
+    "log-boot.tiktokv.com": "strict", "log-v2-boot.capcutapi.com": "strict",
+    "log-va.tiktokv.com": "default", "log16-normal-c-useast1a.tiktokv.com": "default",
+}
+
+
+@pytest.fixture(scope="module")
+def repo_classifier() -> coverage.Classifier:
+    return coverage.Classifier(coverage.load_lists(REPO_LISTS), [])
+
+
+@pytest.mark.parametrize(("name", "bucket"), sorted(TIER_OF.items()))
+def test_tier_of_names_decided_in_the_third_lists_pass(
+        repo_classifier: coverage.Classifier, name: str, bucket: str) -> None:
+    assert repo_classifier.bucket(name) == bucket
 
 
 def test_coverage_never_falls_below_todays_floor(repo_report: coverage.Report) -> None:
@@ -365,9 +403,10 @@ def test_coverage_never_falls_below_todays_floor(repo_report: coverage.Report) -
     assert low == {}, f"vendor: (default %, default+strict %) below FLOORS {FLOORS}"
 
 
-@pytest.mark.xfail(strict=False, reason="issue #16 targets: xiaomi, huawei, samsung, roku, windows "
-                   "(default) and xiaomi, vivo, huawei, samsung, windows, apple (default+strict) "
-                   "are below; see README Coverage")
+@pytest.mark.xfail(strict=False, reason="issue #16 targets: xiaomi, huawei, roku, windows (default) "
+                   "and xiaomi, vivo, windows, apple (default+strict) are below, each capped by "
+                   "essential hosts; see blocklists/README.md 'Coverage: where a target is out "
+                   "of reach, and why'")
 def test_coverage_targets_per_vendor(repo_report: coverage.Report) -> None:
     low = {v.vendor: (round(v.total.share("default"), 1), round(v.total.share("default", "strict"), 1))
            for v in repo_report.vendors
