@@ -23,13 +23,18 @@ from . import schema
 
 log = logging.getLogger("hushdns.querylog")
 
-MAX_BATCH = 2_000          # rows per transaction
+MAX_BATCH = 10_000         # rows per transaction (about: whole batches from the server) ...
+BATCH_BYTES = 10_000       # ... at most one per this many bytes of max_size (so a transaction
+MIN_BATCH = 2_000          # of new names fits a small size bound), and at least MIN_BATCH
 PRUNE_SECONDS = 60.0       # how often retention and size are enforced
 REOPEN_SECONDS = 30.0      # how often an unusable database is tried again
+QUIET_SECONDS = 600.0      # a failure's reason is logged again only after this long
 
-# A row as the hot path queues it:
-# (time s, device, address, name, qtype, result, list, rule, rcode, upstream, latency s)
+# A row as the hot path queues it (frames.py): (t0, took, device, address, what) with
+# what = (name, qtype, list, rule, result, rcode, upstream); a batch is (offset, rows),
+# the row's wall time t0 + offset.
 Row = tuple[Any, ...]
+Batch = tuple[float, list[Row]]
 
 
 _INSERT_QUERY = "INSERT INTO queries VALUES (?,?,?,?,?,?,?,?,?,?,?)"
@@ -68,15 +73,30 @@ class Writer:
         self.path = Path(settings.path)
         self.page_limit = page_limit   # tests: a hard cap in pages (a "full disk")
         self.db: sqlite3.Connection | None = None
-        self.failing: str | None = None   # the reason last logged, until a write works
+        self.failing: str | None = None   # the reason of the failure, until a write works
+        self.announced = False             # ... and whether it was logged
+        self.quiet_until: dict[str, float] = {}
         self.next_open = 0.0
         self.next_prune = 0.0
+        self.max_batch = max(MIN_BATCH, min(MAX_BATCH, settings.max_size // BATCH_BYTES))
         self._reset_caches()
 
-    def write_all(self, rows: list[Row]) -> None:
-        """Write ``rows`` in transactions of MAX_BATCH; enforce retention when it is due."""
-        for i in range(0, len(rows), MAX_BATCH):
-            self.write(rows[i:i + MAX_BATCH])
+    def write_batches(self, batches: list[Batch]) -> None:
+        """Write batches as they came from the server, in transactions of about ``max_batch``
+        rows (fewer, larger transactions: each commit rewrites the index pages it touched);
+        enforce retention when it is due."""
+        txn: list[Batch] = []
+        n = 0
+        most = self.max_batch
+        for offset, rows in batches:
+            for i in range(0, len(rows), most):
+                part = rows[i:i + most] if len(rows) > most else rows
+                txn.append((offset, part))
+                n += len(part)
+                if n >= most:
+                    self._write(txn, n)
+                    txn, n = [], 0
+        self._write(txn, n)
         self.maintain()
 
     def maintain(self) -> None:
@@ -91,14 +111,17 @@ class Writer:
                 self.db.close()
             self.db = None
 
-    def write(self, rows: list[Row]) -> None:
-        """Write one batch (privacy applied); a failure drops it, counted by reason."""
-        if not rows:
+    def write(self, rows: list[Row], offset: float = 0.0) -> None:
+        """Write one batch (``t0 + offset`` is each row's wall time); a failure drops it."""
+        self._write([(offset, rows)], len(rows))
+
+    def _write(self, batches: list[Batch], n: int) -> None:
+        if not n:
             return
         if self.db is None and not self._open():
-            self._drop(len(rows), "unavailable")
+            self._drop(n, "unavailable")
             return
-        self._guard(self._insert, len(rows), rows, self.settings.privacy != "no-addresses")
+        self._guard(self._insert, n, batches, self.settings.privacy != "no-addresses")
 
     def _guard(self, fn: Any, n: int, *args: Any) -> None:
         """Run a database step; on failure roll back, count ``n`` rows dropped, log once."""
@@ -121,16 +144,25 @@ class Writer:
                 self._guard(self._make_room, 0)
             return
         if self.failing is not None and n:
-            log.warning("query log: writing to %s again", self.path)
+            if self.announced:
+                log.warning("query log: writing to %s again", self.path)
             self.failing = None
+            self.announced = False
 
     def _drop(self, n: int, reason: str) -> None:
         d = self.stats.querylog_dropped
         d[reason] = d.get(reason, 0) + n
 
     def _failed(self, reason: str, exc: BaseException) -> None:
-        if self.failing != reason:
-            self.failing = reason
+        """Log a failure once; the same reason again only after QUIET_SECONDS (a nearly full
+        disk lets small transactions through between failures: one message, not one each)."""
+        if self.failing == reason:
+            return
+        self.failing = reason
+        now = time.monotonic()
+        if now >= self.quiet_until.get(reason, 0.0):
+            self.quiet_until[reason] = now + QUIET_SECONDS
+            self.announced = True
             log.error("query log %s: %s (%s); DNS keeps answering, rows are dropped and counted "
                       "in hushdns_querylog_dropped_total", self.path, exc, reason)
 
@@ -222,6 +254,8 @@ class Writer:
         """After a rollback or a new file: ids and pairs in memory may not be in the file."""
         self.ids: dict[str, int] = {}
         self.known: set[tuple[int, int]] = set()
+        self.whats: dict[tuple[Any, ...], tuple[Any, ...]] = {}   # a row's what -> its ids
+        self.whos: dict[tuple[str, str], tuple[Any, ...]] = {}    # (device, address) -> ids
 
     def _id(self, s: str) -> int:
         i = self.ids.get(s)
@@ -236,46 +270,58 @@ class Writer:
         self.ids[s] = i  # type: ignore[assignment]
         return i  # type: ignore[return-value]
 
-    def _insert(self, rows: list[Row], addresses: bool) -> None:
+    def _insert(self, batches: list[Batch], addresses: bool) -> None:
         db = self.db
         assert db is not None
-        if self.settings.privacy == "blocked-only":
-            rows = [r for r in rows if r[5] == "blocked"]
-            if not rows:
-                return
+        only_blocked = self.settings.privacy == "blocked-only"
         sid = self._id
+        whats, whos = self.whats, self.whos
         codes, other, blocked_code = schema.RESULT_OF, schema.OTHER, schema.BLOCKED
         out = []
         seen: dict[tuple[int, int], list[Any]] = {}
         addrs: dict[tuple[int, int], list[int]] = {}
         labels: dict[int, str] = {}
         db.execute("BEGIN")
-        for t, device, address, name, qtype, result, lst, rule, rcode, upstream, latency in rows:
-            ms = int(t * 1000)
-            dev, nm = sid(device), sid(name)
-            res = codes.get(result, other)
-            li = sid(lst) if lst else None
-            ad = sid(address) if addresses and address else None
-            out.append((ms, dev, ad, nm, qtype, res, li, sid(rule) if rule else None, rcode,
-                        sid(upstream) if upstream else None, int(latency * 1e6)))
-            b = res == blocked_code
-            e = seen.get((dev, nm))
-            if e is None:
-                labels[dev] = device
-                seen[(dev, nm)] = [dev, nm, ms, ms, 1, int(b), res, li]
-            else:
-                e[3] = ms
-                e[4] += 1
-                e[5] += b
-                e[6] = res
-                if li is not None:
-                    e[7] = li
-            if ad is not None:
-                a = addrs.get((dev, ad))
-                if a is None:
-                    addrs[(dev, ad)] = [dev, ad, ms, ms]
+        for offset, rows in batches:
+            for t0, took, device, address, what in rows:
+                # The parts a memo entry and a client repeat are turned into ids once.
+                w = whats.get(what)
+                if w is None:
+                    name, qtype, lst, rule, result, rcode, upstream = what
+                    w = whats[what] = (sid(name), qtype, codes.get(result, other),
+                                       sid(lst) if lst else None, sid(rule) if rule else None,
+                                       rcode, sid(upstream) if upstream else None)
+                if only_blocked and w[2] != blocked_code:
+                    continue
+                who = whos.get((device, address))
+                if who is None:
+                    who = whos[(device, address)] = (
+                        sid(device), sid(address) if addresses and address else None)
+                ms = int((t0 + offset if t0 else time.time()) * 1000)
+                dev, ad = who
+                nm, _, res, li = w[0], w[1], w[2], w[3]
+                out.append((ms, dev, ad, nm, w[1], res, li, w[4], w[5], w[6], int(took * 1e6)))
+                b = res == blocked_code
+                e = seen.get((dev, nm))
+                if e is None:
+                    labels[dev] = device
+                    seen[(dev, nm)] = [dev, nm, ms, ms, 1, int(b), res, li]
                 else:
-                    a[3] = ms
+                    e[3] = ms
+                    e[4] += 1
+                    e[5] += b
+                    e[6] = res
+                    if li is not None:
+                        e[7] = li
+                if ad is not None:
+                    a = addrs.get((dev, ad))
+                    if a is None:
+                        addrs[(dev, ad)] = [dev, ad, ms, ms]
+                    else:
+                        a[3] = ms
+        if not out:
+            db.execute("COMMIT")
+            return
         db.executemany(_INSERT_QUERY, out)
         known = self.known
         new: list[list[Any]] = []
@@ -292,6 +338,9 @@ class Writer:
         db.execute("COMMIT")
         if len(known) + len(seen) > MAX_CACHED:
             known.clear()
+        if len(self.whats) > MAX_CACHED or len(self.whos) > MAX_CACHED:
+            self.whats.clear()
+            self.whos.clear()
         known.update(seen)
         self.stats.querylog_written += len(out)
         if new:
