@@ -26,7 +26,7 @@ from typing import Any
 from ..config import QueryLog as Settings
 from ..stats import Stats
 from . import frames
-from .writer import MAX_BATCH, PRUNE_SECONDS, Writer
+from .writer import INVENTORY_SECONDS, MAX_BATCH, Writer
 
 READ_BYTES = 1 << 20
 
@@ -66,7 +66,7 @@ def serve(inp: int, out: Any, writer: Writer) -> None:
     tokens: list[int] = []
     eof = False
     while not eof:
-        if not poll.poll(PRUNE_SECONDS * 1000):
+        if not poll.poll(INVENTORY_SECONDS * 1000):
             writer.maintain()
             continue
         # Read what is there (more, while it keeps coming, up to one transaction's worth).
@@ -86,6 +86,8 @@ def serve(inp: int, out: Any, writer: Writer) -> None:
         if batches:
             writer.write_batches(batches)
             batches, queued = [], 0
+        if tokens or eof:
+            writer.sync()
         d = report.deltas()
         if tokens or eof or d["written"] or d["dropped"] or d["new_names"]:
             d["token"] = max(tokens) if tokens else None
