@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 from resolver.cli import main
 from resolver.config import QueryLog as Settings
 from resolver.metrics import render
-from resolver.querylog import reader
+from resolver.querylog import CHUNK_ROWS, frames, reader
 from resolver.querylog.writer import Writer
 from resolver.stats import Stats
 from tests.conftest import ask
@@ -497,3 +498,44 @@ def test_writer_process_dies_dns_keeps_answering(serve):
     db = reader.connect(srv.config.query_log.path)
     names = [r["name"] for r in reader.rows(db, reader.Filter())]
     assert names[0] == "x.tracking.miui.com" and names[-1] == "back.tracking.miui.com"
+
+
+def test_frames_survive_any_read_sizes():
+    """The pipe delivers bytes in whatever pieces: every frame comes out whole and in order."""
+    rows = [(0.5 + i, 0.001, "tv", "192.168.1.9", (f"n{i}.example.com", 1, None, None, "cached", 0,
+                                                   None)) for i in range(50)]
+    stream = b"".join([*frames.rows_frame(10.0, rows[:20]), frames.flush_frame(7),
+                       *frames.rows_frame(11.0, rows[20:])])
+    for step in (1, 3, 64, len(stream)):
+        r = frames.FrameReader()
+        got = [f for i in range(0, len(stream), step) for f in r.feed(stream[i:i + step])]
+        assert got == [(frames.ROWS, (10.0, rows[:20])), (frames.FLUSH, 7),
+                       (frames.ROWS, (11.0, rows[20:]))]
+        assert not r.buf
+
+
+def test_shipping_is_a_short_loop_callback_not_a_thread(serve):
+    """No shipper thread in the server (it made the loop wait for the GIL); one callback packs
+    at most CHUNK_ROWS rows, and a backlog is shipped chunk by chunk with the loop polling
+    in between."""
+    srv = serve(TV, lists=LISTS)
+    ql = srv.server.querylog
+    assert not [t for t in threading.enumerate() if t.name.startswith("hushdns-querylog")]
+    t0 = time.perf_counter()
+    n = 3 * CHUNK_ROWS + 7
+    rows = [(t0, 0.001, "tv", "127.0.0.1", (f"c{i}.example.com", 1, None, None, "cached", 0, None))
+            for i in range(n)]
+    left: list[int] = []
+
+    async def record_and_tick() -> None:
+        for r in rows:
+            ql.record(r)
+        ql._timer.cancel()
+        ql._tick()                 # one callback: one chunk
+        left.append(len(ql.rows))
+
+    asyncio.run_coroutine_threadsafe(record_and_tick(), srv.loop).result(10)
+    assert left == [n - CHUNK_ROWS]
+    assert ql.flush()
+    db = sqlite3.connect(srv.config.query_log.path)
+    assert db.execute("SELECT count(*) FROM queries").fetchone()[0] == n

@@ -38,7 +38,7 @@ __all__ = ["QueryLog", "device_of", "open_log"]
 log = logging.getLogger("hushdns.querylog")
 
 FLUSH_SECONDS = 0.02       # how often queued rows are shipped
-CHUNK_ROWS = 1_000         # rows packed per loop callback (~0.1 us each: one callback stays short)
+CHUNK_ROWS = 500           # rows packed per loop callback (~0.1-0.2 us each: under ~100 us a callback)
 MAX_PENDING = 16 << 20     # bytes waiting for the pipe in the server; beyond it rows are dropped
 RESPAWN_SECONDS = 30.0     # how soon a writer process that died is started again
 F_SETPIPE_SZ = 1031        # Linux: a 1 MiB pipe lets a burst through without waiting
