@@ -37,7 +37,7 @@ __all__ = ["QueryLog", "device_of", "open_log"]
 
 log = logging.getLogger("hushdns.querylog")
 
-FLUSH_SECONDS = 0.02       # how often queued rows are shipped
+FLUSH_SECONDS = 0.05       # how often queued rows are shipped (a backlog: chunk after chunk)
 CHUNK_ROWS = 500           # rows packed per loop callback (~0.1-0.2 us each: under ~100 us a callback)
 MAX_PENDING = 16 << 20     # bytes waiting for the pipe in the server; beyond it rows are dropped
 RESPAWN_SECONDS = 30.0     # how soon a writer process that died is started again

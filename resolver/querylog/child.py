@@ -21,6 +21,7 @@ import os
 import select
 import signal
 import sys
+import time
 from typing import Any
 
 from ..config import QueryLog as Settings
@@ -29,6 +30,7 @@ from . import frames
 from .writer import INVENTORY_SECONDS, MAX_BATCH, Writer
 
 READ_BYTES = 1 << 20
+REPORT_SECONDS = 1.0   # counter changes go to the server at most this often (and with each flush)
 
 
 class Reporter:
@@ -65,9 +67,11 @@ def serve(inp: int, out: Any, writer: Writer) -> None:
     queued = 0
     tokens: list[int] = []
     eof = False
+    next_report = 0.0
     while not eof:
         if not poll.poll(INVENTORY_SECONDS * 1000):
             writer.maintain()
+            next_report = _report(out, report, None, 0.0, force=False)
             continue
         # Read what is there (more, while it keeps coming, up to one transaction's worth).
         while True:
@@ -88,13 +92,23 @@ def serve(inp: int, out: Any, writer: Writer) -> None:
             batches, queued = [], 0
         if tokens or eof:
             writer.sync()
-        d = report.deltas()
-        if tokens or eof or d["written"] or d["dropped"] or d["new_names"]:
-            d["token"] = max(tokens) if tokens else None
-            out.write(json.dumps(d).encode() + b"\n")
-            out.flush()
+        if tokens or eof or time.monotonic() >= next_report:
+            next_report = _report(out, report, max(tokens) if tokens else None, next_report,
+                                  force=bool(tokens) or eof)
             tokens = []
     writer.close()
+
+
+def _report(out: Any, report: Reporter, token: int | None, next_at: float, force: bool) -> float:
+    """Send the counter changes (always with a flush token, else only if any); when the next
+    report may go.  At most one a second under traffic: each is a wakeup of the server's loop."""
+    d = report.deltas()
+    if force or d["written"] or d["dropped"] or d["new_names"]:
+        d["token"] = token
+        out.write(json.dumps(d).encode() + b"\n")
+        out.flush()
+        return time.monotonic() + REPORT_SECONDS
+    return next_at
 
 
 def main() -> int:
