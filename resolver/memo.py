@@ -158,9 +158,8 @@ class ReplyMemo:
                         took = perf_counter() - t0
                         self.stats.query(info.label, qlabel, result, took)
                         record = self.pipeline.record
-                        if record is not None:   # the query log, as Pipeline.finish writes it
-                            record(info.device or info.label, addr[0], why[0], why[1], result,
-                                   why[2], why[3], tail[1] & 15, None, took)
+                        if record is not None:   # the query log: why is the row's "what"
+                            record((t0, took, info.device or info.label, addr[0], why))
                         wire = data[:2] + tail
                         tap = self.tap
                         if tap is not None:   # dnstap, with the verdict of the reply it repeats
@@ -217,4 +216,6 @@ class ReplyMemo:
         self.size = size
         # The Request only when a gate will need it again: fewer objects for the GC to track.
         table[tail] = (wire[2:], _QTYPES.get(q.qtype, "other"), reply.result, keep, gates,
-                       q if gates else None, (q.qname, q.qtype, reply.list, reply.rule))
+                       q if gates else None,
+                       # The query log's "what" of every row this entry answers (querylog/frames.py).
+                       (q.qname, q.qtype, reply.list, reply.rule, reply.result, wire[3] & 15, None))

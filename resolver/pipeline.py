@@ -105,7 +105,7 @@ class Pipeline:
         self.udp_cap = config.server.udp_size
         self.log_queries = config.log_queries
         self.memo: ReplyMemo | None = None
-        # QueryLog.record when the query log is on (set by the server), else None.
+        # QueryLog.record (a list's append: one row tuple) when the query log is on, else None.
         self.record: Callable[..., None] | None = None
         self.tap: Any = None   # the dnstap writer (resolver/dnstap), None when off
         self.cache_entries: OrderedDict[bytes, Answer] | None = None
@@ -200,9 +200,10 @@ class Pipeline:
         info = q.info
         self.stats.query(info.label, qtype, r.result, took)
         record = self.record
-        if record is not None:   # the query log (resolver/querylog): device as device_of()
-            record(info.device or info.label, q.client, q.qname, q.qtype, r.result, r.list,
-                   r.rule, wire[3] & 15 if wire else None, r.upstream, took)
+        if record is not None:   # the query log (resolver/querylog/frames.py: the row's shape)
+            record((q.t0, took, info.device or info.label, q.client,
+                    (q.qname, q.qtype, r.list, r.rule, r.result, wire[3] & 15 if wire else None,
+                     r.upstream)))
         tap = self.tap
         if tap is not None:
             tap.emit(q, wire, r)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +20,7 @@ import pytest
 from resolver.cli import main
 from resolver.config import QueryLog as Settings
 from resolver.metrics import render
-from resolver.querylog import QueryLog, reader
+from resolver.querylog import CHUNK_ROWS, frames, reader
 from resolver.querylog.writer import Writer
 from resolver.stats import Stats
 from tests.conftest import ask
@@ -173,15 +176,16 @@ def _settings(tmp_path: Path, **kw) -> Settings:
 
 
 def _row(t: float, name: str, device: str = "tv", result: str = "forwarded") -> tuple:
-    return (t, device, "192.168.1.9", name, 1, result, None, None, 0, "192.0.2.53:53", 0.002)
+    """A row as the hot path queues it (querylog/frames.py); ``t`` is wall time (offset 0)."""
+    return (t, 0.002, device, "192.168.1.9", (name, 1, None, None, result, 0, "192.0.2.53:53"))
 
 
 def test_retention_prunes_rows_and_keeps_the_inventory(tmp_path):
     stats = Stats()
     w = Writer(_settings(tmp_path, retention=86_400), stats)
     now = time.time()
-    w.write_all([_row(now - 10 * 86_400, "old.example.com"), _row(now, "new.example.com")])
-    w.close()   # (the first write_all prunes: retention is due at once)
+    w.write_batches([(0.0, [_row(now - 10 * 86_400, "old.example.com"), _row(now, "new.example.com")])])
+    w.close()   # (the first write_batches prunes: retention is due at once)
     db = reader.connect(w.settings.path)
     assert [r["name"] for r in reader.rows(db, reader.Filter())] == ["new.example.com"]
     names = sorted(ep.name for _, ep in reader.endpoints(db, "tv"))
@@ -193,7 +197,7 @@ def test_size_bound_deletes_the_oldest_rows(tmp_path):
     stats = Stats()
     w = Writer(_settings(tmp_path, max_size=400_000), stats)
     now = time.time()
-    w.write_all([_row(now - 30_000 + i, f"host{i}.example.com") for i in range(30_000)])
+    w.write_batches([(0.0, [_row(now - 30_000 + i, f"host{i}.example.com") for i in range(30_000)])])
     w.next_prune = 0
     w.maintain()
     w.close()
@@ -206,14 +210,46 @@ def test_size_bound_deletes_the_oldest_rows(tmp_path):
     assert used <= 400_000 * 1.25 or kept[0] == 0 or stats.querylog_dropped
 
 
-def test_queue_full_drops_and_counts(tmp_path):
-    stats = Stats()
-    ql = QueryLog(_settings(tmp_path), stats, max_queue=5)   # not started: nothing drains it
-    for i in range(12):
-        ql.record("tv", "192.168.1.9", f"n{i}.example.com", 1, "forwarded", None, None, 0, None, 0.001)
-    assert len(ql._queue) == 5
-    assert stats.querylog_dropped == {"queue_full": 7}
-    assert 'hushdns_querylog_dropped_total{reason="queue_full"} 7.0' in render(stats).decode()
+def _on_loop(srv, fn, items) -> None:
+    """``fn(item)`` for each item, on the server's loop (where the log's rows are queued)."""
+    asyncio.run_coroutine_threadsafe(_each(fn, items), srv.loop).result(30)
+
+
+async def _each(fn, items) -> None:
+    for x in items:
+        fn(x)
+
+
+def test_a_stalled_writer_drops_and_counts_and_dns_keeps_answering(serve):
+    """A writer process that stops reading (a hung disk): the pipe fills, the server keeps at
+    most ``max_pending`` bytes and drops the rest, counted; answers go on; every row is
+    either written or counted as dropped."""
+    srv = serve(TV, lists=LISTS)
+    ql = srv.server.querylog
+    assert ask(srv, "x.tracking.miui.com").rcode() == dns.rcode.NXDOMAIN
+    assert ql.flush()
+    ql.max_pending = 64 * 1024
+    pid = ql._proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.perf_counter()
+        # ~45 bytes each: 4.5 MB, more than the 1 MiB pipe and the 64 KiB bound
+        rows = [(t0, 0.001, "tv", "127.0.0.1", (f"n{i}.example.com", 1, None, None, "forwarded", 0,
+                                                 None)) for i in range(100_000)]
+        _on_loop(srv, ql.record, rows)
+        deadline = time.monotonic() + 10
+        while not srv.stats.querylog_dropped.get("queue_full") or ql.rows:
+            assert time.monotonic() < deadline, (srv.stats.querylog_dropped, len(ql.rows))
+            time.sleep(0.02)
+        assert ask(srv, "y.tracking.miui.com").rcode() == dns.rcode.NXDOMAIN
+        assert ql._pending_bytes <= 64 * 1024 + 100_000, ql._pending_bytes   # + one chunk
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert ql.flush()
+    dropped = srv.stats.querylog_dropped["queue_full"]
+    assert 0 < dropped < 100_000
+    assert srv.stats.querylog_written + dropped == 100_002
+    assert f'hushdns_querylog_dropped_total{{reason="queue_full"}} {dropped}.0' in render(srv.stats).decode()
 
 
 def test_full_disk_dns_keeps_answering(serve, capfd):
@@ -287,8 +323,8 @@ def test_devices_device_and_suggest_on_a_real_log(serve, tmp_path, capsys):
     _traffic(srv)
     ask(srv, "api.miui.com", source="127.0.0.2")
     ask(srv, "connectivitycheck.gstatic.com")       # essential: never suggested
-    old = time.time() - 10 * 86_400
-    srv.server.querylog._queue.append(_row(old, "ancient.miui.com", "tv"))
+    ancient = (time.perf_counter() - 10 * 86_400, *_row(0, "ancient.miui.com", "tv")[1:])
+    _on_loop(srv, srv.server.querylog.record, [ancient])
     _flush(srv)
     cfg = str(tmp_path / "config.yaml")
 
@@ -344,11 +380,11 @@ def test_a_day_of_traffic_is_small_and_a_device_query_is_fast(tmp_path):
     w = Writer(_settings(tmp_path), stats)
     now = time.time()
     devices = [f"device-{i}" for i in range(20)]
-    rows = [(now - 86_400 * 2.5 + i * 0.43, devices[i % 20], f"192.168.1.{i % 20}",
-             f"host{i % 3000}.vendor{i % 40}.com", 1 + (i % 2) * 27,
-             "blocked" if i % 5 == 0 else "cached" if i % 3 else "forwarded",
-             "xiaomi" if i % 5 == 0 else None, "vendor.com" if i % 5 == 0 else None, 0,
-             None if i % 3 else "192.0.2.53:53", 0.0004) for i in range(500_000)]
+    rows = [(now - 86_400 * 2.5 + i * 0.43, 0.0004, devices[i % 20], f"192.168.1.{i % 20}",
+             (f"host{i % 3000}.vendor{i % 40}.com", 1 + (i % 2) * 27,
+              "xiaomi" if i % 5 == 0 else None, "vendor.com" if i % 5 == 0 else None,
+              "blocked" if i % 5 == 0 else "cached" if i % 3 else "forwarded", 0,
+              None if i % 3 else "192.0.2.53:53")) for i in range(500_000)]
     for i in range(0, 200_000, 2000):
         w.write(rows[i:i + 2000])
     w.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -406,7 +442,6 @@ def test_config_values(tmp_path):
 def test_sigterm_to_the_whole_group_keeps_the_last_rows(tmp_path, upstream):
     """systemd stops the unit by signalling every process in it: the writer process ignores
     the signal and writes what the server ships it on the way out."""
-    import signal
 
     import dns.message
     import dns.query
@@ -463,3 +498,44 @@ def test_writer_process_dies_dns_keeps_answering(serve):
     db = reader.connect(srv.config.query_log.path)
     names = [r["name"] for r in reader.rows(db, reader.Filter())]
     assert names[0] == "x.tracking.miui.com" and names[-1] == "back.tracking.miui.com"
+
+
+def test_frames_survive_any_read_sizes():
+    """The pipe delivers bytes in whatever pieces: every frame comes out whole and in order."""
+    rows = [(0.5 + i, 0.001, "tv", "192.168.1.9", (f"n{i}.example.com", 1, None, None, "cached", 0,
+                                                   None)) for i in range(50)]
+    stream = b"".join([*frames.rows_frame(10.0, rows[:20]), frames.flush_frame(7),
+                       *frames.rows_frame(11.0, rows[20:])])
+    for step in (1, 3, 64, len(stream)):
+        r = frames.FrameReader()
+        got = [f for i in range(0, len(stream), step) for f in r.feed(stream[i:i + step])]
+        assert got == [(frames.ROWS, (10.0, rows[:20])), (frames.FLUSH, 7),
+                       (frames.ROWS, (11.0, rows[20:]))]
+        assert not r.buf
+
+
+def test_shipping_is_a_short_loop_callback_not_a_thread(serve):
+    """No shipper thread in the server (it made the loop wait for the GIL); one callback packs
+    at most CHUNK_ROWS rows, and a backlog is shipped chunk by chunk with the loop polling
+    in between."""
+    srv = serve(TV, lists=LISTS)
+    ql = srv.server.querylog
+    assert not [t for t in threading.enumerate() if t.name.startswith("hushdns-querylog")]
+    t0 = time.perf_counter()
+    n = 3 * CHUNK_ROWS + 7
+    rows = [(t0, 0.001, "tv", "127.0.0.1", (f"c{i}.example.com", 1, None, None, "cached", 0, None))
+            for i in range(n)]
+    left: list[int] = []
+
+    async def record_and_tick() -> None:
+        for r in rows:
+            ql.record(r)
+        ql._timer.cancel()
+        ql._tick()                 # one callback: one chunk
+        left.append(len(ql.rows))
+
+    asyncio.run_coroutine_threadsafe(record_and_tick(), srv.loop).result(10)
+    assert left == [n - CHUNK_ROWS]
+    assert ql.flush()
+    db = sqlite3.connect(srv.config.query_log.path)
+    assert db.execute("SELECT count(*) FROM queries").fetchone()[0] == n

@@ -23,13 +23,19 @@ from . import schema
 
 log = logging.getLogger("hushdns.querylog")
 
-MAX_BATCH = 2_000          # rows per transaction
+MAX_BATCH = 10_000         # rows per transaction (about: whole batches from the server) ...
+BATCH_BYTES = 10_000       # ... at most one per this many bytes of max_size (so a transaction
+MIN_BATCH = 2_000          # of new names fits a small size bound), and at least MIN_BATCH
 PRUNE_SECONDS = 60.0       # how often retention and size are enforced
 REOPEN_SECONDS = 30.0      # how often an unusable database is tried again
+INVENTORY_SECONDS = 5.0    # how often seen/addresses get the rows' aggregate (and on flush)
+QUIET_SECONDS = 600.0      # a failure's reason is logged again only after this long
 
-# A row as the hot path queues it:
-# (time s, device, address, name, qtype, result, list, rule, rcode, upstream, latency s)
+# A row as the hot path queues it (frames.py): (t0, took, device, address, what) with
+# what = (name, qtype, list, rule, result, rcode, upstream); a batch is (offset, rows),
+# the row's wall time t0 + offset.
 Row = tuple[Any, ...]
+Batch = tuple[float, list[Row]]
 
 
 _INSERT_QUERY = "INSERT INTO queries VALUES (?,?,?,?,?,?,?,?,?,?,?)"
@@ -68,37 +74,59 @@ class Writer:
         self.path = Path(settings.path)
         self.page_limit = page_limit   # tests: a hard cap in pages (a "full disk")
         self.db: sqlite3.Connection | None = None
-        self.failing: str | None = None   # the reason last logged, until a write works
+        self.failing: str | None = None   # the reason of the failure, until a write works
+        self.announced = False             # ... and whether it was logged
+        self.quiet_until: dict[str, float] = {}
         self.next_open = 0.0
         self.next_prune = 0.0
+        self.next_inventory = 0.0
+        self.max_batch = max(MIN_BATCH, min(MAX_BATCH, settings.max_size // BATCH_BYTES))
         self._reset_caches()
 
-    def write_all(self, rows: list[Row]) -> None:
-        """Write ``rows`` in transactions of MAX_BATCH; enforce retention when it is due."""
-        for i in range(0, len(rows), MAX_BATCH):
-            self.write(rows[i:i + MAX_BATCH])
+    def write_batches(self, batches: list[Batch]) -> None:
+        """Write batches as they came from the server, in transactions of about ``max_batch``
+        rows (fewer, larger transactions: each commit rewrites the index pages it touched);
+        enforce retention when it is due."""
+        txn: list[Batch] = []
+        n = 0
+        most = self.max_batch
+        for offset, rows in batches:
+            for i in range(0, len(rows), most):
+                part = rows[i:i + most] if len(rows) > most else rows
+                txn.append((offset, part))
+                n += len(part)
+                if n >= most:
+                    self._write(txn, n)
+                    txn, n = [], 0
+        self._write(txn, n)
         self.maintain()
 
     def maintain(self) -> None:
         now = time.monotonic()
+        if now >= self.next_inventory:
+            self.sync()
         if self.db is not None and now >= self.next_prune:
             self.next_prune = now + PRUNE_SECONDS
             self._guard(self.prune, 0)
 
     def close(self) -> None:
+        self.sync()
         if self.db is not None:
             with contextlib.suppress(sqlite3.Error):
                 self.db.close()
             self.db = None
 
-    def write(self, rows: list[Row]) -> None:
-        """Write one batch (privacy applied); a failure drops it, counted by reason."""
-        if not rows:
+    def write(self, rows: list[Row], offset: float = 0.0) -> None:
+        """Write one batch (``t0 + offset`` is each row's wall time); a failure drops it."""
+        self._write([(offset, rows)], len(rows))
+
+    def _write(self, batches: list[Batch], n: int) -> None:
+        if not n:
             return
         if self.db is None and not self._open():
-            self._drop(len(rows), "unavailable")
+            self._drop(n, "unavailable")
             return
-        self._guard(self._insert, len(rows), rows, self.settings.privacy != "no-addresses")
+        self._guard(self._insert, n, batches, self.settings.privacy != "no-addresses")
 
     def _guard(self, fn: Any, n: int, *args: Any) -> None:
         """Run a database step; on failure roll back, count ``n`` rows dropped, log once."""
@@ -121,16 +149,25 @@ class Writer:
                 self._guard(self._make_room, 0)
             return
         if self.failing is not None and n:
-            log.warning("query log: writing to %s again", self.path)
+            if self.announced:
+                log.warning("query log: writing to %s again", self.path)
             self.failing = None
+            self.announced = False
 
     def _drop(self, n: int, reason: str) -> None:
         d = self.stats.querylog_dropped
         d[reason] = d.get(reason, 0) + n
 
     def _failed(self, reason: str, exc: BaseException) -> None:
-        if self.failing != reason:
-            self.failing = reason
+        """Log a failure once; the same reason again only after QUIET_SECONDS (a nearly full
+        disk lets small transactions through between failures: one message, not one each)."""
+        if self.failing == reason:
+            return
+        self.failing = reason
+        now = time.monotonic()
+        if now >= self.quiet_until.get(reason, 0.0):
+            self.quiet_until[reason] = now + QUIET_SECONDS
+            self.announced = True
             log.error("query log %s: %s (%s); DNS keeps answering, rows are dropped and counted "
                       "in hushdns_querylog_dropped_total", self.path, exc, reason)
 
@@ -215,13 +252,24 @@ class Writer:
     # --- writing -------------------------------------------------------------------------
     #
     # This runs in the writer process, which has its own GIL: plain Python and
-    # ``executemany`` are fine here.  Strings are interned through an in-memory map and
-    # the inventory is aggregated per batch in a dict, so SQLite sees integer rows.
+    # ``executemany`` are fine here.  Strings are interned through an in-memory map (and
+    # each distinct row "what" and client once), so SQLite sees integer rows.  The
+    # inventory (``seen``, ``addresses``) is aggregated in memory and written every
+    # INVENTORY_SECONDS and on every flush: one UPDATE per (device, name) per interval,
+    # not per transaction (with many names, per-transaction updates cost more than the rows).
 
     def _reset_caches(self) -> None:
-        """After a rollback or a new file: ids and pairs in memory may not be in the file."""
+        """After a rollback or a new file: ids and pairs in memory may not be in the file
+        (the inventory not yet written goes too: it holds such ids)."""
         self.ids: dict[str, int] = {}
         self.known: set[tuple[int, int]] = set()
+        self.whats: dict[tuple[Any, ...], tuple[Any, ...]] = {}   # a row's what -> its ids
+        self.whos: dict[tuple[str, str], tuple[int, int | None]] = {}   # (device, address) -> ids
+        self.fresh: set[int] = set()   # string ids made since the inventory was last written
+        # device id -> name id -> [first, last, count, blocked, result, list]
+        self.agg_seen: dict[int, dict[int, list[Any]]] = {}
+        self.agg_addrs: dict[tuple[int, int | None], list[int]] = {}   # -> [first, last]
+        self.labels: dict[int, str] = {}   # device id -> its name (the new-names metric)
 
     def _id(self, s: str) -> int:
         i = self.ids.get(s)
@@ -230,75 +278,109 @@ class Writer:
         db = self.db
         assert db is not None
         got = db.execute("SELECT id FROM strings WHERE s = ?", (s,)).fetchone()
-        i = got[0] if got else db.execute("INSERT INTO strings (s) VALUES (?)", (s,)).lastrowid
+        if got:
+            i = got[0]
+        else:
+            i = db.execute("INSERT INTO strings (s) VALUES (?)", (s,)).lastrowid
+            self.fresh.add(i)  # type: ignore[arg-type]
         if len(self.ids) >= MAX_CACHED:
             self.ids.clear()
         self.ids[s] = i  # type: ignore[assignment]
         return i  # type: ignore[return-value]
 
-    def _insert(self, rows: list[Row], addresses: bool) -> None:
+    def _insert(self, batches: list[Batch], addresses: bool) -> None:
         db = self.db
         assert db is not None
-        if self.settings.privacy == "blocked-only":
-            rows = [r for r in rows if r[5] == "blocked"]
-            if not rows:
-                return
+        only_blocked = self.settings.privacy == "blocked-only"
         sid = self._id
+        whats, whos = self.whats, self.whos
+        agg, addrs, labels = self.agg_seen, self.agg_addrs, self.labels
         codes, other, blocked_code = schema.RESULT_OF, schema.OTHER, schema.BLOCKED
         out = []
-        seen: dict[tuple[int, int], list[Any]] = {}
-        addrs: dict[tuple[int, int], list[int]] = {}
-        labels: dict[int, str] = {}
+        append = out.append
         db.execute("BEGIN")
-        for t, device, address, name, qtype, result, lst, rule, rcode, upstream, latency in rows:
-            ms = int(t * 1000)
-            dev, nm = sid(device), sid(name)
-            res = codes.get(result, other)
-            li = sid(lst) if lst else None
-            ad = sid(address) if addresses and address else None
-            out.append((ms, dev, ad, nm, qtype, res, li, sid(rule) if rule else None, rcode,
-                        sid(upstream) if upstream else None, int(latency * 1e6)))
-            b = res == blocked_code
-            e = seen.get((dev, nm))
-            if e is None:
-                labels[dev] = device
-                seen[(dev, nm)] = [dev, nm, ms, ms, 1, int(b), res, li]
-            else:
-                e[3] = ms
-                e[4] += 1
-                e[5] += b
-                e[6] = res
-                if li is not None:
-                    e[7] = li
-            if ad is not None:
-                a = addrs.get((dev, ad))
-                if a is None:
-                    addrs[(dev, ad)] = [dev, ad, ms, ms]
+        for offset, rows in batches:
+            for t0, took, device, address, what in rows:
+                # The parts a memo entry and a client repeat are turned into ids once.
+                w = whats.get(what)
+                if w is None:
+                    name, qtype, lst, rule, result, rcode, upstream = what
+                    res = codes.get(result, other)
+                    w = whats[what] = (sid(name), qtype, res, sid(lst) if lst else None,
+                                       sid(rule) if rule else None, rcode,
+                                       sid(upstream) if upstream else None, int(res == blocked_code))
+                nm, qtype, res, li, ru, rcode, up, b = w
+                if only_blocked and not b:
+                    continue
+                who = whos.get((device, address))
+                if who is None:
+                    who = whos[(device, address)] = (
+                        sid(device), sid(address) if addresses and address else None)
+                    labels[who[0]] = device
+                dev, ad = who
+                ms = int((t0 + offset if t0 else time.time()) * 1000)
+                append((ms, dev, ad, nm, qtype, res, li, ru, rcode, up, int(took * 1e6)))
+                per = agg.get(dev)
+                if per is None:
+                    per = agg[dev] = {}
+                e = per.get(nm)
+                if e is None:
+                    per[nm] = [ms, ms, 1, b, res, li]
                 else:
-                    a[3] = ms
-        db.executemany(_INSERT_QUERY, out)
-        known = self.known
-        new: list[list[Any]] = []
+                    e[1] = ms
+                    e[2] += 1
+                    e[3] += b
+                    e[4] = res
+                    if li is not None:
+                        e[5] = li
+                if ad is not None:
+                    a = addrs.get(who)
+                    if a is None:
+                        addrs[who] = [ms, ms]
+                    else:
+                        a[1] = ms
+        if out:
+            db.executemany(_INSERT_QUERY, out)
+        db.execute("COMMIT")
+        self.stats.querylog_written += len(out)
+        if len(self.whats) > MAX_CACHED or len(self.whos) > MAX_CACHED:
+            self.whats.clear()
+            self.whos.clear()
+
+    def sync(self) -> None:
+        """Write the inventory now (a flush: readers see every row's device and name)."""
+        if self.db is not None and (self.agg_seen or self.agg_addrs):
+            self._guard(self._inventory, 0)
+
+    def _inventory(self) -> None:
+        db = self.db
+        assert db is not None
+        self.next_inventory = time.monotonic() + INVENTORY_SECONDS
+        known, fresh = self.known, self.fresh
+        new: list[tuple[Any, ...]] = []
         old: list[tuple[Any, ...]] = []
-        for key, e in seen.items():
-            if key in known or db.execute("SELECT 1 FROM seen WHERE device = ? AND name = ?",
-                                          key).fetchone():
-                old.append((e[0], e[1], e[3], e[4], e[5], e[6], e[7]))
-            else:
-                new.append(e)
+        db.execute("BEGIN")
+        for dev, per in self.agg_seen.items():
+            for nm, e in per.items():
+                # A name first stored since the last inventory cannot have a seen row yet.
+                if nm not in fresh and ((dev, nm) in known or db.execute(
+                        "SELECT 1 FROM seen WHERE device = ? AND name = ?", (dev, nm)).fetchone()):
+                    old.append((dev, nm, e[1], e[2], e[3], e[4], e[5]))
+                else:
+                    new.append((dev, nm, *e))
         db.executemany(_INSERT_SEEN, new)
         db.executemany(_UPDATE_SEEN, old)
-        db.executemany(_UPSERT_ADDRESS, addrs.values())
+        db.executemany(_UPSERT_ADDRESS, [(dev, ad, a[0], a[1])
+                                         for (dev, ad), a in self.agg_addrs.items()])
         db.execute("COMMIT")
-        if len(known) + len(seen) > MAX_CACHED:
+        if len(known) + len(new) > MAX_CACHED:
             known.clear()
-        known.update(seen)
-        self.stats.querylog_written += len(out)
-        if new:
-            counter = self.stats.device_new_names
-            for e in new:
-                label = labels[e[0]]
-                counter[label] = counter.get(label, 0) + 1
+        known.update((e[0], e[1]) for e in new)
+        counter, labels = self.stats.device_new_names, self.labels
+        for e in new:
+            label = labels.get(e[0], "other")
+            counter[label] = counter.get(label, 0) + 1
+        self.agg_seen, self.agg_addrs, self.fresh = {}, {}, set()
 
     # --- retention -------------------------------------------------------------------------
 
