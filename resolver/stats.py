@@ -93,7 +93,7 @@ class Stats:
         # The query log (resolver/querylog): rows written; rows dropped by reason
         # (queue_full, disk_full, locked, corrupt, unavailable, error); per device
         # (client label) the (device, name) pairs never seen before.  Added up by the
-        # log's shipper thread from the writer process's reports, read at scrape time.
+        # query log (on the event loop) from the writer process's reports, read at scrape time.
         self.querylog_written = 0
         self.querylog_dropped: dict[str, int] = {}
         self.device_new_names: dict[str, int] = {}
