@@ -202,3 +202,32 @@ def test_encode_batch_is_frames_of_pair() -> None:
                              off + int(t_reply * 1e9), r if responses else None, extra)
         for _ in range(2):   # built, then from the tables
             assert encode_batch(enc, items, queries, responses, {}, {}, off) == want
+
+
+def test_sender_process_killed_is_counted_then_started_again(serve, tmp_path: Path) -> None:
+    import os
+
+    path = str(tmp_path / "k.sock")
+    coll = FakeCollector(path)
+    try:
+        srv = serve(f"dnstap: {{socket: {path}}}\n", lists={"ads": "ads.example\n"})
+        tap = srv.server.tap
+        assert _wait(lambda: tap.connected)
+        ask(srv, "ads.example")
+        assert _wait(lambda: tap.sent == 1)
+        first = tap._proc.pid
+        os.kill(first, signal.SIGKILL)
+        assert _wait(lambda: not tap.connected and tap._proc is None), \
+            "the server did not notice its sender died"
+        for _ in range(5):   # within the respawn back-off: dropped and counted, no error
+            ask(srv, "ads.example")
+        assert _wait(lambda: _dropped(srv) >= 5)
+        time.sleep(1.1)      # RESPAWN_FIRST
+        ask(srv, "ads.example")
+        assert _wait(lambda: tap._proc is not None and tap.connected, 10)
+        assert tap._proc.pid != first and coll.connections == 2
+        before = coll.received
+        ask(srv, "ok.example")
+        assert _wait(lambda: coll.received > before and tap.sent >= 2)
+    finally:
+        coll.close()
