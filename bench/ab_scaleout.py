@@ -7,8 +7,10 @@ and on a shared 2-core machine a load generator competes for the same cores (and
 dnsperf cannot put PROXY headers before its queries).  Each variant is a real
 ``Server`` whose ``UdpEdge`` reads from a fake socket (prepared datagrams from 256
 client addresses, replies dropped), batch by batch as when serving.  Cost is the
-process CPU per query (``time.process_time``: the dnstap writer thread included,
-measured until its queue is drained), variants interleaved, median of the rounds:
+server process's CPU per query (``time.process_time``), and next to it the dnstap
+sender process's (from /proc/<pid>/stat, measured until it has sent or dropped
+everything), variants interleaved, median of the rounds.  Every server has its own
+state_dir (its query log).  Variants:
 
 - off:            no PROXY, no dnstap (datagrams straight from 256 clients);
 - proxy:          the same queries, each behind a PROXY v2 header from 127.0.0.1;
@@ -21,8 +23,9 @@ blocked-first-sight (a new subdomain of a listed name each time: the pipeline).
 
 ``--dnsperf SECONDS`` adds the end-to-end view of dnstap with real sockets: three
 hushdns processes (dnstap off, on to fstrm_capture, on to a stalled collector), each
-loaded by dnsperf in turn (same run, alternating order), blocked-exact: qps, qps per
-server CPU-second, p50/p99 latency.  With dnsdist installed it also runs the PROXY
+loaded by dnsperf in turn (same run, alternating order), blocked-exact: qps, the
+server process's CPU µs per answer (less noisy than qps on a shared machine), its
+helper processes' (dnstap sender, query log writer), p50/p99 latency.  With dnsdist installed it also runs the PROXY
 v2 A/B as deployed: dnsperf -> dnsdist -> hushdns, once with ``useProxyProtocol=true``
 (and ``server.proxy_protocol_from``) and once without, reporting hushdns's own CPU
 per query (dnsdist's CPU is not counted: it is the same in both).
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import shutil
 import signal
 import statistics
@@ -73,10 +77,31 @@ class FakeSock:
         return -1
 
 
-def build(work: Path, blist: Path, extra: str) -> Server:
-    p = work / f"c{abs(hash(extra))}.yaml"
+def own_cpu(pid: int) -> float:
+    """User+system CPU seconds of ``pid`` alone (not its children), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def helpers_cpu(pid: int) -> float:
+    """CPU seconds of ``pid``'s helper processes (dnstap sender, query log writer)."""
+    return sum(own_cpu(k) for k in servers._children(pid))
+
+
+def state_dir(work: Path, name: str) -> str:
+    """Each server its own state (query log): a shared one makes SQLite say "locked"."""
+    d = work / f"state-{name}"
+    d.mkdir(exist_ok=True)
+    return f"state_dir: {d}\n"
+
+
+def build(work: Path, blist: Path, name: str, extra: str) -> Server:
+    p = work / f"{name}.yaml"
     p.write_text('listen: ["127.0.0.1:0"]\nupstreams: ["127.0.0.1:1"]\nmetrics: {listen: null}\n'
-                 "access: {allow: [0.0.0.0/0]}\n"
+                 "access: {allow: [0.0.0.0/0]}\n" + state_dir(work, name) +
                  f"blocking: {{mode: nxdomain, lists: {{bench: {blist}}}}}\n" + extra)
     cfg = load_config(p)
     server = Server(cfg)
@@ -98,33 +123,35 @@ def dnsperf_ab(work: Path, blist: Path, names: list[str], tap_sock: Path, stall_
         conf = work / f"{name}.yaml"
         conf.write_text(f'listen: ["127.0.0.1:{port}"]\nupstreams: ["127.0.0.1:1"]\n'
                         f"metrics: {{listen: null}}\nblocking: {{mode: nxdomain, lists: {{bench: {blist}}}}}\n"
-                        + extra)
+                        + state_dir(work, name) + extra)
         env = dict(__import__("os").environ, PYTHONPATH=str(HERE.parent))
         procs[name] = Proc(name, port, [sys.executable, "-m", "resolver", "serve", "-c", str(conf)],
                            work, cwd=HERE.parent, env=env)
-    rows: dict[str, list[tuple[float, float, float, float]]] = {n: [] for n in procs}
+    rows: dict[str, list[tuple[float, ...]]] = {n: [] for n in procs}
     try:
         for proc in procs.values():
             proc.start(probe_name=names[1234])
         for r in range(rounds):
             for name, proc in list(procs.items())[:: 1 if r % 2 == 0 else -1]:
-                cpu0 = proc.cpu_seconds()
+                cpu0, kids0 = own_cpu(proc.pid), helpers_cpu(proc.pid)
                 res = dp.run(proc.port, qfile, duration=seconds, clients=2, outstanding=50,
                              verbose=True)
-                cpu = proc.cpu_seconds() - cpu0
-                rows[name].append((res.qps, res.completed / cpu if cpu else 0.0,
+                time.sleep(0.2)   # the sender's last batches
+                cpu, kids = own_cpu(proc.pid) - cpu0, helpers_cpu(proc.pid) - kids0
+                n = res.completed or 1
+                rows[name].append((res.qps, cpu / n * 1e6, kids / n * 1e6,
                                    (res.p50 or 0) * 1e3, (res.p99 or 0) * 1e3))
     finally:
         for proc in procs.values():
             proc.stop()
-    print(f"\n| dnsperf, blocked-exact, {seconds:g} s x {rounds} (median) | qps | qps per server "
-          "CPU-s | p50 ms | p99 ms | qps vs off |")
-    print("|---|---:|---:|---:|---:|---:|")
-    off = statistics.median(x[0] for x in rows["off"])
+    print(f"\n| dnsperf, blocked-exact, {seconds:g} s x {rounds} (median) | qps | server CPU "
+          "µs/answer | helpers' CPU µs/answer | p50 ms | p99 ms | qps vs off | server CPU vs off |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    off = [statistics.median(x[i] for x in rows["off"]) for i in range(2)]
     for name, xs in rows.items():
-        med = [statistics.median(x[i] for x in xs) for i in range(4)]
-        print(f"| {name} | {med[0]:,.0f} | {med[1]:,.0f} | {med[2]:.2f} | {med[3]:.2f} | "
-              f"{med[0] / off:.2f}x |")
+        med = [statistics.median(x[i] for x in xs) for i in range(5)]
+        print(f"| {name} | {med[0]:,.0f} | {med[1]:.1f} | {med[2]:.1f} | {med[3]:.2f} | "
+              f"{med[4]:.2f} | {med[0] / off[0]:.2f}x | {off[1] / med[1]:.2f}x |")
 
 
 def proxy_ab(work: Path, blist: Path, names: list[str], seconds: float, rounds: int) -> None:
@@ -150,6 +177,7 @@ def _proxy_rounds(work, blist, names, seconds, rounds, qfile, pairs, started, en
         conf.write_text(f'listen: ["127.0.0.1:{port}"]\nupstreams: ["127.0.0.1:1"]\n'
                         "metrics: {listen: null}\n"
                         f"blocking: {{mode: nxdomain, lists: {{bench: {blist}}}}}\n"
+                        + state_dir(work, name)
                         + ("server: {proxy_protocol_from: [127.0.0.1/32]}\n" if proxy else ""))
         h = Proc(name, port, [sys.executable, "-m", "resolver", "serve", "-c", str(conf)],
                  work, cwd=HERE.parent, env=env)
@@ -211,16 +239,18 @@ def main() -> int:
     while not tap_sock.exists():
         time.sleep(0.05)
     variants = {
-        "off": build(work, blist, ""),
-        "proxy": build(work, blist, "server: {proxy_protocol_from: [127.0.0.1/32]}\n"),
-        "dnstap": build(work, blist, f"dnstap: {{socket: {tap_sock}}}\n"),
-        "dnstap-stalled": build(work, blist, f"dnstap: {{socket: {stall_sock}, queue: 1000}}\n"),
+        "off": build(work, blist, "off", ""),
+        "proxy": build(work, blist, "proxy", "server: {proxy_protocol_from: [127.0.0.1/32]}\n"),
+        "dnstap": build(work, blist, "dnstap", f"dnstap: {{socket: {tap_sock}}}\n"),
+        "dnstap-stalled": build(work, blist, "dnstap-stalled",
+                                f"dnstap: {{socket: {stall_sock}, queue: 1000}}\n"),
     }
     time.sleep(0.5)   # writers connected
     exact = servers.dns_query(names[1234])[1]
     first = [servers.dns_query(f"x{i}.{n}")[1] for i, n in enumerate(names)]
     scenarios = {"blocked-exact": [exact], "blocked-first-sight": first}
     results: dict[tuple[str, str], list[float]] = {}
+    sender: dict[tuple[str, str], list[float]] = {}
     for r in range(args.rounds):
         for scen, pkts in scenarios.items():
             order = list(variants.items())
@@ -235,26 +265,34 @@ def main() -> int:
                 for _ in range(40):      # warm: clients known, memo filled
                     edge._readable()
                 batches = args.number // 64
+                tap = server.tap
+                child = tap._proc.pid if tap is not None and tap._proc is not None else None
+                kid0 = own_cpu(child) if child else 0.0
                 t0 = time.process_time()
                 for _ in range(batches):
                     edge._readable()
-                tap = server.tap
-                if tap is not None and name == "dnstap":
-                    while tap.queue:
-                        time.sleep(0.001)
+                if tap is not None:
+                    tap.flush()
                 cpu = time.process_time() - t0
+                if tap is not None:   # until the sender has sent or dropped everything
+                    end = time.monotonic() + 10
+                    while tap.pending and time.monotonic() < end:
+                        time.sleep(0.005)
                 results.setdefault((scen, name), []).append(cpu / (batches * 64) * 1e6)
-    print(f"| µs per query (process CPU, median of {args.rounds}) | "
-          + " | ".join(variants) + " | proxy/off qps | dnstap/off qps |")
-    print("|---|" + "---:|" * (len(variants) + 2))
+                kid = (own_cpu(child) - kid0) if child else 0.0
+                sender.setdefault((scen, name), []).append(kid / (batches * 64) * 1e6)
+    print(f"| µs per query (server process CPU, median of {args.rounds}) | "
+          + " | ".join(variants) + " | proxy/off qps | dnstap/off qps | dnstap sender µs |")
+    print("|---|" + "---:|" * (len(variants) + 3))
     for scen in scenarios:
         med = {v: statistics.median(results[(scen, v)]) for v in variants}
         print(f"| {scen} | " + " | ".join(f"{med[v]:.2f}" for v in variants)
-              + f" | {med['off'] / med['proxy']:.2f}x | {med['off'] / med['dnstap']:.2f}x |")
+              + f" | {med['off'] / med['proxy']:.2f}x | {med['off'] / med['dnstap']:.2f}x | "
+              f"{statistics.median(sender[(scen, 'dnstap')]):.2f} |")
     for name, server in variants.items():
         if server.tap is not None:
             print(f"{name}: dnstap sent {server.tap.sent}, dropped "
-                  f"{server.stats.dnstap_dropped + server.tap.lost}")
+                  f"{server.stats.dnstap_dropped + server.stats.dnstap_lost()}")
             server.tap.close(1.0)
     try:
         if args.dnsperf:

@@ -33,6 +33,11 @@ def _wait(cond, timeout: float = 5.0) -> bool:
     return cond()
 
 
+def _dropped(srv) -> int:
+    """What hushdns_dnstap_dropped_total says: the server's drops and its sender process's."""
+    return srv.stats.dnstap_dropped + srv.stats.dnstap_lost()
+
+
 def test_encode_has_the_schema_fields() -> None:
     b = encode(b"id1", b"v", CLIENT_QUERY, 1, 1, b"\xc0\x00\x02\x05", 4242,
                1_700_000_000_123_456_789, b"QUERY", extra=b"blocked list=x rule=y")
@@ -104,7 +109,7 @@ def test_stalled_collector_costs_drops_not_latency(serve, tmp_path: Path) -> Non
             t = time.perf_counter()
             ask(srv, "ads.example", timeout=2)
             worst = max(worst, time.perf_counter() - t)
-        assert srv.stats.dnstap_dropped > 0
+        assert _wait(lambda: _dropped(srv) > 0)
         assert worst < 0.5, f"a query waited {worst:.3f}s behind the stalled collector"
         del q
     finally:
@@ -116,7 +121,7 @@ def test_collector_gone_then_back_reconnects(serve, tmp_path: Path) -> None:
     srv = serve(f"dnstap: {{socket: {path}, queue: 5}}\n", lists={"ads": "ads.example\n"})
     for _ in range(20):
         ask(srv, "ads.example")
-    assert srv.stats.dnstap_dropped >= 15          # nobody listening: the queue filled
+    assert _wait(lambda: _dropped(srv) >= 15)      # nobody listening: the queue filled
     coll = FakeCollector(path)
     try:
         assert _wait(lambda: srv.server.tap.connected, 10), "the writer did not reconnect"
@@ -179,19 +184,50 @@ def test_reload_restarts_the_writer_only_when_dnstap_changed(serve, tmp_path: Pa
 
 def test_encode_batch_is_frames_of_pair() -> None:
     from resolver.dnstap.message import Encoder, encode_batch
+    off = 1_700_000_000_000_000_000      # the wall clock minus the server's perf_counter
     items = [("10.0.0.5", 40000, "udp", b"Q" * 30, b"R" * 50, "blocked", "ads", "ads.example",
-              1_700_000_001_000_000_000, 0.25),
+              1001.0, 1000.75),
              ("2001:db8::1", 53, "tcp", b"q" * 200, b"r" * 20000, "forwarded", None, None,
-              1_700_000_002_000_000_000, 0.001),
-             ("10.0.0.5", 40001, "udp", b"Q", None, "servfail", None, None, 1_700_000_003_0, 0.0)]
+              1002.0, 1001.999),
+             ("10.0.0.5", 40001, "udp", b"Q", None, "servfail", None, None, 1003.0, 1003.0)]
     for queries, responses in ((True, True), (True, False), (False, True)):
         enc, ref = Encoder(b"h", b"v"), Encoder(b"h", b"v")
         want = b""
-        for c, port, proto, q, r, res, lst, rule, now, took in items:
+        for c, port, proto, q, r, res, lst, rule, t_reply, t_query in items:
             fam, packed = (2, bytes.fromhex("20010db8" + "0" * 23 + "1")) if ":" in c else \
                 (1, bytes(int(p) for p in c.split(".")))
             extra = (f"{res} list={lst} rule={rule}" if lst else res).encode()
-            want += ref.pair(fam, 1 if proto == "udp" else 2, packed, port, now - int(took * 1e9),
-                             q if queries else None, now, r if responses else None, extra)
+            want += ref.pair(fam, 1 if proto == "udp" else 2, packed, port,
+                             off + int(t_query * 1e9), q if queries else None,
+                             off + int(t_reply * 1e9), r if responses else None, extra)
         for _ in range(2):   # built, then from the tables
-            assert encode_batch(enc, items, queries, responses, {}, {}) == want
+            assert encode_batch(enc, items, queries, responses, {}, {}, off) == want
+
+
+def test_sender_process_killed_is_counted_then_started_again(serve, tmp_path: Path) -> None:
+    import os
+
+    path = str(tmp_path / "k.sock")
+    coll = FakeCollector(path)
+    try:
+        srv = serve(f"dnstap: {{socket: {path}}}\n", lists={"ads": "ads.example\n"})
+        tap = srv.server.tap
+        assert _wait(lambda: tap.connected)
+        ask(srv, "ads.example")
+        assert _wait(lambda: tap.sent == 1)
+        first = tap._proc.pid
+        os.kill(first, signal.SIGKILL)
+        assert _wait(lambda: not tap.connected and tap._proc is None), \
+            "the server did not notice its sender died"
+        for _ in range(5):   # within the respawn back-off: dropped and counted, no error
+            ask(srv, "ads.example")
+        assert _wait(lambda: _dropped(srv) >= 5)
+        time.sleep(1.1)      # RESPAWN_FIRST
+        ask(srv, "ads.example")
+        assert _wait(lambda: tap._proc is not None and tap.connected, 10)
+        assert tap._proc.pid != first and coll.connections == 2
+        before = coll.received
+        ask(srv, "ok.example")
+        assert _wait(lambda: coll.received > before and tap.sent >= 2)
+    finally:
+        coll.close()

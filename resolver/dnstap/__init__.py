@@ -2,7 +2,9 @@
 
 ``message`` encodes the protobuf by hand (a dozen varint and length-delimited fields),
 ``framestream`` speaks Frame Streams (the bidirectional READY/ACCEPT/START handshake,
-data frames, STOP/FINISH), ``writer`` is the bounded queue and the thread that drains it.
+data frames, STOP/FINISH), ``writer`` is what the server holds (records collected on the
+event loop, shipped in batches), ``child`` the sender process that encodes them, keeps a
+bounded queue and talks to the collector.
 """
 
 from .writer import DnstapWriter

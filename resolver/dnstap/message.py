@@ -137,7 +137,7 @@ class Encoder:
         """The Frame Streams data frames of a CLIENT_QUERY (if ``query``) and a CLIENT_RESPONSE
         (if ``response``) sharing their address, port and query time: ``message`` twice, fused.
 
-        Written for the writer thread's budget (it shares the GIL with the answers): table
+        Written for a tight budget (it used to share the GIL with the answers): table
         lookups instead of varint loops, the second's varint kept from the last message.
         """
         heads = self.pairs.get((family, protocol, addr))
@@ -190,20 +190,21 @@ _V = [varint(i) for i in range(_VN)]   # every one- and two-byte varint, by valu
 
 
 def encode_batch(enc: Encoder, items: list[tuple], queries: bool, responses: bool,
-                 addresses: dict[str, tuple[int, bytes]], extras: dict[tuple, bytes]) -> bytes:
+                 addresses: dict[str, tuple[int, bytes]], extras: dict[tuple, bytes],
+                 offset_ns: int = 0) -> bytes:
     """The frames of a batch of the writer's items, ``Encoder.pair`` inlined in one loop.
 
-    Why: the writer thread shares the GIL with the answers, and per item a method call
-    and a dozen attribute reads cost as much as the encoding; here they are locals.
-    An item is ``(client ip, port, transport, query, response, result, list, rule,
-    response time ns, seconds since the query arrived)``.
+    Why: per item a method call and a dozen attribute reads cost as much as the
+    encoding; here they are locals.  An item is ``(client ip, port, transport, query,
+    response, result, list, rule, response time, query time)``, times in seconds on
+    a clock that is ``offset_ns`` behind the wall clock (the server's ``perf_counter``).
     """
     pairs, xs, ports, top = enc.pairs, enc.extras, enc.ports, enc.top
     V, VN, U32, F32 = _V, _VN, _U32BE, _FIXED32
     last_s, last_v = enc._last_s, enc._last_v
     out = []
     append = out.append
-    for client, port, proto, query, response, result, lst, rule, now_ns, took in items:
+    for client, port, proto, query, response, result, lst, rule, t_reply, t_query in items:
         fa = addresses.get(client)
         if fa is None:
             try:
@@ -229,7 +230,8 @@ def encode_batch(enc: Encoder, items: list[tuple], queries: bool, responses: boo
             if len(extras) >= 4096:
                 extras.clear()
             extras[ekey] = x
-        qtime = now_ns - int(took * 1e9)
+        now_ns = offset_ns + int(t_reply * 1e9)
+        qtime = offset_ns + int(t_query * 1e9)
         qs, qn = divmod(qtime, 1_000_000_000)
         if qs != last_s:
             last_s, last_v = qs, varint(qs)
