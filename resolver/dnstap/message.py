@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Callable
 
 # Dnstap.Type / Message.Type / SocketFamily / SocketProtocol values.
 DNSTAP_MESSAGE = 1
@@ -200,7 +201,7 @@ def encode_batch(enc: Encoder, items: list[tuple], queries: bool, responses: boo
     a clock that is ``offset_ns`` behind the wall clock (the server's ``perf_counter``).
     """
     pairs, xs, ports, top = enc.pairs, enc.extras, enc.ports, enc.top
-    V, VN, U32, F32 = _V, _VN, _U32BE, _FIXED32
+    V, VN, F32 = _V, _VN, _FIXED32
     last_s, last_v = enc._last_s, enc._last_v
     out = []
     append = out.append
@@ -243,13 +244,7 @@ def encode_batch(enc: Encoder, items: list[tuple], queries: bool, responses: boo
         if queries:
             n = len(query)
             m = b"".join((heads[0], common, b"\x52", V[n] if n < VN else varint(n), query))
-            n = len(m)
-            lm = V[n] if n < VN else varint(n)
-            append(U32(nx + len(lm) + n))
-            append(x)
-            append(lm)
-            append(m)
-            append(b"\x78\x01")
+            _frame(append, x, nx, m)
         if responses and response is not None:
             rs, rn = divmod(now_ns, 1_000_000_000)
             if rs != last_s:
@@ -257,12 +252,17 @@ def encode_batch(enc: Encoder, items: list[tuple], queries: bool, responses: boo
             n = len(response)
             m = b"".join((heads[1], common, b"\x60", last_v, b"\x6d", F32(rn), b"\x72",
                           V[n] if n < VN else varint(n), response))
-            n = len(m)
-            lm = V[n] if n < VN else varint(n)
-            append(U32(nx + len(lm) + n))
-            append(x)
-            append(lm)
-            append(m)
-            append(b"\x78\x01")
+            _frame(append, x, nx, m)
     enc._last_s, enc._last_v = last_s, last_v
     return b"".join(out)
+
+
+def _frame(append: Callable[[bytes], None], x: bytes, nx: int, m: bytes) -> None:
+    """One Frame Streams frame: its length, the extra field, the message, the type (MESSAGE)."""
+    n = len(m)
+    lm = _V[n] if n < _VN else varint(n)
+    append(_U32BE(nx + len(lm) + n))
+    append(x)
+    append(lm)
+    append(m)
+    append(b"\x78\x01")
