@@ -380,6 +380,12 @@ TIER_OF = {
     # tiktok: the boot-time log hosts that sign-in needs are strict only, the rest of the family default
     "log-boot.tiktokv.com": "strict", "log-v2-boot.capcutapi.com": "strict",
     "log-va.tiktokv.com": "default", "log16-normal-c-useast1a.tiktokv.com": "default",
+    # fourth pass: xiaomi's GetApps image servers (any tN.) and the Mi Remote IR database are
+    # strict; the APK file hosts and the system-app updater stay open
+    "t1.market.xiaomi.com": "strict", "t9.market.xiaomi.com": "strict",
+    "controller.intl.xiaomi.com": "strict", "controller.india.xiaomi.com": "strict",
+    "f8.market.xiaomi.com": "untriaged", "fga1.market.xiaomi.com": "untriaged",
+    "global.market.xiaomi.com": "untriaged",
 }
 
 
