@@ -270,14 +270,14 @@ def test_cli_text_json_missing_and_overrides(tmp_path: Path, capsys: pytest.Capt
     base = ["lists", "coverage", "--lists", str(lists), "--references", str(refs)]
     assert main(base) == 0
     out = capsys.readouterr().out
-    assert "example" in out and "2 (22%)" in out and "untriaged 2" in out
+    assert "example" in out and "2 (22.2%)" in out and "untriaged 2" in out
     assert main([*base, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["vendors"][0]["default_pct"] == 22.2 and data["vendors"][0]["untriaged"] == 2
     assert main([*base, "--missing"]) == 0
     assert capsys.readouterr().out.splitlines() == ["example\tbar.example.com", "example\tfoo.example.com"]
     assert main([*base, "--markdown"]) == 0
-    assert "| **example** | 2 / 1 | **all** | 9 | 22% | 33% | 2 | cloud sync |" in capsys.readouterr().out
+    assert "| **example** | 2 / 1 | **all** | 9 | 22.2% | 33.3% | 2 | cloud sync |" in capsys.readouterr().out
     # VENDOR=PATH replaces the mapping: only that vendor, only that file.
     assert main(["lists", "coverage", "--lists", str(lists), "--json",
                  f"other={refs / 'more.txt'}"]) == 0

@@ -274,7 +274,9 @@ def measure(vendors: list[Vendor], lists_dir: Path, triage_dir: Path, tier: str 
 
 
 def _pct(n: int, t: Tally) -> str:
-    return f"{n} ({100.0 * n / t.owned:.0f}%)" if t.owned else str(n)
+    # One decimal, as in --json: a whole-number percentage would show 66 of 78 (84.6 %) as
+    # "85%", a target it misses.
+    return f"{n} ({100.0 * n / t.owned:.1f}%)" if t.owned else str(n)
 
 
 def format_text(report: Report) -> str:
@@ -369,7 +371,7 @@ def format_markdown(report: Report, lists_dir: Path) -> str:
             first = i == 0
             lines.append(
                 f"| {'**' + v.vendor + '**' if first else ''} | {rules if first else ''} | {label} | "
-                f"{t.owned} | {t.share('default'):.0f}% | {t.share('default', 'strict'):.0f}% | "
+                f"{t.owned} | {t.share('default'):.1f}% | {t.share('default', 'strict'):.1f}% | "
                 f"{t.counts['untriaged']} | {breaks if first else ''} |")
     return "\n".join(lines)
 
