@@ -350,7 +350,7 @@ def test_every_reference_name_is_blocked_or_triaged(repo_report: coverage.Report
 # a change that blocks fewer reference names than this fails. Raise a floor when a vendor
 # improves; lowering one needs the reason in the commit (e.g. a host found to be essential).
 FLOORS = {
-    "xiaomi": (65.5, 93.0), "heytap": (89.0, 95.5), "vivo": (85.0, 89.5), "huawei": (81.5, 96.0),
+    "xiaomi": (65.5, 95.5), "heytap": (89.0, 95.5), "vivo": (85.0, 89.5), "huawei": (81.5, 96.0),
     "samsung": (85.0, 95.0), "lg": (94.5, 99.0), "roku": (84.5, 99.5), "amazon": (96.0, 99.0),
     "windows": (65.5, 79.0), "apple": (88.5, 94.0), "tiktok": (91.5, 99.5),
 }
@@ -410,9 +410,10 @@ def test_coverage_never_falls_below_todays_floor(repo_report: coverage.Report) -
 
 
 @pytest.mark.xfail(strict=False, reason="issue #16 targets: xiaomi, huawei, roku, windows (default) "
-                   "and xiaomi, vivo, windows, apple (default+strict) are below, each capped by "
-                   "essential hosts; see blocklists/README.md 'Coverage: where a target is out "
-                   "of reach, and why'")
+                   "and vivo, windows, apple (default+strict) are below: default by hosts whose "
+                   "blocking breaks a household function, default+strict by OTA, time, push and "
+                   "carrier-config hosts no tier may block; see blocklists/README.md 'Coverage: "
+                   "where a target is out of reach, and why'")
 def test_coverage_targets_per_vendor(repo_report: coverage.Report) -> None:
     low = {v.vendor: (round(v.total.share("default"), 1), round(v.total.share("default", "strict"), 1))
            for v in repo_report.vendors
