@@ -190,7 +190,7 @@ class Pipeline:
                     cap = q.udp_size if q.udp_size > 512 else 512
                 if len(wire) > cap:
                     wire = truncate(q, wire)
-                elif r.keep is not None:
+                elif r.keep is not None and q.remember:
                     memo = self.memo
                     if memo is not None:
                         memo.store(q, wire, r, self.gates[pos], now)
