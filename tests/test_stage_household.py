@@ -13,7 +13,7 @@ from resolver.household_config import Bypass as BypassConfig
 from resolver.stages.bypass import Bypass
 from resolver.stages.local import Local
 from resolver.stats import Stats
-from tests.stagekit import query, setup, upstream_reply
+from tests.stagekit import query, setup
 
 
 def test_local_answers_its_names_only_and_may_be_remembered(tmp_path: Path) -> None:
