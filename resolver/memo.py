@@ -19,8 +19,8 @@ with every new pipeline; only UDP replies are remembered, and only from the seco
 time the same bytes are answered (a doorkeeper set of hashes notes the first), so
 first-sight traffic does not pay for filling it; and when the replies it remembered
 were rarely given again (a wide set of names asked at full rate), it remembers only a
-fixed eighth of the questions, until remembering pays again (checked every
-``WINDOW`` repeated questions).
+fixed eighth of the questions (the other seven are not even noted in the doorkeeper),
+until remembering pays again (checked every ``WINDOW`` questions offered).
 """
 
 from __future__ import annotations
@@ -37,10 +37,12 @@ if TYPE_CHECKING:
     from .reply import Reply
 
 MAX_REPLIES = 16_384      # remembered replies; the memo is cleared when full
-# Every WINDOW repeated questions offered to ``store`` (remembered or not), the memo asks
-# whether remembering paid: fewer answers than stores / WORTH (a wide set of names at full
-# rate) and it admits, until the next window, only the questions whose hash has its low
-# SAMPLE bits clear (one in eight); more, and it remembers every repeated question again.
+# Every WINDOW questions offered to ``store`` (first sights included), the memo asks
+# whether remembering paid: fewer answers than admitted questions / WORTH (first-sight
+# names, a wide set of names at full rate) and it admits, until the next window, only the
+# questions whose hash has its low SAMPLE bits clear (one in eight); more, and it admits
+# every question again.  While sampling, every answer comes from the sampled eighth, so
+# answers per admitted question still tell what remembering everything would give.
 WINDOW = MAX_REPLIES
 WORTH = 2
 SAMPLE = 7
@@ -112,7 +114,8 @@ class ReplyMemo:
         self.door: set[int] = set()
         self.on_miss: Any = None
         self.hits = 0          # answers given in this window
-        self.offered = 0       # repeated questions offered to store in this window
+        self.seen = 0          # questions offered to store in this window
+        self.offered = 0       # ... of those, the ones admitted (all, or the sampled eighth)
         self.kept = 0          # ... and those remembered
         self.admit = 0         # 0: remember every repeated question; SAMPLE: one in eight
         # Answers and stores of earlier generations, and of the memos this one replaces
@@ -177,16 +180,22 @@ class ReplyMemo:
 
     def _judge(self) -> None:
         """End of a window: did remembering pay?  Few answers per store: sample the next one."""
-        self.admit = SAMPLE if self.hits * WORTH < self.kept else 0
+        self.admit = SAMPLE if self.hits * WORTH < self.offered else 0
         self.answered += self.hits
-        self.hits = self.offered = self.kept = 0
+        self.hits = self.offered = self.kept = self.seen = 0
 
     def store(self, q: Request, wire: bytes, reply: Reply, gates: tuple, now: float) -> None:
         """Remember ``wire`` (as sent to ``q``, rendered at ``now`` if it was rendered)."""
         data = q.data
         tail = self._missed_tail if self._missed_data is data else data[2:]
-        door = self.door
         h = hash(tail)   # computed already by the lookup: bytes keep their hash
+        seen = self.seen = self.seen + 1
+        if seen >= WINDOW:
+            self._judge()
+        if h & self.admit:
+            return   # sampling: not one of the questions it remembers (nor notes)
+        self.offered += 1
+        door = self.door
         if h not in door:
             # First sight: only noted.  A question seen once is rarely asked again soon
             # (first-sight subdomains, a wide cache), and remembering it costs more than
@@ -195,11 +204,6 @@ class ReplyMemo:
                 door.clear()
             door.add(h)
             return
-        offered = self.offered = self.offered + 1
-        if offered >= WINDOW:
-            self._judge()
-        if h & self.admit:
-            return   # sampling: not one of the questions it remembers
         self.kept += 1
         keep = reply.keep
         if keep.timed:

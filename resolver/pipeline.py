@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -36,12 +37,13 @@ from .stages.forward import Forward
 from .stages.local import Local
 from .stages.ratelimit import RateLimit
 from .stages.rebind import Rebind
-from .stats import Stats
+from .stats import Histogram, Stats
 from .wire import QTYPE_NAMES, SERVFAIL, Answer, Request, build_reply, truncate
 
 log = logging.getLogger("hushdns")
 qlog = logging.getLogger("hushdns.query")
 _QTYPES = QTYPE_NAMES
+perf_counter = time.perf_counter
 
 
 def build_pipeline(config: Config, lists: Blocklists, stats: Stats,
@@ -102,6 +104,8 @@ class Pipeline:
         self.positions = positions
         self.terminal = terminal
         self.stats = stats
+        self.queries = stats.queries            # finish counts here (Stats.query, inlined)
+        self.durations = stats.request_duration
         self.udp_cap = config.server.udp_size
         self.log_queries = config.log_queries
         self.memo: ReplyMemo | None = None
@@ -126,6 +130,9 @@ class Pipeline:
             if on_answer is not None:
                 outs.append(on_answer)
         self.steps = steps
+        # run's loop: the on_query hooks alone; where the one that answered sits, looked up after.
+        self.hooks = tuple(on_query for on_query, _, _ in steps)
+        self.at = {on_query: (outs, pos) for on_query, outs, pos in steps}
         self.outs_at = {pos: o for _, o, pos in steps}
         self.outs = tuple(reversed(outs))   # for the terminal's answers: every on_answer
         self.gates = gates
@@ -140,9 +147,10 @@ class Pipeline:
 
     def run(self, q: Request) -> None:
         """Answer ``q`` (now, or once the upstream answers); the reply goes to ``q.sink``."""
-        for on_query, outs, pos in self.steps:
+        for on_query in self.hooks:
             r = on_query(q)
             if r is not None:
+                outs, pos = self.at[on_query]
                 for on_answer in outs:
                     r = on_answer(q, r)
                 self.finish(q, r, pos)
@@ -190,15 +198,25 @@ class Pipeline:
                     cap = q.udp_size if q.udp_size > 512 else 512
                 if len(wire) > cap:
                     wire = truncate(q, wire)
-                elif r.keep is not None:
+                elif r.keep is not None and q.remember:
                     memo = self.memo
                     if memo is not None:
                         memo.store(q, wire, r, self.gates[pos], now)
             q.sink.sendto(wire, q.addr)
         qtype = _QTYPES.get(q.qtype, "other")   # as qtype_label(), inlined
-        took = time.perf_counter() - q.t0
+        took = perf_counter() - q.t0
         info = q.info
-        self.stats.query(info.label, qtype, r.result, took)
+        # Stats.query, inlined (every reply comes here): the count, and the duration histogram.
+        result = r.result
+        key = (info.label, qtype, result)
+        counts = self.queries
+        counts[key] = counts.get(key, 0) + 1
+        h = self.durations.get(result)
+        if h is None:
+            h = self.durations[result] = Histogram()
+        h.counts[bisect_left(h.bounds, took)] += 1
+        h.total += took
+        h.n += 1
         record = self.record
         if record is not None:   # the query log (resolver/querylog/frames.py: the row's shape)
             record((q.t0, took, info.device or info.label, q.client,

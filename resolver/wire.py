@@ -90,11 +90,14 @@ class Request:
     ``qname`` is lower-cased and dotted without the trailing dot ("" for the
     root).  ``key`` identifies the question for the cache and in-flight
     de-duplication (lower-cased wire name, type, class and the DO bit).
+    ``remember`` is cleared by a stage that must see every query for this name (the
+    bypass counters): ``Pipeline.finish`` then offers the reply to no memo.
     """
 
     __slots__ = (
         "data", "qid", "flags", "qend", "qname", "qtype", "qclass", "key",
         "edns", "edns_bad", "udp_size", "do", "client", "proto", "info", "addr", "sink", "t0",
+        "remember",
     )
 
     def __init__(self, data: bytes) -> None:
@@ -109,6 +112,7 @@ class Request:
         self.addr = None   # where the reply goes: ``sink.sendto(wire, addr)``
         self.sink = None
         self.t0 = 0.0      # perf_counter() when the query arrived
+        self.remember = True
 
     def again(self, data: bytes, addr: Any, info: Any, sink: Any, t0: float) -> Request:
         """The same question (``data`` equal after the ID) from ``addr``: what the reply memo
@@ -120,6 +124,7 @@ class Request:
             self.flags, self.qend, self.qname, self.qtype, self.qclass, self.key
         q.edns, q.edns_bad, q.udp_size, q.do = self.edns, self.edns_bad, self.udp_size, self.do
         q.client, q.proto, q.info, q.addr, q.sink, q.t0 = addr[0], "udp", info, addr, sink, t0
+        q.remember = True
         return q
 
     def max_udp(self, cap: int) -> int:
@@ -290,6 +295,10 @@ def parse_query(data: bytes, client: str = "", proto: str = "udp", info: Any = N
 
 
 _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
+# Wire name -> dotted name in one C call: every length octet (1..44 in the names
+# _plain_query takes) becomes a dot.  Right only when no label holds an octet that
+# the table also changes (below 45) or a dot; counting the dots tells.
+_DOTS = bytes(46 if 0 < b < 45 else b for b in range(256))
 _new_request = object.__new__
 
 
@@ -300,14 +309,14 @@ def _plain_query(data: bytes, n: int, flags: int, client: str, proto: str, info:
     ``_parse_question`` then judges.  Accepts a strict subset of what it accepts, with
     the same result (``tests/test_parse_query.py`` checks that on random input)."""
     i = 12
-    labels = []
+    labels = 0
     while True:
         ln = data[i]
         if ln == 0:
             break
-        if ln > 63:
+        if ln > 44:   # see _DOTS: a label this long (or a compression pointer) goes the long way
             return None
-        labels.append(data[i + 1:i + 1 + ln])
+        labels += 1
         i += ln + 1
         if i >= n:
             return None
@@ -342,13 +351,18 @@ def _plain_query(data: bytes, n: int, flags: int, client: str, proto: str, info:
     req.addr = addr
     req.sink = sink
     req.t0 = t0
+    req.remember = True
     req.qid = data[0] << 8 | data[1]
     req.flags = flags
     req.qend = qend
     req.qtype = qtype
     req.qclass = 1
-    req.qname = b".".join(labels).lower().decode("latin-1")
-    req.key = data[12:i + 1].lower() + data[i + 1:qend] + _KEY_FLAGS[do | ((flags >> 3) & 2)]
+    name = data[12:i + 1].lower()
+    qname = name[1:-1].translate(_DOTS).decode("latin-1")
+    if qname.count(".") != labels - 1:
+        return None   # an octet below 45 (or a dot) inside a label: the long way reads it
+    req.qname = qname
+    req.key = name + data[i + 1:qend] + _KEY_FLAGS[do | ((flags >> 3) & 2)]
     return req
 
 

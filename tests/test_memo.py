@@ -443,3 +443,31 @@ def test_remembering_that_does_not_pay_turns_to_sampling_and_back() -> None:
     answered, stored = stats.memo_counts()
     assert answered == memo_mod.WINDOW and stored > memo_mod.WINDOW
     assert memo_mod.ReplyMemo(None, {}, stats).counts() == (answered, stored)
+
+
+def test_first_sight_traffic_turns_sampling_on_and_hot_names_turn_it_off_again() -> None:
+    """First sights count toward the judgement (a stream of new names samples too), and
+    while sampling, answers per admitted question still tell when remembering pays."""
+    from types import SimpleNamespace
+
+    from resolver import memo as memo_mod
+    from resolver.memo import Keep
+    from resolver.stats import Stats
+
+    m = memo_mod.ReplyMemo(None, {}, Stats())   # type: ignore[arg-type]
+    reply = SimpleNamespace(keep=Keep(), result="blocked", list=None, rule=None)
+
+    def offer(i: int) -> None:   # never seen before: only noted at the door
+        data = b"\x00\x01" + i.to_bytes(4, "big") + b"new"
+        q = SimpleNamespace(data=data, qtype=1, qname="x", info=SimpleNamespace(policy="p"))
+        m.store(q, data, reply, (), 1.0)
+
+    for i in range(memo_mod.WINDOW):
+        offer(i)
+    assert m.admit == memo_mod.SAMPLE and m.kept == 0
+    # Hot names while sampling: the sampled eighth answers from the memo far more often
+    # than it is offered; the seven eighths that are not admitted still end the window.
+    for i in range(memo_mod.WINDOW, 2 * memo_mod.WINDOW):
+        m.hits += 1
+        offer(i)
+    assert m.admit == 0

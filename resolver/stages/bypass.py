@@ -17,8 +17,9 @@ of ``blocklists/doh-resolvers.txt``.  Lookups of all of these are counted per cl
 device that keeps asking for ``dns.google`` is a device going around the lists.
 
 Memo-safe: the answers given here carry a ``Keep`` that counts again when the memo
-repeats them; a forwarded DoH name is never remembered (``on_answer`` drops its
-``keep``), so every lookup passes here and is counted.
+repeats them; a bypass name answered by a later stage (forwarded, cached) is never
+remembered (``on_query`` clears ``Request.remember``), so every lookup passes here
+and is counted.
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ class Bypass:
             **{n: ("private_relay", NXDOMAIN, cfg.private_relay) for n in RELAY},
         }
         self.doh = Zones(doh if doh is not None else doh_names())
-        self._name: str | None = None   # the last name on_query looked up, and its zone
-        self._zone: str | None = None
+        every = Zones(set(self.exact) | set(self.doh))   # the one check most names get
+        self.tails, self.tops = every.tails, every.tops
         self.block_doh = cfg.doh_resolvers
         self.keeps = {kind: Counted(stats, kind) for kind in
                       ("firefox_canary", "ddr", "private_relay", "doh_resolver")}
@@ -94,6 +95,14 @@ class Bypass:
 
     def on_query(self, q: Request) -> Reply | None:
         name = q.qname
+        # As Zones.may_hold over every bypass name, inlined: almost every query ends here.
+        i = name.rfind(".")
+        if i < 0:
+            if name not in self.tops:
+                return None
+        elif name[name.rfind(".", 0, i) + 1:] not in self.tails and \
+                not (self.tops and name[i + 1:] in self.tops):
+            return None
         hit = self.exact.get(name)
         if hit is not None:
             kind, rcode, answer = hit
@@ -102,26 +111,17 @@ class Bypass:
                 zone = CANARY if kind == "firefox_canary" else \
                     "resolver.arpa" if kind == "ddr" else "icloud.com"
                 return self._reply(q, kind, rcode, zone)
+            q.remember = False   # answered below: not remembered, so every lookup is counted
             return None
         zone = self.doh.find(name)
-        # on_answer of this same query (when a stage below answers it at once) asks again.
-        self._name, self._zone = name, zone
         if zone is not None:
             count(self.stats, q.info.label, "doh_resolver")
             if self.block_doh:
                 if zone not in self.soa:
                     self.soa[zone] = rr(T_SOA, 300, _SOA_BODY, owner=encode_name(zone))
                 return self._reply(q, "doh_resolver", NXDOMAIN, zone)
+            q.remember = False
         return None
-
-    def on_answer(self, q: Request, reply: Reply) -> Reply:
-        """A bypass name answered by a later stage is not remembered: every lookup is counted."""
-        if reply.keep is not None:
-            name = q.qname
-            if name in self.exact or \
-                    (self._zone if name is self._name else self.doh.find(name)) is not None:
-                reply.keep = None
-        return reply
 
     def _reply(self, q: Request, kind: str, rcode: int, zone: str) -> Reply:
         wire = reply_for(q.data, q.qend, q.flags, rcode, self.soa[zone], 0, 1,
