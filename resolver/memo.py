@@ -10,7 +10,8 @@ It knows no stage.  What a remembered reply depends on is declared by the
 pipeline when the reply is made: the stage that answered puts a ``Keep`` in
 ``Reply.keep`` (``Listed``: the lists of this pipeline, so the life of the memo;
 ``Cached``: one cache entry, still there, still fresh, and the same age in whole
-seconds, so the TTLs read the same).  Stages that must see every query
+seconds, so the TTLs read the same: a ``CacheHit`` on the reply becomes a ``Cached``
+when the memo remembers it).  Stages that must see every query
 (``per_query``, e.g. the rate limit) are run again for every memo answer, with a
 ``Request`` rebuilt from the remembered one; if one of them answers, that answer
 goes through the pipeline like any other.  Every counter the first answer moved
@@ -54,10 +55,11 @@ class Keep:
     """Why a reply may be given again: checked before each memo answer, counted after."""
 
     __slots__ = ()
-    timed = False   # True: ``hold`` wants to know when the reply was rendered
 
-    def hold(self, now: float) -> None:
-        """The reply is remembered as rendered at ``now``."""
+    def hold(self, q: Request, reply: Reply, now: float) -> Keep:
+        """The reply is remembered, as rendered at ``now`` (0.0: not rendered, sent as built):
+        the Keep to check for it from now on (this one, unless it depends on when)."""
+        return self
 
     def valid(self, now: float) -> bool:
         return True
@@ -78,19 +80,30 @@ class Listed(Keep):
         self.stats.block(label, self.list, self.rule)
 
 
+class CacheHit(Keep):
+    """What a cache hit's reply carries: one per cache, no allocation per hit.  Only the
+    replies the memo remembers (a few, while it samples) get their own ``Cached``."""
+
+    __slots__ = ("stats", "entries")
+
+    def __init__(self, stats: Stats, entries: OrderedDict[bytes, Answer]) -> None:
+        self.stats, self.entries = stats, entries
+
+    def hold(self, q: Request, reply: Reply, now: float) -> Keep:
+        entry = reply.answer
+        return Cached(self.stats, self.entries, q.key, entry,  # type: ignore[arg-type]
+                      int((now or monotonic()) - entry.stored))  # type: ignore[union-attr]
+
+
 class Cached(Keep):
-    """A cache hit: valid while that entry is in the table, fresh, and of the same age in seconds."""
+    """A remembered cache hit: valid while that entry is in the table, fresh, and of the same
+    age in whole seconds as when its reply was rendered (so the TTLs read the same)."""
 
     __slots__ = ("stats", "entries", "key", "entry", "age")
-    timed = True
 
     def __init__(self, stats: Stats, entries: OrderedDict[bytes, Answer], key: bytes,
-                 entry: Answer) -> None:
-        self.stats, self.entries, self.key, self.entry = stats, entries, key, entry
-        self.age = -1
-
-    def hold(self, now: float) -> None:
-        self.age = int(now - self.entry.stored)
+                 entry: Answer, age: int) -> None:
+        self.stats, self.entries, self.key, self.entry, self.age = stats, entries, key, entry, age
 
     def valid(self, now: float) -> bool:
         entry = self.entry
@@ -205,9 +218,7 @@ class ReplyMemo:
             door.add(h)
             return
         self.kept += 1
-        keep = reply.keep
-        if keep.timed:
-            keep.hold(now or monotonic())
+        keep = reply.keep.hold(q, reply, now)
         table = self.tables.get(q.info.policy)
         if table is None:
             table = self.tables[q.info.policy] = {}

@@ -10,7 +10,7 @@ import dnslib
 from resolver.clients import ClientTable, LabelBound
 from resolver.config import load_config
 from resolver.lists.loader import load_all
-from resolver.memo import Cached
+from resolver.memo import Cached, CacheHit
 from resolver.stages.cache import Cache
 from resolver.stats import Stats
 from resolver.wire import SERVFAIL
@@ -28,7 +28,10 @@ def test_a_stored_answer_is_a_hit_with_the_clients_id_and_counted_down_ttl(tmp_p
     q2 = query("WWW.example", "10.0.0.3", table)
     hit = cache.on_query(q2)
     assert hit is not None and hit.result == "cached" and stats.cache_hits == 1
-    assert isinstance(hit.keep, Cached)
+    assert isinstance(hit.keep, CacheHit)                   # one per cache: nothing built per hit
+    kept = hit.keep.hold(q2, hit, hit.answer.stored + 10)   # what the memo stores, if it does
+    assert isinstance(kept, Cached) and kept.age == 10 and kept.valid(hit.answer.stored + 10.5)
+    assert not kept.valid(hit.answer.stored + 11)           # a second older: the TTLs would differ
     out = dnslib.DNSRecord.parse(hit.answer.render(q2, hit.answer.stored + 10))
     assert out.header.id == q2.qid and out.rr[0].ttl == 50
 

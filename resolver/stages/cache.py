@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 
 from ..config import Cache as CacheConfig
-from ..memo import Cached
+from ..memo import CacheHit
 from ..reply import Reply
 from ..stats import Stats
 from ..wire import EDE_STALE_ANSWER, SERVFAIL, Answer, Request, build_reply, opt_record
@@ -39,6 +39,7 @@ class Cache:
         # Kept across reloads by passing the old table in.
         self.entries: OrderedDict[bytes, Answer] = entries if entries is not None else OrderedDict()
         stats.cache_entries = self.entries.__len__
+        self.hit = CacheHit(stats, self.entries)   # every hit's keep (resolver.memo)
 
     def on_query(self, q: Request) -> Reply | None:
         key = q.key
@@ -46,8 +47,9 @@ class Cache:
         if entry is not None and entry.stored + entry.ttl > time.monotonic():
             self.entries.move_to_end(key)
             self.stats.cache_hits += 1
-            return Reply("servfail" if entry.rcode == SERVFAIL else "cached", answer=entry,
-                         keep=Cached(self.stats, self.entries, key, entry))
+            # Positional (result, wire, answer, list, rule, upstream, note, keep): every hit.
+            return Reply("servfail" if entry.rcode == SERVFAIL else "cached", None, entry,
+                         None, None, None, None, self.hit)
         self.stats.cache_misses += 1
         if not q.flags & 0x0100:   # RD=0 (an access.allow_snoop client): the cache only
             return Reply("servfail", wire=build_reply(q, SERVFAIL, opt=_NOT_CACHED[q.do]),
