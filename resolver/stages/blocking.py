@@ -60,8 +60,10 @@ class Blocking:
         self.v4 = [ipaddress.ip_address(a).packed for a in cfg.sinkhole if ":" not in a]
         self.v6 = [ipaddress.ip_address(a).packed for a in cfg.sinkhole if ":" in a]
         self.templates: dict[int, tuple[int, bytes, int, int]] = {}
-        # One Keep per list (by bit; by domain for a tracked list), shared by the memo's entries.
-        self.keeps: dict[int | str, Listed] = {}
+        # One Keep per list (by bit, with the list's name: per_bit; by domain for a tracked
+        # list: keeps), shared by the memo's entries.
+        self.keeps: dict[str, Listed] = {}
+        self.per_bit: dict[int, tuple[str, Listed]] = {}
         self.opt = {do: opt_record(udp_size, do, ede=EDE_BLOCKED) for do in (False, True)}
         mode = cfg.mode if cfg.mode != "custom" else "sinkhole " + ", ".join(cfg.sinkhole)
         self.describe = f"answer: {mode}, ttl {cfg.ttl}"
@@ -96,24 +98,25 @@ class Blocking:
 
     def blocked(self, q: Request, hit: Match, remember: bool) -> Reply:
         bit = hit.bit
-        list_name = self.by_bit[bit]
-        keeps = self.keeps
-        if bit & self.tracked and not hit.regex:
+        if bit & self.tracked and not hit.regex:   # counted per domain too
+            list_name = self.by_bit[bit]
             rule = hit.rule
-            keep = keeps.get(rule) if remember else None
+            keep = self.keeps.get(rule) if remember else None
             if keep is None and remember:
-                keep = keeps[rule] = Listed(self.stats, list_name, rule)
+                keep = self.keeps[rule] = Listed(self.stats, list_name, rule)
+            self.stats.block(q.info.label, list_name, rule)
         else:
-            rule = None
-            keep = keeps.get(bit) if remember else None
-            if keep is None and remember:
-                keep = keeps[bit] = Listed(self.stats, list_name, None)
-        if rule is None:   # Stats.block, inlined for the common case (no per-domain count)
-            counts = self.stats.blocked
+            # The common case: one Keep and one name per list, built on its first block.
+            per = self.per_bit.get(bit)
+            if per is None:
+                list_name = self.by_bit[bit]
+                per = self.per_bit[bit] = (list_name, Listed(self.stats, list_name, None))
+            list_name, keep = per
+            if not remember:
+                keep = None
+            counts = self.stats.blocked   # Stats.block, inlined (no per-domain count)
             key = (q.info.label, list_name)
             counts[key] = counts.get(key, 0) + 1
-        else:
-            self.stats.block(q.info.label, list_name, rule)
         data = q.data
         # Per type and length of the first label (where the SOA's owner, the parent, starts).
         tkey = q.qtype | data[12] << 16
@@ -123,9 +126,11 @@ class Blocking:
         # As reply_for(), inlined: the client's ID, flags and question, then the records.
         rcode, body, an, ns = t
         if q.edns:
-            body += self.opt[q.do]
-        wire = _H.pack(data[0] << 8 | data[1], 0x8080 | (q.flags & 0x0110) | rcode, 1, an, ns,
-                       1 if q.edns else 0) + data[12:q.qend] + body
+            wire = _H.pack(data[0] << 8 | data[1], 0x8080 | (q.flags & 0x0110) | rcode, 1, an, ns,
+                           1) + data[12:q.qend] + body + self.opt[q.do]
+        else:
+            wire = _H.pack(data[0] << 8 | data[1], 0x8080 | (q.flags & 0x0110) | rcode, 1, an, ns,
+                           0) + data[12:q.qend] + body
         return Reply("blocked", wire, None, list_name,
                      f"/{hit.rule}/" if hit.regex else hit.rule, None, self.describe, keep)
 
