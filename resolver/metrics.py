@@ -343,7 +343,7 @@ def snapshot(stats: Stats) -> Stats:
 
 
 def _copy_hist(h: Histogram) -> Histogram:
-    return Histogram(bounds=h.bounds, counts=list(h.counts), total=h.total, n=h.n)
+    return Histogram(bounds=h.bounds, counts=list(h.counts), total=h.total)
 
 
 def make_registry(stats: Stats, process: bool = True) -> CollectorRegistry:

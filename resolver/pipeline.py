@@ -216,7 +216,6 @@ class Pipeline:
             h = self.durations[result] = Histogram()
         h.counts[bisect_left(h.bounds, took)] += 1
         h.total += took
-        h.n += 1
         record = self.record
         if record is not None:   # the query log (resolver/querylog/frames.py: the row's shape)
             record((q.t0, took, info.device or info.label, q.client,

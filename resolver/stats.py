@@ -34,16 +34,19 @@ class Histogram:
     bounds: tuple[float, ...] = DURATION_BUCKETS
     counts: list[int] = field(default_factory=list)
     total: float = 0.0
-    n: int = 0
 
     def __post_init__(self) -> None:
         if not self.counts:
             self.counts = [0] * (len(self.bounds) + 1)
 
+    @property
+    def n(self) -> int:
+        """Observations so far: the buckets' sum (one increment less per query)."""
+        return sum(self.counts)
+
     def observe(self, value: float) -> None:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
-        self.n += 1
 
 
 class Stats:
@@ -122,7 +125,6 @@ class Stats:
         # Histogram.observe, inlined: this runs for every query.
         h.counts[bisect.bisect_left(h.bounds, duration)] += 1
         h.total += duration
-        h.n += 1
 
     def block(self, client: str, list_name: str, domain: str | None) -> None:
         """Count a blocked query per client and list (and per domain when tracked)."""

@@ -112,7 +112,6 @@ def merge(parts: list[dict[str, Any]]) -> Stats:
                             h = mine[k] = Histogram(bounds=v.bounds)
                         h.counts = [a + b for a, b in zip(h.counts, v.counts, strict=True)]
                         h.total += v.total
-                        h.n += v.n
                     else:
                         mine[k] = mine.get(k, 0) + v
             elif isinstance(value, int | float) and not isinstance(value, bool):
