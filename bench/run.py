@@ -35,9 +35,11 @@ MISS_RATE_CAP = 80_000
 FIRST_SIGHT_RATE_CAP = 160_000
 # hushdns variants: -nomemo is server.reply_memo: false; -nolog is query_log off (what the
 # code before the query log did, so an A/B against an older --base compares like for like);
+# -nobypass is `bypass: false` (the bypass stage, which the code before the household
+# controls did not have, left out: with -nolog, the same features as such a --base);
 # -w<N> is workers: N.
 # base, base-nomemo, ...: the same, from the checkout given with --base (an A/B in one run).
-_HUSHDNS = re.compile(r"(?:hushdns|base)(-nomemo)?(-nolog)?(-w\d+)?")
+_HUSHDNS = re.compile(r"(?:hushdns|base)(-nomemo)?(-nolog)?(-nobypass)?(-w\d+)?")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,7 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="seconds per rate-limited latency run (default duration/2)")
     ap.add_argument("--servers", default=None,
                     help="comma list of unbound,dnsmasq,hushdns,baseline, hushdns-nomemo "
-                         "(server.reply_memo: false) and hushdns-w<N> for hushdns with "
+                         "(server.reply_memo: false), -nolog (query log off), -nobypass "
+                         "(bypass: false) and hushdns-w<N> for hushdns with "
                          "workers: N (default: hushdns, hushdns-nomemo, unbound, dnsmasq, "
                          "baseline)")
     ap.add_argument("--hushdns", action="store_true", help="add hushdns to --servers")
@@ -231,9 +234,10 @@ class Bench:
             # -nomemo: server.reply_memo off; -nolog: query_log off; -w<N>: workers: N
             # (SO_REUSEPORT processes)
             p = servers.hushdns(self.dir, self.nsd.port, blocklist, ce, name=label or name,
-                                workers=int(hm.group(3)[2:]) if hm.group(3) else None,
+                                workers=int(hm.group(4)[2:]) if hm.group(4) else None,
                                 memo=hm.group(1) is None,
-                                extra="query_log: {enabled: false}\n" if hm.group(2) else "",
+                                extra=("query_log: {enabled: false}\n" if hm.group(2) else "")
+                                + ("bypass: false\n" if hm.group(3) else ""),
                                 root=self.args.base if name.startswith("base") else
                                 servers.REPO_ROOT)
         elif name == "baseline":
