@@ -35,7 +35,7 @@ from resolver.stats import Stats
 from resolver.upstream import Upstream, UpstreamFailure, Upstreams, close_idle_sockets
 from resolver.wire import parse_query
 from tests.conftest import ask
-from tests.fakes import FakeUpstream
+from tests.fakes import FakeUpstream, free_port
 
 pytestmark = pytest.mark.skipif(upstream_mod._disconnect is None,
                                 reason="socket recycling needs Linux and ctypes")
@@ -266,12 +266,6 @@ def test_a_ready_socket_that_no_query_waits_on_is_drained_not_spun_on(loop):
         peer.close()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-        u.bind(("127.0.0.1", 0))
-        return u.getsockname()[1]
-
-
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -287,7 +281,9 @@ def test_behind_a_duplicating_upstream_the_idle_server_sleeps_and_reads_nothing_
     again by a new query's socket (the kernel's choice, ~1 in 28k per connect), which is
     what a socket per query would see too."""
     up_srv = _DuplicatingUpstream()
-    port, mport = _free_port(), _free_port()
+    # Free for TCP too: /metrics is TCP, and a UDP port's TCP twin may be taken (a full
+    # run once gave the server a metrics port it could not bind).
+    port, mport = free_port(), free_port()
     conf = tmp_path / "c.yaml"
     conf.write_text(f'listen: ["127.0.0.1:{port}"]\nupstreams: ["{up_srv.address}"]\n'
                     f'metrics: {{listen: "127.0.0.1:{mport}"}}\n'
