@@ -193,6 +193,27 @@ def test_retention_prunes_rows_and_keeps_the_inventory(tmp_path):
     assert [ep.name for _, ep in reader.endpoints(db, "tv", now - 7 * 86_400)] == ["new.example.com"]
 
 
+def test_a_flood_of_new_names_keeps_the_writers_tables_bounded_and_loses_no_inventory(
+        tmp_path, monkeypatch):
+    """A device resolving ever-new names (or a benchmark) must not grow the writer without
+    bound: the id caches are capped and the inventory is written early once it holds
+    MAX_UNWRITTEN pairs (300k first-sight names took ~190 MiB before, bench/README.md)."""
+    from resolver.querylog import writer as writer_mod
+
+    monkeypatch.setattr(writer_mod, "MAX_CACHED", 1_000)
+    monkeypatch.setattr(writer_mod, "MAX_UNWRITTEN", 500)
+    w = Writer(_settings(tmp_path), Stats())
+    now = time.time()
+    for b in range(0, 6_000, 200):
+        w.write_batches([(0.0, [_row(now + i / 1e3, f"r{i}.flood.example") for i in range(b, b + 200)])])
+        assert len(w.ids) <= 1_000 and len(w.whats) <= 1_001 and len(w.known) <= 1_000
+        assert sum(len(per) for per in w.agg_seen.values()) < 500 + 200
+    w.close()
+    db = reader.connect(w.settings.path)
+    names = {ep.name for _, ep in reader.endpoints(db, "tv")}
+    assert names == {f"r{i}.flood.example" for i in range(6_000)}   # the inventory is whole
+
+
 def test_size_bound_deletes_the_oldest_rows(tmp_path):
     stats = Stats()
     w = Writer(_settings(tmp_path, max_size=400_000), stats)
