@@ -257,6 +257,17 @@ def test_essential_triage_must_be_backed_by_essential_txt(tmp_path: Path) -> Non
     assert "push.example.com: triaged as essential, but no host of essential.txt" in str(p)
 
 
+def test_an_apex_family_is_backed_by_an_essential_host_below_it(tmp_path: Path) -> None:
+    """/^example\\.com$/ names only the apex; ota.example.com (essential) lies below it."""
+    backed = TRIAGE + "/^example\\.com$/  # essential: apex above the OTA host (e)\n"
+    lists, refs = world(tmp_path, backed)
+    assert measure(lists, refs).triage_problems == []
+    unbacked = TRIAGE + "/^example\\.org$/  # essential: apex (e)\n"
+    lists, refs = world(tmp_path / "u", unbacked)
+    (p,) = measure(lists, refs).triage_problems
+    assert "triaged as essential, but no host of essential.txt" in str(p)
+
+
 def test_triage_parse_errors_are_line_numbered() -> None:
     entries, findings = parse_triage(TRIAGE + "x.example.com  # maybe: unsure\n", "t.txt")
     assert len(entries) == 4
