@@ -397,6 +397,15 @@ TIER_OF = {
     "controller.intl.xiaomi.com": "strict", "controller.india.xiaomi.com": "strict",
     "f8.market.xiaomi.com": "untriaged", "fga1.market.xiaomi.com": "untriaged",
     "global.market.xiaomi.com": "untriaged",
+    # fifth pass (unknownFalleN's extra list): themes, dev./onebox. environments and the Mi Talk
+    # API are default; Yellow Pages, balancers, the Weather API and the web site strict; Mi Home,
+    # the router API and the account SDK's c.id.mi.com stay open
+    "api.zhuti.xiaomi.com": "default", "onebox.market.n.xiaomi.com": "default",
+    "api.chat.xiaomi.net": "default", "api.huangye.miui.com": "strict",
+    "ctc.fe02.c3.xiaomi.com": "strict", "weatherapi.market.xiaomi.com": "strict",
+    "www.xiaomi.com": "strict", "api.xiaomi.com": "strict", "ott.io.mi.com": "untriaged",
+    "eu.api.miwifi.com": "untriaged", "c.id.mi.com": "untriaged",
+    "app.chat.us.xiaomi.net": "untriaged", "xiaomi.com": "untriaged",
 }
 
 
