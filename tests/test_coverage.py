@@ -257,6 +257,17 @@ def test_essential_triage_must_be_backed_by_essential_txt(tmp_path: Path) -> Non
     assert "push.example.com: triaged as essential, but no host of essential.txt" in str(p)
 
 
+def test_an_apex_family_is_backed_by_an_essential_host_below_it(tmp_path: Path) -> None:
+    """/^example\\.com$/ names only the apex; ota.example.com (essential) lies below it."""
+    backed = TRIAGE + "/^example\\.com$/  # essential: apex above the OTA host (e)\n"
+    lists, refs = world(tmp_path, backed)
+    assert measure(lists, refs).triage_problems == []
+    unbacked = TRIAGE + "/^example\\.org$/  # essential: apex (e)\n"
+    lists, refs = world(tmp_path / "u", unbacked)
+    (p,) = measure(lists, refs).triage_problems
+    assert "triaged as essential, but no host of essential.txt" in str(p)
+
+
 def test_triage_parse_errors_are_line_numbered() -> None:
     entries, findings = parse_triage(TRIAGE + "x.example.com  # maybe: unsure\n", "t.txt")
     assert len(entries) == 4
@@ -386,6 +397,15 @@ TIER_OF = {
     "controller.intl.xiaomi.com": "strict", "controller.india.xiaomi.com": "strict",
     "f8.market.xiaomi.com": "untriaged", "fga1.market.xiaomi.com": "untriaged",
     "global.market.xiaomi.com": "untriaged",
+    # fifth pass (unknownFalleN's extra list): themes, dev./onebox. environments and the Mi Talk
+    # API are default; Yellow Pages, balancers, the Weather API and the web site strict; Mi Home,
+    # the router API and the account SDK's c.id.mi.com stay open
+    "api.zhuti.xiaomi.com": "default", "onebox.market.n.xiaomi.com": "default",
+    "api.chat.xiaomi.net": "default", "api.huangye.miui.com": "strict",
+    "ctc.fe02.c3.xiaomi.com": "strict", "weatherapi.market.xiaomi.com": "strict",
+    "www.xiaomi.com": "strict", "api.xiaomi.com": "strict", "ott.io.mi.com": "untriaged",
+    "eu.api.miwifi.com": "untriaged", "c.id.mi.com": "untriaged",
+    "app.chat.us.xiaomi.net": "untriaged", "xiaomi.com": "untriaged",
 }
 
 

@@ -147,7 +147,8 @@ def essential_problems(entries: list[Entry], essential: dict[str, tuple[str, int
     """An ``essential`` triage entry must be backed by blocklists/essential.txt.
 
     Backed means: the triaged host is an essential host or lies below one,
-    or (a family) an essential host lies below it or matches its regex.
+    or (a family) an essential host matches its regex or lies below a name
+    that matches it.
     """
     out = []
     for e in entries:
@@ -155,7 +156,9 @@ def essential_problems(entries: list[Entry], essential: dict[str, tuple[str, int
             continue
         if e.regex:
             rx = re.compile(e.rule)
-            ok = any(rx.search(h) for h in essential)
+            # a family is backed when it matches an essential host or a parent of
+            # one (an essential host lies below a name it matches: /^xiaomi\.com$/)
+            ok = any(rx.search(h) or any(rx.search(p) for p in parents(h)) for h in essential)
         else:
             suffix = "." + e.rule
             ok = e.rule in essential or any(p in essential for p in parents(e.rule)) \
