@@ -382,6 +382,14 @@ TIER_OF = {
     "eic.nudge.lgtvcommon.com": "default", "us.homeprv.lgtvcommon.com": "default",
     "aic.wiseconfig.lgtvcommon.com": "default", "eic.recommend.lgtvcommon.com": "strict",
     "eic.cdpsvc.lgtvcommon.com": "strict",
+    # lg, the G1 audit's SAFE names (furkan-bayrak/lg-tv-blocklist): wiselg telemetry and two ad
+    # zones default (not the ngfts update transfer); service area, ThinQ account, IoT and first
+    # setup strict; the COUNTRY.nextlgsdp store/clock hosts and us.lgtvsdp.com stay open
+    "eic.tv.wiselg.com": "default", "kic.tv.wiselg.com": "default", "adsdtvc.com": "default",
+    "smart.adtvc.app": "default", "eic-ngfts.tv.wiselg.com": "untriaged",
+    "us.ibs.lgappstv.com": "strict", "de.emp.lgsmartplatform.com": "strict",
+    "eic.api.lgtviot.com": "strict", "aic-ocp.lgtviot.com": "strict", "initscr.lge.com": "strict",
+    "de.nextlgsdp.com": "untriaged", "us.lgtvsdp.com": "untriaged",
     # windows: Edge telemetry below SmartScreen is default, SmartScreen itself never blocked
     "telem-edge.smartscreen.microsoft.com": "default", "nav.smartscreen.microsoft.com": "untriaged",
     "sa.windows.com": "default", "settings-win.data.microsoft.com": "strict",
