@@ -414,6 +414,22 @@ TIER_OF = {
     "www.xiaomi.com": "strict", "api.xiaomi.com": "strict", "ott.io.mi.com": "untriaged",
     "eu.api.miwifi.com": "untriaged", "c.id.mi.com": "untriaged",
     "app.chat.us.xiaomi.net": "untriaged", "xiaomi.com": "untriaged",
+    # sixth pass (mtxadmin's extra list): SQM, the Watson and telemetry aliases, the vortex names
+    # below metron and pre-production Skype ad hosts are default; their OneSettings siblings,
+    # Defender's legacy SpyNet, Family Safety reporting, metaservices and the retired HockeyApp
+    # / App Center strict; Defender cloud protection, Windows Update aliases and r.msn.com open
+    "sqm.microsoft.com": "default", "legacy.watson.data.microsoft.com.akadns.net": "default",
+    "telecommand.telemetry.microsoft.com.nsatc.net": "default",
+    "vortex-win.data.metron.live.com.nsatc.net": "default",
+    "analytics.r.msn.com": "default", "preads.skypeassets.net": "default",
+    "in.appcenter.ms": "default", "redir.metaservices.microsoft.com": "default",
+    "onesettings-db5.metron.live.com.nsatc.net": "strict",
+    "spynetall.microsoft.akadns.net": "strict", "spynet2.microsoft.com": "strict",
+    "reporting.family.microsoft.com.akadns.net": "strict",
+    "dmd.metaservices.microsoft.com": "strict", "rink.hockeyapp.net": "strict",
+    "install.appcenter.ms": "strict", "static.skypeassets.com": "strict",
+    "wdcp.microsoft.com": "untriaged", "fe2.update.microsoft.com.akadns.net": "untriaged",
+    "r.msn.com": "untriaged",
 }
 
 
