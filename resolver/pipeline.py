@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import time
-from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +36,7 @@ from .stages.forward import Forward
 from .stages.local import Local
 from .stages.ratelimit import RateLimit
 from .stages.rebind import Rebind
-from .stats import Histogram, Stats
+from .stats import Stats
 from .wire import QTYPE_NAMES, SERVFAIL, Answer, Request, build_reply, truncate
 
 log = logging.getLogger("hushdns")
@@ -104,8 +103,6 @@ class Pipeline:
         self.positions = positions
         self.terminal = terminal
         self.stats = stats
-        self.queries = stats.queries            # finish counts here (Stats.query, inlined)
-        self.durations = stats.request_duration
         self.udp_cap = config.server.udp_size
         self.log_queries = config.log_queries
         self.memo: ReplyMemo | None = None
@@ -206,16 +203,7 @@ class Pipeline:
         qtype = _QTYPES.get(q.qtype, "other")   # as qtype_label(), inlined
         took = perf_counter() - q.t0
         info = q.info
-        # Stats.query, inlined (every reply comes here): the count, and the duration histogram.
-        result = r.result
-        key = (info.label, qtype, result)
-        counts = self.queries
-        counts[key] = counts.get(key, 0) + 1
-        h = self.durations.get(result)
-        if h is None:
-            h = self.durations[result] = Histogram()
-        h.counts[bisect_left(h.bounds, took)] += 1
-        h.total += took
+        self.stats.query(info.label, qtype, r.result, took)
         record = self.record
         if record is not None:   # the query log (resolver/querylog/frames.py: the row's shape)
             record((q.t0, took, info.device or info.label, q.client,

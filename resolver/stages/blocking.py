@@ -126,11 +126,9 @@ class Blocking:
         # As reply_for(), inlined: the client's ID, flags and question, then the records.
         rcode, body, an, ns = t
         if q.edns:
-            wire = _H.pack(data[0] << 8 | data[1], 0x8080 | (q.flags & 0x0110) | rcode, 1, an, ns,
-                           1) + data[12:q.qend] + body + self.opt[q.do]
-        else:
-            wire = _H.pack(data[0] << 8 | data[1], 0x8080 | (q.flags & 0x0110) | rcode, 1, an, ns,
-                           0) + data[12:q.qend] + body
+            body += self.opt[q.do]
+        wire = _H.pack(data[0] << 8 | data[1], 0x8080 | (q.flags & 0x0110) | rcode, 1, an, ns,
+                       1 if q.edns else 0) + data[12:q.qend] + body
         return Reply("blocked", wire, None, list_name,
                      f"/{hit.rule}/" if hit.regex else hit.rule, None, self.describe, keep)
 
