@@ -9,7 +9,9 @@ A stage is an object with some of these (and nothing else is asked of it):
     to the next stage.  Synchronous: it must not wait for anything.  Its reply's
     ``keep`` (a ``resolver.memo.Keep``) says whether the reply memo may give the
     same bytes again; leave it None unless the answer depends only on what the
-    keep checks.
+    keep checks.  A stage that passes but must see every later query for this
+    name (the bypass counters) sets ``q.remember = False``: whatever answers it
+    is then not remembered.
 
 ``on_answer(q: Request, reply: Reply) -> Reply``
     On the way out: called with every reply given by a stage *after* this one
