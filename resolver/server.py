@@ -581,7 +581,8 @@ class Server:
             return
         if old is not None:
             old.close_soon()   # ships what it has queued, then ends (not awaited here)
-        self.querylog = open_log(config.query_log, self.stats)
+        # workers: N -- every worker has its own writer, all on one file.
+        self.querylog = open_log(config.query_log, self.stats, shared=config.workers > 1)
 
     async def _bind(self, ep: Endpoint) -> None:
         loop = asyncio.get_running_loop()

@@ -323,6 +323,52 @@ def test_corrupt_while_running_drops_counts_and_rotates(tmp_path):
     assert [r["name"] for r in reader.rows(db, reader.Filter())] == ["c.example.com"]
 
 
+def test_two_writers_on_one_file_keep_every_row_and_count_each_new_name_once(tmp_path):
+    """``workers: N``: one writer per worker, one file.  The race that once cost the whole log:
+    A stores a new name, B stores a row for it and writes its inventory first, then A's
+    inventory (which took "stored here first" for "no seen row yet") hit the seen row's key,
+    the constraint error was read as a corrupt file, and the file was moved aside."""
+    sa, sb = Stats(), Stats()
+    a = Writer(_settings(tmp_path), sa, shared=True)
+    b = Writer(_settings(tmp_path), sb, shared=True)
+    now = time.time()
+    a.write([_row(now, "x.example.com")])          # A makes the name's string id
+    b.write([_row(now + 1, "x.example.com", result="blocked")])
+    b.sync()                                        # B's seen row first
+    a.write([_row(now + 2, "x.example.com")])
+    a.sync()
+    a.close()
+    b.close()
+    assert not list(Path(a.settings.path).parent.glob("*corrupt*"))
+    assert sa.querylog_dropped == {} and sb.querylog_dropped == {}
+    assert sa.querylog_written + sb.querylog_written == 3
+    db = reader.connect(a.settings.path)
+    (dev, ep), = reader.endpoints(db, "tv")
+    assert (ep.name, ep.count, ep.blocked) == ("x.example.com", 3, 1)
+    assert ep.verdict == "forwarded"                # the latest row's verdict, whoever wrote it
+    # New for the device once, over both writers (the metric the supervisor adds up).
+    assert sum(sa.device_new_names.values()) + sum(sb.device_new_names.values()) == 1
+
+
+def test_a_constraint_error_drops_the_batch_but_never_moves_the_file_aside(tmp_path):
+    stats = Stats()
+    w = Writer(_settings(tmp_path), stats)
+    w.write([_row(time.time(), "a.example.com")])
+
+    def fail(*_a):
+        raise sqlite3.IntegrityError("UNIQUE constraint failed: seen.device, seen.name")
+
+    w._insert = fail
+    w.write([_row(time.time(), "b.example.com")])
+    assert stats.querylog_dropped == {"error": 1}
+    assert not list(Path(w.settings.path).parent.glob("*corrupt*"))
+    del w._insert
+    w.write([_row(time.time(), "c.example.com")])
+    w.close()
+    db = reader.connect(w.settings.path)
+    assert [r["name"] for r in reader.rows(db, reader.Filter())] == ["a.example.com", "c.example.com"]
+
+
 def test_locked_database_drops_and_recovers(tmp_path, caplog):
     stats = Stats()
     w = Writer(_settings(tmp_path), stats)

@@ -98,6 +98,14 @@ def _children(pid: int) -> list[int]:
     return sorted(int(p) for p in out)
 
 
+def _up(mport: int) -> bool:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{mport}/healthz", timeout=1)
+    except OSError:
+        return False
+    return True
+
+
 def _wait(cond, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -179,3 +187,59 @@ def test_dead_workers_are_logged_restarted_from_the_served_config_and_keep_their
     assert "exited with code 0" in text, text
     assert "reload failed" in text and "no_such_key" in text, text
     assert text.count("Traceback") == 0, text
+
+
+def test_two_workers_keep_one_query_log_whole(tmp_path: Path) -> None:
+    """Every worker runs its own log writer on the one file.  The same names reach both
+    workers (a fresh source port per query): before, the first inventory of a name both had
+    stored failed on the seen row's key, was read as a corrupt file, and the whole log was
+    moved aside within seconds of starting."""
+    import sqlite3
+
+    up = FakeUpstream()
+    port, mport = free_port(), free_port()
+    state = tmp_path / "state"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f'listen: ["127.0.0.1:{port}"]\nupstreams: ["{up.address}"]\nworkers: 2\n'
+                   f'metrics: {{listen: "127.0.0.1:{mport}"}}\nstate_dir: "{state}"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "resolver", "serve", "-c", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    names, asks = 150, 4
+    db_path = state / "querylog.sqlite"
+
+    def metrics() -> str:
+        return urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+
+    def inventory() -> tuple[int, int]:
+        if not db_path.exists():
+            return 0, 0
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        try:
+            n, total = db.execute("SELECT count(*), coalesce(sum(count), 0) FROM seen").fetchone()
+        except sqlite3.OperationalError:   # not created yet
+            return 0, 0
+        finally:
+            db.close()
+        return n, total
+
+    try:
+        _wait(lambda: _up(mport), 30, "supervisor did not come up")
+        for _ in range(asks):
+            for i in range(names):
+                got = dns.query.udp(dns.message.make_query(f"n{i}.example.test", "A"),
+                                    "127.0.0.1", port=port, timeout=3)
+                assert got.rcode() == dns.rcode.NOERROR
+        # Rows are shipped every 50 ms, the inventory written every 5 s.
+        _wait(lambda: _metric(metrics(), "hushdns_querylog_written_total") == names * asks,
+              20, "rows not written")
+        _wait(lambda: inventory() == (names, names * asks), 20, f"inventory {inventory()}")
+        text = metrics()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        up.close()
+    assert "corrupt" not in out and "ERROR" not in out, out
+    assert not list(state.glob("*corrupt*"))
+    assert _metric(text, "hushdns_querylog_dropped_total") == 0
+    # Each name new for the device once, over both workers' writers.
+    assert _metric(text, "hushdns_device_new_names_total", client="127.0.0.1") == names

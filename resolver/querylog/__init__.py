@@ -59,10 +59,11 @@ class QueryLog:
     """
 
     def __init__(self, settings: Settings, stats: Stats, max_pending: int = MAX_PENDING,
-                 page_limit: int | None = None) -> None:
+                 page_limit: int | None = None, shared: bool = False) -> None:
         self.settings = settings
         self.stats = stats
         self.page_limit = page_limit   # tests: the database's hard cap in pages ("a full disk")
+        self.shared = shared           # other processes' writers use the same file (workers: N)
         self.rows: list[frames.Row] = []
         # The hot path (Pipeline.record): a C call, one small tuple, no Python frame.
         self.record = self.rows.append
@@ -268,7 +269,7 @@ class QueryLog:
             return False
         self._next_spawn = now + RESPAWN_SECONDS
         opts = {"settings": dataclasses.asdict(self.settings), "page_limit": self.page_limit,
-                "level": logging.getLogger("hushdns").getEffectiveLevel()}
+                "shared": self.shared, "level": logging.getLogger("hushdns").getEffectiveLevel()}
         path = os.environ.get("PYTHONPATH")
         env = {**os.environ, "PYTHONPATH": _PACKAGE_ROOT + (os.pathsep + path if path else "")}
         try:
@@ -374,10 +375,11 @@ class QueryLog:
             proc.wait()
 
 
-def open_log(settings: Settings, stats: Stats) -> QueryLog | None:
-    """A started QueryLog for ``settings``, or None when the log is off."""
+def open_log(settings: Settings, stats: Stats, shared: bool = False) -> QueryLog | None:
+    """A started QueryLog for ``settings``, or None when the log is off; ``shared``: the
+    writers of other worker processes use the same file."""
     if not settings.on:
         return None
-    ql = QueryLog(settings, stats)
+    ql = QueryLog(settings, stats, shared=shared)
     ql.start()
     return ql

@@ -130,7 +130,8 @@ def main() -> int:
     inp = os.dup(0)
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    writer = Writer(Settings(**opts["settings"]), Stats(), opts.get("page_limit"))
+    writer = Writer(Settings(**opts["settings"]), Stats(), opts.get("page_limit"),
+                    shared=opts.get("shared", False))
     try:
         serve(inp, out, writer)
     except (BrokenPipeError, ConnectionResetError):   # the server went away

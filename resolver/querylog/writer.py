@@ -39,11 +39,17 @@ Batch = tuple[float, list[Row]]
 
 
 _INSERT_QUERY = "INSERT INTO queries VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-_INSERT_SEEN = "INSERT INTO seen VALUES (?,?,?,?,?,?,?,?)"
-_UPDATE_SEEN = """
-UPDATE seen SET last = max(last, ?3), count = count + ?4, blocked = blocked + ?5, result = ?6,
-                list = coalesce(?7, list)
-WHERE device = ?1 AND name = ?2
+# One statement for new and known pairs: another writer on the same file (``workers: N``,
+# or the old writer of a reload finishing its rows) may have stored the pair since this one
+# looked, and a plain INSERT then failed the whole inventory.  The latest row's verdict wins.
+_UPSERT_SEEN = """
+INSERT INTO seen VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+ON CONFLICT (device, name) DO UPDATE SET
+    first = min(first, excluded.first), count = count + excluded.count,
+    blocked = blocked + excluded.blocked,
+    result = CASE WHEN excluded.last >= last THEN excluded.result ELSE result END,
+    list = CASE WHEN excluded.last >= last THEN coalesce(excluded.list, list) ELSE list END,
+    last = max(last, excluded.last)
 """
 _UPSERT_ADDRESS = """
 INSERT INTO addresses VALUES (?, ?, ?, ?)
@@ -59,12 +65,16 @@ MAX_UNWRITTEN = 50_000  # (device, name) pairs of the inventory in memory: beyon
 def _reason(exc: BaseException) -> str:
     """The metric reason for a failed write."""
     text = str(exc).lower()
-    if "full" in text:
+    code = getattr(exc, "sqlite_errorname", "") or ""
+    if "full" in text or code.startswith("SQLITE_FULL"):
         return "disk_full"
-    if "locked" in text or "busy" in text:
+    if "locked" in text or "busy" in text or code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
         return "locked"
-    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError) \
-            or "malformed" in text or "not a database" in text:
+    # Only a damaged file is "corrupt" (it is then moved aside): a constraint or an API error
+    # (IntegrityError, ProgrammingError: DatabaseErrors too) says nothing about the file, and
+    # once cost a household its whole log (two writers raced on a seen row).
+    if code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text \
+            or "not a database" in text:
         return "corrupt"
     return "error"
 
@@ -72,9 +82,13 @@ def _reason(exc: BaseException) -> str:
 class Writer:
     """Owns the database connection and writes batches; runs in the writer process (child.py)."""
 
-    def __init__(self, settings: Settings, stats: Stats, page_limit: int | None = None) -> None:
+    def __init__(self, settings: Settings, stats: Stats, page_limit: int | None = None,
+                 shared: bool = False) -> None:
         self.settings = settings
         self.stats = stats
+        # Other writers use the same file (``workers: N``): a name this writer stored may have
+        # a seen row by another, so "first stored here" no longer means "new for the device".
+        self.shared = shared
         self.path = Path(settings.path)
         self.page_limit = page_limit   # tests: a hard cap in pages (a "full disk")
         self.db: sqlite3.Connection | None = None
@@ -303,7 +317,9 @@ class Writer:
         codes, other, blocked_code = schema.RESULT_OF, schema.OTHER, schema.BLOCKED
         out = []
         append = out.append
-        db.execute("BEGIN")
+        # IMMEDIATE: the write lock from the start, so two writers on one file take turns
+        # (busy timeout) instead of the second failing when it first writes (WAL snapshot).
+        db.execute("BEGIN IMMEDIATE")
         for offset, rows in batches:
             for t0, took, device, address, what in rows:
                 # The parts a memo entry and a client repeat are turned into ids once.
@@ -361,20 +377,22 @@ class Writer:
         db = self.db
         assert db is not None
         self.next_inventory = time.monotonic() + INVENTORY_SECONDS
-        known, fresh = self.known, self.fresh
+        known = self.known
+        # A name first stored since the last inventory cannot have a seen row yet, unless
+        # another writer shares the file.
+        fresh = set() if self.shared else self.fresh
         new: list[tuple[Any, ...]] = []
         old: list[tuple[Any, ...]] = []
-        db.execute("BEGIN")
+        db.execute("BEGIN IMMEDIATE")
         for dev, per in self.agg_seen.items():
             for nm, e in per.items():
-                # A name first stored since the last inventory cannot have a seen row yet.
                 if nm not in fresh and ((dev, nm) in known or db.execute(
                         "SELECT 1 FROM seen WHERE device = ? AND name = ?", (dev, nm)).fetchone()):
-                    old.append((dev, nm, e[1], e[2], e[3], e[4], e[5]))
+                    old.append((dev, nm, *e))
                 else:
                     new.append((dev, nm, *e))
-        db.executemany(_INSERT_SEEN, new)
-        db.executemany(_UPDATE_SEEN, old)
+        db.executemany(_UPSERT_SEEN, new)
+        db.executemany(_UPSERT_SEEN, old)
         db.executemany(_UPSERT_ADDRESS, [(dev, ad, a[0], a[1])
                                          for (dev, ad), a in self.agg_addrs.items()])
         db.execute("COMMIT")
