@@ -9,6 +9,7 @@ never in the peak-throughput run.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import subprocess
@@ -56,7 +57,13 @@ def parse(text: str) -> Result:
         for code, n in re.findall(r"([A-Z]+) (\d+) \(", m.group(1)):
             r.rcodes[code] = int(n)
     r.ended_early = "Testing complete (end of file)" in text
-    lat = [float(line.rsplit(None, 1)[1]) for line in text.splitlines() if line.startswith("> ")]
+    lat = []
+    for line in text.splitlines():
+        # "> NOERROR name type latency"; a timed-out query is "> T name type", no latency
+        # (it is counted in ``lost``): only answered queries have a latency to rank.
+        if line.startswith("> "):
+            with contextlib.suppress(ValueError, IndexError):
+                lat.append(float(line.rsplit(None, 1)[1]))
     if lat:
         lat.sort()
         r.p50 = percentile(lat, 50)
