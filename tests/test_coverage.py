@@ -429,7 +429,8 @@ TIER_OF = {
     "dmd.metaservices.microsoft.com": "strict", "rink.hockeyapp.net": "strict",
     "install.appcenter.ms": "strict", "static.skypeassets.com": "strict",
     "wdcp.microsoft.com": "untriaged", "fe2.update.microsoft.com.akadns.net": "untriaged",
-    "r.msn.com": "untriaged",
+    # seventh pass (mtxadmin): r.msn.com itself strict by an exact-name regex, not its subtree
+    "r.msn.com": "strict", "bat.r.msn.com": "default", "x.r.msn.com": "untriaged",
 }
 
 
