@@ -429,7 +429,20 @@ TIER_OF = {
     "dmd.metaservices.microsoft.com": "strict", "rink.hockeyapp.net": "strict",
     "install.appcenter.ms": "strict", "static.skypeassets.com": "strict",
     "wdcp.microsoft.com": "untriaged", "fe2.update.microsoft.com.akadns.net": "untriaged",
-    "r.msn.com": "untriaged",
+    # seventh pass (mtxadmin): r.msn.com itself strict by an exact-name regex, not its subtree
+    "r.msn.com": "strict", "bat.r.msn.com": "default", "x.r.msn.com": "untriaged",
+    # seventh pass (the G1 audit's STRICT list, mtxadmin's third-party hosts): the TV's ThinQ
+    # cloud sync, Gallery+, voice search, LG Shop and undocumented names strict; updates and file
+    # transfer, the store back ends, ThinQ appliance control and LG Channels stay open
+    "lss.lgthinq.com": "strict", "kic-op-lss.lgthinq.com": "strict",
+    "aic.lggalleryplus.com": "strict", "lgsmartweb.com": "strict",
+    "aic.lgshopsvc.lgappstv.com": "strict", "am.lge.com": "strict", "ig.lge.com": "strict",
+    "fms.lgunifiedsmart.com": "strict", "eic.lgthinq.com": "untriaged",
+    "kic-gfts.lge.com": "untriaged", "su-dev.lge.com": "untriaged",
+    "aic-ngfts.nextlgsdp.com": "untriaged", "de.lgeapi.com": "untriaged",
+    "de.ibs.nextlgsdp.com": "untriaged", "bss.lgechannel.com": "untriaged",
+    "kic.cdplauncher.lgtvcommon.com": "untriaged", "eic.lgchhomeapp.lgtvcommon.com": "untriaged",
+    "a.lgappstv.com": "untriaged", "lgtviot.com": "untriaged", "discovery.meethue.com": "untriaged",
 }
 
 
