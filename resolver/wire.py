@@ -100,6 +100,27 @@ class Request:
         "remember",
     )
 
+    # Declared for mypy and mypyc (a compiled Request is a native class with these fields).
+    data: bytes
+    qid: int
+    flags: int
+    qend: int
+    qname: str
+    qtype: int
+    qclass: int
+    key: bytes
+    edns: bool
+    edns_bad: bool
+    udp_size: int
+    do: bool
+    client: str
+    proto: str
+    info: Any
+    addr: Any
+    sink: Any
+    t0: float
+    remember: bool
+
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.edns = False
@@ -117,7 +138,7 @@ class Request:
     def again(self, data: bytes, addr: Any, info: Any, sink: Any, t0: float) -> Request:
         """The same question (``data`` equal after the ID) from ``addr``: what the reply memo
         hands to stages that see every query, without parsing ``data`` again."""
-        q = Request.__new__(Request)
+        q = Request(data) if _COMPILED else _new_request(Request)
         q.data = data
         q.qid = data[0] << 8 | data[1]
         q.flags, q.qend, q.qname, q.qtype, q.qclass, q.key = \
@@ -298,6 +319,11 @@ _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
 # the table also changes (below 45) or a dot; counting the dots tells.
 _DOTS = bytes(46 if 0 < b < 45 else b for b in range(256))
 _new_request = object.__new__
+try:   # compiled (mypyc): a native class is made by calling it, not by object.__new__
+    _new_request(Request)
+    _COMPILED = False
+except TypeError:
+    _COMPILED = True
 
 
 def _plain_query(data: bytes, client: str, proto: str, info: Any,
@@ -343,7 +369,8 @@ def _plain_query(data: bytes, client: str, proto: str, info: Any,
     else:
         edns = do = False
         udp_size = 512
-    req = _new_request(Request)   # every slot set here, once
+    # Every slot set here, once (compiled, __init__ sets a few first: cheap there).
+    req = Request(data) if _COMPILED else _new_request(Request)
     req.data = data
     req.edns = edns
     req.edns_bad = False

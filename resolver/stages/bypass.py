@@ -106,13 +106,13 @@ class Bypass:
                 return self._reply(q, kind, rcode, zone)
             q.remember = False   # answered below: not remembered, so every lookup is counted
             return None
-        zone = self.doh.find(name)
-        if zone is not None:
+        doh = self.doh.find(name)
+        if doh is not None:
             count(self.stats, q.info.label, "doh_resolver")
             if self.block_doh:
-                if zone not in self.soa:
-                    self.soa[zone] = rr(T_SOA, 300, _SOA_BODY, owner=encode_name(zone))
-                return self._reply(q, "doh_resolver", NXDOMAIN, zone)
+                if doh not in self.soa:
+                    self.soa[doh] = rr(T_SOA, 300, _SOA_BODY, owner=encode_name(doh))
+                return self._reply(q, "doh_resolver", NXDOMAIN, doh)
             q.remember = False
         return None
 
