@@ -14,6 +14,10 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+# What the entry points take: client and upstream bytes, or the bytearrays that dnslib packs
+# and stream buffers slice (compiled, a parameter typed ``bytes`` refuses a bytearray).
+Buffer = bytes | bytearray
+
 # --- constants -------------------------------------------------------------
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
@@ -240,11 +244,13 @@ def _under(name: bytes, owner: bytes) -> int:
     return off if off == cut else 0
 
 
-def read_name(data: bytes, pos: int) -> tuple[str, int]:
+def read_name(data: Buffer, pos: int) -> tuple[str, int]:
     """Decompress the name at ``pos`` -> (lower-case dotted name, offset after it in place).
 
     Validated by the one name validator (``_name_end``) before its labels are read.
     """
+    if type(data) is not bytes:
+        data = bytes(data)
     end = _name_end(data, pos, len(data), {})
     return _dotted(data, pos), end
 
@@ -263,7 +269,7 @@ _QUESTIONS: dict[bytes, tuple] = {}
 MAX_MEMO = 8192
 
 
-def parse_query(data: bytes, client: str = "", proto: str = "udp", info: Any = None,
+def parse_query(data: Buffer, client: str = "", proto: str = "udp", info: Any = None,
                 addr: Any = None, sink: Any = None, t0: float = 0.0) -> Request:
     """Validate a client query and read its question and EDNS.
 
@@ -271,11 +277,18 @@ def parse_query(data: bytes, client: str = "", proto: str = "udp", info: Any = N
     This is the single place where client input is validated.  The edge passes who
     asked and where the reply goes, so each of the Request's fields is set once.
     """
-    req = _plain_query(data, client, proto, info, addr, sink, t0)
-    if req is not None:
-        return req
-    if type(data) is not bytes:
+    if type(data) is bytes:
+        req = _plain_query(data, client, proto, info, addr, sink, t0)
+        if req is not None:
+            return req
+    else:
         data = bytes(data)
+    return _parse_query(data, client, proto, info, addr, sink, t0)
+
+
+def _parse_query(data: bytes, client: str, proto: str, info: Any, addr: Any, sink: Any,
+                 t0: float) -> Request:
+    """``parse_query`` for everything ``_plain_query`` leaves."""
     if len(data) < 12:
         raise Drop("shorter than a header")
     flags = data[2] << 8 | data[3]
@@ -334,8 +347,7 @@ def _plain_query(data: bytes, client: str, proto: str, info: Any,
     of what it accepts, with the same result (``tests/test_parse_query.py`` checks that on
     random input)."""
     n = len(data)
-    if n < 17 or data[2] & 0xF8 or data[4:10] != _ONE_QUESTION or data[10] \
-            or type(data) is not bytes:
+    if n < 17 or data[2] & 0xF8 or data[4:10] != _ONE_QUESTION or data[10]:
         return None
     flags = data[2] << 8 | data[3]
     i = 12
@@ -631,7 +643,7 @@ class Answer:
                       self.ttl_offsets, ttl, self.cnames, stored, self.ede, self.negative)
 
 
-def question_matches(data: bytes, req: Request) -> bool:
+def question_matches(data: Buffer, req: Request) -> bool:
     """Does the answer's single question equal the request's (name case-insensitively)?"""
     qend = req.qend
     if len(data) < qend or data[4:6] != b"\x00\x01":
@@ -716,7 +728,7 @@ def _rdata_names(data: bytes, rtype: int, rdata: int, end: int, known: dict[int,
 _NAME_RDATA = frozenset(_RDATA_NAME_AT) | {T_SOA}
 
 
-def parse_answer(data: bytes, req: Request, min_ttl: int, max_ttl: int,
+def parse_answer(data: Buffer, req: Request, min_ttl: int, max_ttl: int,
                  negative_ttl: int, minimal: bool = False,
                  in_chain: tuple[set[bytes], frozenset[bytes]] | None = None) -> Answer:
     """Walk an upstream answer once: TTL offsets, CNAME chain, negative TTL; clamp TTLs.
@@ -981,8 +993,9 @@ def _rebuild_in_chain(data: bytes, req: Request, min_ttl: int, max_ttl: int,
     return parse_answer(data, req, min_ttl, max_ttl, negative_ttl, minimal, (chain, dnames))
 
 
-def parse_answer_nocheck(data: bytes, req: Request) -> bytes:
+def parse_answer_nocheck(data: Buffer, req: Request) -> bytes:
     """Put the request's exact question back in a repacked message (dnslib may re-case it)."""
+    data = bytes(data)
     qd_end_new = check_name(data, 12, len(data)) + 4
     return data[:12] + req.data[12:req.qend] + data[qd_end_new:]
 

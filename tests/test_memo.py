@@ -353,23 +353,16 @@ def test_query_log_turns_the_memo_off(tmp_path):
 def test_real_clients_over_udp_get_memo_answers(serve, upstream):
     """dnspython over real sockets: blocked and cached answers, counted once each."""
     srv = serve(lists={"l": "tracker.example\n"})
-    memo = srv.server.memo
-    real = memo.answer
-    calls = {"memo": 0}
-
-    def counting(data, addr, sink):   # type: ignore[no-untyped-def]
-        wire = real(data, addr, sink)
-        calls["memo"] += bool(wire)
-        return wire
-
-    memo.answer = counting
+    assert srv.server.memo is not None
+    memo_answers = srv.server.stats.memo_counts   # (answers given, replies remembered)
+    before = memo_answers()[0]
     for _ in range(4):
         assert ask(srv, "tracker.example").rcode() == dns.rcode.NXDOMAIN
         r = ask(srv, "www.example.org", "A", edns=True)
         assert r.rcode() == dns.rcode.NOERROR and r.answer
     # Through the pipeline: the first two blocked answers (seen, then remembered), the
     # forwarded one and the first two cache hits; the rest come from the memo.
-    assert calls["memo"] == 3
+    assert memo_answers()[0] - before == 3
     q = srv.stats.queries
     assert q[("127.0.0.1", "A", "blocked")] == 4
     assert q[("127.0.0.1", "A", "cached")] == 3
@@ -408,25 +401,38 @@ def test_first_sight_answers_are_noted_not_remembered(tmp_path, monkeypatch):
     assert server.stats.blocked == {("127.0.0.1", "l"): 200}
 
 
-def test_remembering_that_does_not_pay_turns_to_sampling_and_back() -> None:
+def _question(i: int, zone: str) -> Any:
+    """A real query for q<i>.<zone> from a client of policy "p" (the memo's judgement reads
+    only its bytes, type, name and policy key)."""
+    from types import SimpleNamespace
+
+    from resolver.wire import encode_name
+
+    data = b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + \
+        encode_name(f"q{i}.{zone}") + b"\x00\x01\x00\x01"
+    q = parse_query(data)
+    q.info = SimpleNamespace(policy="p")
+    return q
+
+
+def test_remembering_that_does_not_pay_turns_to_sampling_and_back(tmp_path: Path) -> None:
     """Stores with hardly any answers (a wide cache at full rate): the memo then remembers
     one repeated question in eight; when answers are worth their stores again (hot names),
     it remembers every repeated question.  Its counters go on across a reload."""
-    from types import SimpleNamespace
 
     from resolver import memo as memo_mod
     from resolver.memo import Keep
     from resolver.stats import Stats
 
     stats = Stats()
-    m = memo_mod.ReplyMemo(None, {}, stats)   # type: ignore[arg-type]
-    reply = SimpleNamespace(keep=Keep(), result="blocked", list=None, rule=None)
+    pipeline = _server(tmp_path, "nxdomain").pipeline
+    m = memo_mod.ReplyMemo(pipeline, {}, stats)   # type: ignore[arg-type]
+    reply = Reply("blocked", keep=Keep())
 
     def offer(i: int) -> None:   # a repeated question (its hash already at the door)
-        data = b"\x00\x01" + i.to_bytes(4, "big") + b"name"
-        q = SimpleNamespace(data=data, qtype=1, qname="x", info=SimpleNamespace(policy="p"))
-        m.door.add(hash(data[2:]))
-        m.store(q, data, reply, (), 1.0)
+        q = _question(i, "name")
+        m.door.add(hash(q.data[2:]))
+        m.store(q, q.data, reply, (), 1.0)
 
     for i in range(memo_mod.WINDOW):   # wide: every one stored, none answered
         offer(i)
@@ -442,25 +448,24 @@ def test_remembering_that_does_not_pay_turns_to_sampling_and_back() -> None:
     assert m.admit == 0
     answered, stored = stats.memo_counts()
     assert answered == memo_mod.WINDOW and stored > memo_mod.WINDOW
-    assert memo_mod.ReplyMemo(None, {}, stats).counts() == (answered, stored)
+    assert memo_mod.ReplyMemo(pipeline, {}, stats).counts() == (answered, stored)
 
 
-def test_first_sight_traffic_turns_sampling_on_and_hot_names_turn_it_off_again() -> None:
+def test_first_sight_traffic_turns_sampling_on_and_hot_names_turn_it_off_again(
+        tmp_path: Path) -> None:
     """First sights count toward the judgement (a stream of new names samples too), and
     while sampling, answers per admitted question still tell when remembering pays."""
-    from types import SimpleNamespace
 
     from resolver import memo as memo_mod
     from resolver.memo import Keep
     from resolver.stats import Stats
 
-    m = memo_mod.ReplyMemo(None, {}, Stats())   # type: ignore[arg-type]
-    reply = SimpleNamespace(keep=Keep(), result="blocked", list=None, rule=None)
+    m = memo_mod.ReplyMemo(_server(tmp_path, "nxdomain").pipeline, {}, Stats())  # type: ignore[arg-type]
+    reply = Reply("blocked", keep=Keep())
 
     def offer(i: int) -> None:   # never seen before: only noted at the door
-        data = b"\x00\x01" + i.to_bytes(4, "big") + b"new"
-        q = SimpleNamespace(data=data, qtype=1, qname="x", info=SimpleNamespace(policy="p"))
-        m.store(q, data, reply, (), 1.0)
+        q = _question(i, "new")
+        m.store(q, q.data, reply, (), 1.0)
 
     for i in range(memo_mod.WINDOW):
         offer(i)

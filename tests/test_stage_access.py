@@ -30,4 +30,4 @@ def test_any_over_udp_gets_the_minimal_answer_and_over_tcp_passes(tmp_path: Path
 
 
 def test_is_memo_safe_and_has_no_way_out() -> None:
-    assert Access.per_query is False and not hasattr(Access, "on_answer")
+    assert Access().per_query is False and not hasattr(Access, "on_answer")
