@@ -34,6 +34,7 @@ from prometheus_client.utils import floatToGoString
 from resolver import __version__
 from resolver.stats import Histogram, Stats
 from resolver.tcp_limits import ConnectionTable
+from resolver.wire import COMPILED
 
 log = logging.getLogger("hushdns.metrics")
 
@@ -284,9 +285,10 @@ class StatsCollector:
             "1 if the last configuration (re)load succeeded, 0 if it failed (the old one stays in service).",
             value=s.config_reload_success)
         g = GaugeMetricFamily(
-            "hushdns_build_info", "Always 1; the version label says which hushdns is running.",
-            labels=("version",))
-        g.add_metric((self.version,), 1)
+            "hushdns_build_info", "Always 1; the version label says which hushdns is running, "
+            "hot_path whether its per-query modules are the mypyc-compiled build.",
+            labels=("version", "hot_path"))
+        g.add_metric((self.version, "compiled" if COMPILED else "python"), 1)
         yield g
 
 

@@ -38,7 +38,7 @@ from .proxy_protocol import SIGNATURE, V4_UDP, ProxyDrop, ProxyGate, parse
 from .querylog import QueryLog, open_log
 from .stats import Stats
 from .tcp_limits import ConnectionTable
-from .wire import Drop, Reject, parse_query
+from .wire import COMPILED, Drop, Reject, parse_query
 
 HOSTS_POLL_SECONDS = 2.0
 log = logging.getLogger("hushdns")
@@ -430,10 +430,11 @@ class Server:
                             lambda lists: self._swap(self.config, lists), self._reload_lock)
         self._background += upkeep.tasks()
         self._background.append(asyncio.create_task(self.devices.run()))
-        log.info("serving on %s (udp) and %s (tcp); upstreams %s",
+        log.info("serving on %s (udp) and %s (tcp); upstreams %s; hot path %s",
                  ", ".join(map(format_endpoint, self.udp_addresses)),
                  ", ".join(map(format_endpoint, self.tcp_addresses)),
-                 ", ".join(map(format_endpoint, self.config.upstreams)))
+                 ", ".join(map(format_endpoint, self.config.upstreams)),
+                 "compiled (mypyc)" if COMPILED else "pure Python")
         if self.encrypted.addresses:
             log.info("serving encrypted DNS on %s", ", ".join(u.url() for u in self.encrypted.addresses))
         self.on_ready()

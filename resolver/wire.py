@@ -142,7 +142,7 @@ class Request:
     def again(self, data: bytes, addr: Any, info: Any, sink: Any, t0: float) -> Request:
         """The same question (``data`` equal after the ID) from ``addr``: what the reply memo
         hands to stages that see every query, without parsing ``data`` again."""
-        q = Request(data) if _COMPILED else _new_request(Request)
+        q = Request(data) if COMPILED else _new_request(Request)
         q.data = data
         q.qid = data[0] << 8 | data[1]
         q.flags, q.qend, q.qname, q.qtype, q.qclass, q.key = \
@@ -332,11 +332,13 @@ _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
 # the table also changes (below 45) or a dot; counting the dots tells.
 _DOTS = bytes(46 if 0 < b < 45 else b for b in range(256))
 _new_request = object.__new__
-try:   # compiled (mypyc): a native class is made by calling it, not by object.__new__
+# Whether this module is the mypyc-compiled build (HATCH_BUILD_HOOK_ENABLE_MYPYC=1; README,
+# "Compiled build"): shown in the startup log and in hushdns_build_info{hot_path}.
+try:   # compiled, a native class is made by calling it, not by object.__new__
     _new_request(Request)
-    _COMPILED = False
+    COMPILED = False
 except TypeError:
-    _COMPILED = True
+    COMPILED = True
 
 
 def _plain_query(data: bytes, client: str, proto: str, info: Any,
@@ -382,7 +384,7 @@ def _plain_query(data: bytes, client: str, proto: str, info: Any,
         edns = do = False
         udp_size = 512
     # Every slot set here, once (compiled, __init__ sets a few first: cheap there).
-    req = Request(data) if _COMPILED else _new_request(Request)
+    req = Request(data) if COMPILED else _new_request(Request)
     req.data = data
     req.edns = edns
     req.edns_bad = False

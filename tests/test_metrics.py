@@ -31,6 +31,7 @@ from resolver.metrics import (
     start_metrics_server,
 )
 from resolver.stats import DURATION_BUCKETS, RESULTS, Stats
+from resolver.wire import COMPILED
 from tests.fakes import FakeUpstream, ServerThread
 
 Sample = tuple[str, tuple[tuple[str, str], ...]]
@@ -50,6 +51,9 @@ def parse(text: str) -> dict[Sample, float]:
 def scrape_text(stats: Stats) -> str:
     return generate_latest(make_registry(stats)).decode()
 
+
+# What hushdns_build_info says of this build: CI runs the suite pure and compiled.
+HOT_PATH = "compiled" if COMPILED else "python"
 
 def value(samples: dict[Sample, float], name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
@@ -110,7 +114,7 @@ def test_every_series_in_the_issue_is_exported_with_exact_values() -> None:
     assert value(got, "hushdns_list_load_failures_total", list="xiaomi") == 0
     assert ("hushdns_list_entries", (("list", "remote"),)) not in got
     assert value(got, "hushdns_config_reload_success") == 0
-    assert value(got, "hushdns_build_info", version=__version__) == 1
+    assert value(got, "hushdns_build_info", version=__version__, hot_path=HOT_PATH) == 1
     assert value(got, "hushdns_limited_total", client="phone", reason="rate") == 4
 
 
@@ -142,7 +146,7 @@ def test_process_series_are_exported_next_to_ours() -> None:
 
 def test_empty_stats_still_scrape_cleanly() -> None:
     got = parse(scrape_text(Stats()))
-    assert value(got, "hushdns_build_info", version=__version__) == 1
+    assert value(got, "hushdns_build_info", version=__version__, hot_path=HOT_PATH) == 1
     assert value(got, "hushdns_config_reload_success") == 1
     assert "hushdns_upstream_up" not in {n for n, _ in got}  # no upstream asked yet
 
