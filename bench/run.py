@@ -15,6 +15,7 @@ import argparse
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -40,6 +41,17 @@ FIRST_SIGHT_RATE_CAP = 160_000
 # -w<N> is workers: N.
 # base, base-nomemo, ...: the same, from the checkout given with --base (an A/B in one run).
 _HUSHDNS = re.compile(r"(?:hushdns|base)(-nomemo)?(-nolog)?(-nobypass)?(-w\d+)?")
+
+
+def hot_path(root: Path) -> str:
+    """Which build of the per-query modules the servers started from ``root`` run: the
+    mypyc-compiled one (bench/compile.py put .so files there) or pure Python."""
+    got = subprocess.run([sys.executable, "-c", "import resolver.wire as w; "
+                          "print(getattr(w, 'COMPILED', False))"],
+                         cwd=root, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)})
+    if got.returncode != 0:
+        return "hot path unknown (resolver.wire does not import)"
+    return "hot path compiled (mypyc)" if got.stdout.strip() == "True" else "hot path pure Python"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -383,6 +395,11 @@ class Bench:
             "CPU pinning": "server CPU 0, dnsperf+nsd CPU 1" if self.cpu_server else "none",
         }, machine=machine(), fixed_rate=a.fixed_rate, fixed_rate_miss=a.fixed_rate_miss)
         rep.notes.append("unbound runs with num-threads: 1 (one process, one thread, like hushdns).")
+        roots = {"hushdns": servers.REPO_ROOT}
+        if a.base is not None:
+            roots["base"] = a.base
+        for label, root in roots.items():
+            rep.notes.append(f"{label}* ({root}): {hot_path(Path(root))}.")
         if "baseline" in a.server_names:
             rep.notes.append("baseline = bench/baseline_server.py: uvloop, parse the question, "
                              "answer A 192.0.2.1 from a template for every name (so its blocked "
