@@ -344,6 +344,39 @@ def test_two_writers_on_one_file_keep_every_row_and_count_each_new_name_once(tmp
     assert sum(sa.device_new_names.values()) + sum(sb.device_new_names.values()) == 1
 
 
+def test_a_file_moved_aside_or_deleted_under_a_writer_is_left_for_the_one_at_the_path(tmp_path):
+    """workers: N -- another writer moved a corrupt file aside (or a user deleted the log):
+    this writer's next rows go to the file now at the path, not to the old inode, and its own
+    rotation never moves the other writer's new file aside."""
+    path = Path(_settings(tmp_path).path)
+    a = Writer(_settings(tmp_path), Stats(), shared=True)
+    a.write([_row(time.time(), "one.example.com")])
+    aside = path.with_name("q.sqlite.corrupt-other")
+    for ext in ("", "-wal", "-shm"):                              # what the other writer does
+        if Path(str(path) + ext).exists():
+            os.replace(str(path) + ext, str(aside) + ext)
+    b = Writer(_settings(tmp_path), Stats(), shared=True)
+    b.write([_row(time.time(), "two.example.com")])               # the new file at the path
+    a._rotate()                  # a's own (late) verdict on the file it had open
+    assert path.exists()
+    a.write([_row(time.time(), "three.example.com")])
+    b.sync()
+    now_there = reader.connect(str(path))
+    assert [r["name"] for r in reader.rows(now_there, reader.Filter())] == \
+        ["two.example.com", "three.example.com"]
+    now_there.close()
+    path.unlink()                # a user starting afresh
+    for ext in ("-wal", "-shm"):
+        Path(str(path) + ext).unlink(missing_ok=True)
+    a.write([_row(time.time(), "four.example.com")])
+    a.close()
+    b.close()
+    db = reader.connect(str(path))
+    assert [r["name"] for r in reader.rows(db, reader.Filter())] == ["four.example.com"]
+    old = reader.connect(str(aside))
+    assert [r["name"] for r in reader.rows(old, reader.Filter())] == ["one.example.com"]
+
+
 def test_a_constraint_error_drops_the_batch_but_never_moves_the_file_aside(tmp_path):
     stats = Stats()
     w = Writer(_settings(tmp_path), stats)

@@ -89,6 +89,7 @@ class Writer:
         # Other writers use the same file (``workers: N``): a name this writer stored may have
         # a seen row by another, so "first stored here" no longer means "new for the device".
         self.shared = shared
+        self.file_id: tuple[int, int] | None = None   # (device, inode) of the open file
         self.path = Path(settings.path)
         self.page_limit = page_limit   # tests: a hard cap in pages (a "full disk")
         self.db: sqlite3.Connection | None = None
@@ -142,10 +143,31 @@ class Writer:
     def _write(self, batches: list[Batch], n: int) -> None:
         if not n:
             return
+        if self.db is not None and not self._same_file():
+            self._reopen()
         if self.db is None and not self._open():
             self._drop(n, "unavailable")
             return
         self._guard(self._insert, n, batches, self.settings.privacy != "no-addresses")
+
+    def _same_file(self) -> bool:
+        """Is the file at ``path`` still the one this connection has open?  Not when another
+        writer (``workers: N``) moved a corrupt file aside, or someone deleted the log to
+        start afresh: rows written to the old inode would go to a file nobody reads."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self.file_id
+
+    def _reopen(self) -> None:
+        """Leave the file that is no longer at ``path`` and open the one that is (or a new one)."""
+        if self.db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.close()
+            self.db = None
+        log.warning("query log: %s was replaced or removed; writing to the file there now", self.path)
+        self._reopen_now()
 
     def _guard(self, fn: Any, n: int, *args: Any) -> None:
         """Run a database step; on failure roll back, count ``n`` rows dropped, log once."""
@@ -235,6 +257,8 @@ class Writer:
             # Checkpoint every 4000 pages, not 1000: an index page changed by many batches
             # is copied into the database file once.
             db.execute("PRAGMA wal_autocheckpoint = 4000")
+            st = os.stat(self.path)
+            self.file_id = (st.st_dev, st.st_ino)
             ok = db.execute("PRAGMA quick_check").fetchone()
             if ok is None or ok[0] != "ok":
                 raise sqlite3.DatabaseError(f"database disk image is malformed ({ok and ok[0]})")
@@ -249,7 +273,13 @@ class Writer:
         return db
 
     def _rotate(self) -> None:
-        """Move a corrupt file (and its WAL) aside; the next write starts a new one."""
+        """Move a corrupt file (and its WAL) aside; the next write starts a new one.
+
+        Only the file this writer found corrupt: another writer on the same path may have
+        moved it aside already and started a new one, which must not go too."""
+        if self.db is not None and not self._same_file():
+            self._reopen()
+            return
         if self.db is not None:
             with contextlib.suppress(sqlite3.Error):
                 self.db.close()
