@@ -92,6 +92,15 @@ def unpack(wheel: Path, tree: Path) -> list[Path]:
     return written
 
 
+def wire_module(tree: Path) -> str:
+    """The file ``resolver.wire`` imports from in ``tree`` (a .so: the compiled build), or ""
+    when it does not import there."""
+    got = subprocess.run([sys.executable, "-c", "import resolver.wire as w; print(w.__file__)"],
+                         cwd=tree, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(tree)})
+    return got.stdout.strip() if got.returncode == 0 else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("tree", nargs="?", type=Path, default=REPO_ROOT,
@@ -118,10 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         clean(tree)
         raise SystemExit(f"compile.py: the wheel has no compiled module for {missing}")
     # The tree's own interpreter must now pick the .so over the .py.
-    probe = subprocess.run(
-        [sys.executable, "-c", "import resolver.wire as w; print(w.__file__)"],
-        cwd=tree, capture_output=True, text=True, check=True,
-    ).stdout.strip()
+    probe = wire_module(tree)
     if not probe.endswith((".so", ".pyd")):
         raise SystemExit(f"compile.py: resolver.wire still imports from {probe}")
     print(f"compile.py: {len(modules)} modules compiled into {tree} in {took:.0f} s "

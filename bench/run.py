@@ -15,7 +15,6 @@ import argparse
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,6 +25,7 @@ from pathlib import Path
 import data
 import dnsperf
 import servers
+from compile import wire_module
 from report import Flood, Measurement, Report, ScaleRow, machine, render
 
 MIXES = ("blocked", "firstsight", "hit", "wide", "miss")
@@ -46,12 +46,10 @@ _HUSHDNS = re.compile(r"(?:hushdns|base)(-nomemo)?(-nolog)?(-nobypass)?(-w\d+)?"
 def hot_path(root: Path) -> str:
     """Which build of the per-query modules the servers started from ``root`` run: the
     mypyc-compiled one (bench/compile.py put .so files there) or pure Python."""
-    got = subprocess.run([sys.executable, "-c", "import resolver.wire as w; "
-                          "print(getattr(w, 'COMPILED', False))"],
-                         cwd=root, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)})
-    if got.returncode != 0:
+    wire = wire_module(root)
+    if not wire:
         return "hot path unknown (resolver.wire does not import)"
-    return "hot path compiled (mypyc)" if got.stdout.strip() == "True" else "hot path pure Python"
+    return "hot path compiled (mypyc)" if wire.endswith((".so", ".pyd")) else "hot path pure Python"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -131,6 +131,10 @@ class Writer:
 
     def close(self) -> None:
         self.sync()
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Close the connection, if any (whatever state the file is in)."""
         if self.db is not None:
             with contextlib.suppress(sqlite3.Error):
                 self.db.close()
@@ -162,10 +166,7 @@ class Writer:
 
     def _reopen(self) -> None:
         """Leave the file that is no longer at ``path`` and open the one that is (or a new one)."""
-        if self.db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self.db.close()
-            self.db = None
+        self._let_go()
         log.warning("query log: %s was replaced or removed; writing to the file there now", self.path)
         self._reopen_now()
 
@@ -280,10 +281,7 @@ class Writer:
         if self.db is not None and not self._same_file():
             self._reopen()
             return
-        if self.db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self.db.close()
-            self.db = None
+        self._let_go()
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         try:
@@ -411,18 +409,17 @@ class Writer:
         # A name first stored since the last inventory cannot have a seen row yet, unless
         # another writer shares the file.
         fresh = set() if self.shared else self.fresh
-        new: list[tuple[Any, ...]] = []
-        old: list[tuple[Any, ...]] = []
+        rows: list[tuple[Any, ...]] = []
+        new: list[tuple[Any, ...]] = []   # the pairs without a seen row yet: the new-names metric
         db.execute("BEGIN IMMEDIATE")
         for dev, per in self.agg_seen.items():
             for nm, e in per.items():
-                if nm not in fresh and ((dev, nm) in known or db.execute(
+                row = (dev, nm, *e)
+                rows.append(row)
+                if nm in fresh or not ((dev, nm) in known or db.execute(
                         "SELECT 1 FROM seen WHERE device = ? AND name = ?", (dev, nm)).fetchone()):
-                    old.append((dev, nm, *e))
-                else:
-                    new.append((dev, nm, *e))
-        db.executemany(_UPSERT_SEEN, new)
-        db.executemany(_UPSERT_SEEN, old)
+                    new.append(row)
+        db.executemany(_UPSERT_SEEN, rows)
         db.executemany(_UPSERT_ADDRESS, [(dev, ad, a[0], a[1])
                                          for (dev, ad), a in self.agg_addrs.items()])
         db.execute("COMMIT")
