@@ -3,16 +3,16 @@
     python bench/compile.py [TREE]            # build them and unpack the .so files into TREE
     python bench/compile.py [TREE] --clean    # remove them: TREE runs pure Python again
 
-TREE defaults to this checkout.  Why: the compiled build (issue #15) is a wheel made by
-the hatch-mypyc build hook (pyproject.toml, off unless HATCH_BUILD_HOOK_ENABLE_MYPYC=1),
-but the tests and the benchmark run from a source tree.  Python's import system prefers
+TREE defaults to this checkout.  Why: the compiled build (issue #15) is the wheel that
+``pip install .`` makes where a C compiler and the Python headers are (hatch_build.py, the
+build hook, compiles into the wheel only, never into a source tree), but the tests and the
+benchmark run from a source tree.  Python's import system prefers
 ``wire.cpython-311-*.so`` over ``wire.py`` in the same folder, so a tree holding the
-wheel's .so files runs compiled, with the same modules, options and mypy as
-``HATCH_BUILD_HOOK_ENABLE_MYPYC=1 pip install .``.  The wheel is built from a temporary
-copy of TREE (the hook compiles in place and briefly moves pyproject.toml aside, which
-TREE should never see), with the Python that runs this script (the .so files are
-specific to its version), so run it with the interpreter that will import them.
-It needs gcc and the Python headers; the build fetches hatch-mypyc and mypy through pip.
+wheel's .so files runs compiled, with the same modules, options and mypy as an install.
+The wheel is built with HUSHDNS_COMPILE=require (no silent fallback to pure Python) from
+a copy of TREE, with the Python that runs this script (the .so files are specific to its
+version), so run it with the interpreter that will import them.  It needs gcc and the
+Python headers; the build fetches hatchling, mypy and setuptools through pip.
 The .so files are in .gitignore.
 """
 
@@ -39,10 +39,10 @@ _SKIP = shutil.ignore_patterns(
 
 
 def compiled_modules(tree: Path) -> list[str]:
-    """The hook's include list from TREE's pyproject.toml, as paths relative to TREE."""
+    """The build hook's ``modules`` list from TREE's pyproject.toml, relative to TREE."""
     with open(tree / "pyproject.toml", "rb") as f:
-        hook = tomllib.load(f)["tool"]["hatch"]["build"]["targets"]["wheel"]["hooks"]["mypyc"]
-    return [p.lstrip("/") for p in hook["include"]]
+        hook = tomllib.load(f)["tool"]["hatch"]["build"]["targets"]["wheel"]["hooks"]["custom"]
+    return [p.lstrip("/") for p in hook["modules"]]
 
 
 def compiled_files(tree: Path) -> list[Path]:
@@ -67,10 +67,10 @@ def clean(tree: Path) -> list[Path]:
 
 
 def build_wheel(tree: Path, workdir: Path) -> Path:
-    """Build TREE's wheel with the mypyc hook on, from a copy of TREE; return its path."""
+    """Build TREE's compiled wheel (or fail), from a copy of TREE; return its path."""
     source = workdir / "src"
     shutil.copytree(tree, source, ignore=_SKIP)
-    env = dict(os.environ, HATCH_BUILD_HOOK_ENABLE_MYPYC="1")
+    env = dict(os.environ, HUSHDNS_COMPILE="require")
     out = workdir / "wheel"
     cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)]
     subprocess.run(cmd, env=env, check=True)

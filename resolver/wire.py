@@ -332,7 +332,7 @@ _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
 # the table also changes (below 45) or a dot; counting the dots tells.
 _DOTS = bytes(46 if 0 < b < 45 else b for b in range(256))
 _new_request = object.__new__
-# Whether this module is the mypyc-compiled build (HATCH_BUILD_HOOK_ENABLE_MYPYC=1; README,
+# Whether this module is the mypyc-compiled build (hatch_build.py; README,
 # "Compiled build"): shown in the startup log and in hushdns_build_info{hot_path}.
 try:   # compiled, a native class is made by calling it, not by object.__new__
     _new_request(Request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,14 @@ import dns.rdatatype
 import pytest
 
 from tests.fakes import FakeUpstream, ServerThread, start_server
+
+# Every `python -m resolver` a test starts imports this tree, as the test itself does
+# (pytest runs from here): never a copy installed in the venv, which `pip install .`
+# may have compiled. CI's second pass runs the suite in a tree holding the compiled
+# modules, and its servers must be compiled too.
+_TREE = str(Path(__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_TREE, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != _TREE]])
 
 
 @pytest.fixture(autouse=True)
