@@ -30,6 +30,7 @@ from collections import OrderedDict
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any
 
+from .counting import count_query
 from .stats import Stats
 from .wire import QTYPE_NAMES, Answer, Request
 
@@ -175,7 +176,7 @@ class ReplyMemo:
                         keep.replay(info.label)
                         self.hits += 1
                         took = perf_counter() - t0
-                        self.stats.query(info.label, qlabel, result, took)
+                        count_query(self.stats, info.label, qlabel, result, took)
                         record = self.pipeline.record
                         if record is not None:   # the query log: why is the row's "what"
                             record((t0, took, info.device or info.label, addr[0], why))

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import Config
+from .counting import count_query
 from .lists.loader import Blocklists
 from .memo import ReplyMemo
 from .reply import Reply
@@ -203,7 +204,7 @@ class Pipeline:
         qtype = _QTYPES.get(q.qtype, "other")   # as qtype_label(), inlined
         took = perf_counter() - q.t0
         info = q.info
-        self.stats.query(info.label, qtype, r.result, took)
+        count_query(self.stats, info.label, qtype, r.result, took)
         record = self.record
         if record is not None:   # the query log (resolver/querylog/frames.py: the row's shape)
             record((q.t0, took, info.device or info.label, q.client,
