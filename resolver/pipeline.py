@@ -22,7 +22,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from .config import Config
 from .counting import count_query
@@ -42,8 +42,9 @@ from .wire import QTYPE_NAMES, SERVFAIL, Answer, Request, build_reply, truncate
 
 log = logging.getLogger("hushdns")
 qlog = logging.getLogger("hushdns.query")
-_QTYPES = QTYPE_NAMES
-perf_counter = time.perf_counter
+# Final: the compiled build keeps these in C statics, not a module-dict lookup per query.
+_QTYPES: Final = QTYPE_NAMES
+perf_counter: Final = time.perf_counter
 
 
 def build_pipeline(config: Config, lists: Blocklists, stats: Stats,

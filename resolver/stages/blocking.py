@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from typing import Final
 
 from ..config import Blocking as BlockingConfig
-from ..lists.index import Match
+from ..lists.index import DomainIndex, Match
 from ..lists.loader import Blocklists
 from ..memo import Listed
 from ..names import in_zones
@@ -43,7 +44,7 @@ from ..wire import (
 _H = struct.Struct("!HHHHHH")
 _SOA_MNAME = encode_name("ns.hushdns.invalid")
 _SOA_RNAME = encode_name("blocked.hushdns.invalid")
-MAX_REPLY_PARTS = 4096   # Blocking.replies: cleared when full (question types are the client's)
+MAX_REPLY_PARTS: Final = 4096   # Blocking.replies: cleared when full (question types are the client's)
 
 
 class Blocking:
@@ -52,7 +53,8 @@ class Blocking:
     def __init__(self, lists: Blocklists, cfg: BlockingConfig, stats: Stats,
                  udp_size: int = 1232) -> None:
         self.lists = lists
-        self.match = lists.index.match
+        # Typed, so that the compiled build calls DomainIndex.match natively (no bound method).
+        self.index: DomainIndex = lists.index
         self.by_bit = lists.by_bit
         self.tracked = lists.tracked
         self.stats = stats
@@ -74,7 +76,7 @@ class Blocking:
     def on_query(self, q: Request) -> Reply | None:
         info = q.info
         if info.block:
-            hit = self.match(q.qname, info.block, info.allow)
+            hit = self.index.match(q.qname, info.block, info.allow)
             if hit is not None and not (info.allow_names and in_zones(q.qname, info.allow_names)):
                 return self.blocked(q, hit, True)
         return None
@@ -86,7 +88,7 @@ class Blocking:
             if info.block and not (info.allow_names and in_zones(q.qname, info.allow_names)):
                 # CNAME cloaking: a tracker hidden behind a first-party name.
                 for target in answer.cnames:
-                    hit = self.match(target, info.block, info.allow)
+                    hit = self.index.match(target, info.block, info.allow)
                     if hit is not None:
                         return self.blocked(q, hit, False)
         return reply
