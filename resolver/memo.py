@@ -28,8 +28,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from time import monotonic, perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
+from .counting import count_query
 from .stats import Stats
 from .wire import QTYPE_NAMES, Answer, Request
 
@@ -37,18 +38,18 @@ if TYPE_CHECKING:
     from .pipeline import Pipeline
     from .reply import Reply
 
-MAX_REPLIES = 16_384      # remembered replies; the memo is cleared when full
+MAX_REPLIES: Final = 16_384      # remembered replies; the memo is cleared when full
 # Every WINDOW questions offered to ``store`` (first sights included), the memo asks
 # whether remembering paid: fewer answers than admitted questions / WORTH (first-sight
 # names, a wide set of names at full rate) and it admits, until the next window, only the
 # questions whose hash has its low SAMPLE bits clear (one in eight); more, and it admits
 # every question again.  While sampling, every answer comes from the sampled eighth, so
 # answers per admitted question still tell what remembering everything would give.
-WINDOW = MAX_REPLIES
-WORTH = 2
-SAMPLE = 7
-DOOR_SIZE = 4 * MAX_REPLIES   # questions seen once (their hashes), before any is remembered
-_QTYPES = QTYPE_NAMES     # as wire.qtype_label, inlined
+WINDOW: Final = MAX_REPLIES
+WORTH: Final = 2
+SAMPLE: Final = 7
+DOOR_SIZE: Final = 4 * MAX_REPLIES   # questions seen once (their hashes), before any is remembered
+_QTYPES: Final = QTYPE_NAMES     # as wire.qtype_label, inlined
 
 
 class Keep:
@@ -175,7 +176,7 @@ class ReplyMemo:
                         keep.replay(info.label)
                         self.hits += 1
                         took = perf_counter() - t0
-                        self.stats.query(info.label, qlabel, result, took)
+                        count_query(self.stats, info.label, qlabel, result, took)
                         record = self.pipeline.record
                         if record is not None:   # the query log: why is the row's "what"
                             record((t0, took, info.device or info.label, addr[0], why))

@@ -22,9 +22,10 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from .config import Config
+from .counting import count_query
 from .lists.loader import Blocklists
 from .memo import ReplyMemo
 from .reply import Reply
@@ -41,8 +42,9 @@ from .wire import QTYPE_NAMES, SERVFAIL, Answer, Request, build_reply, truncate
 
 log = logging.getLogger("hushdns")
 qlog = logging.getLogger("hushdns.query")
-_QTYPES = QTYPE_NAMES
-perf_counter = time.perf_counter
+# Final: the compiled build keeps these in C statics, not a module-dict lookup per query.
+_QTYPES: Final = QTYPE_NAMES
+perf_counter: Final = time.perf_counter
 
 
 def build_pipeline(config: Config, lists: Blocklists, stats: Stats,
@@ -203,7 +205,7 @@ class Pipeline:
         qtype = _QTYPES.get(q.qtype, "other")   # as qtype_label(), inlined
         took = perf_counter() - q.t0
         info = q.info
-        self.stats.query(info.label, qtype, r.result, took)
+        count_query(self.stats, info.label, qtype, r.result, took)
         record = self.record
         if record is not None:   # the query log (resolver/querylog/frames.py: the row's shape)
             record((q.t0, took, info.device or info.label, q.client,

@@ -5,13 +5,16 @@ reply memo before it is even parsed; anything else is validated once
 (``wire.parse_query``), its client looked up (one dict lookup), and handed to
 the pipeline (``resolver.pipeline``), which answers through the sink given
 with the query, now or when the upstream answers.  Unexpected errors become
-SERVFAIL here and in the pipeline's forwarding callback, nowhere else.
+SERVFAIL here and in the pipeline's forwarding callback, nowhere else.  The
+per-datagram code (the UDP batches, one query handled) is resolver/udp_edge.py,
+compiled with the hot path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -34,152 +37,19 @@ from .lists.upkeep import ListUpkeep
 from .memo import ReplyMemo
 from .metrics import snapshot, start_metrics_server
 from .pipeline import Pipeline, build_pipeline, new_memo
-from .proxy_protocol import SIGNATURE, V4_UDP, ProxyDrop, ProxyGate, parse
+from .proxy_protocol import SIGNATURE, ProxyDrop, ProxyGate, parse
 from .querylog import QueryLog, open_log
 from .stats import Stats
 from .tcp_limits import ConnectionTable
-from .wire import COMPILED, Drop, Reject, parse_query
+from .udp_edge import UdpEdge, handle_query
+from .wire import COMPILED
 
 HOSTS_POLL_SECONDS = 2.0
 log = logging.getLogger("hushdns")
 
 UDP_RCVBUF = 4 * 1024 * 1024
-UDP_BATCH = 64            # datagrams read per readiness event before the replies go out
-UDP_MAX_QUERY = 4096      # larger datagrams are cut here: no real query comes near it
 TCP_WRITE_HIGH = 16 * 1024   # answers buffered for a TCP client before its reading pauses
 TCP_BATCH = 64               # frames of one connection answered per loop iteration
-
-
-class UdpEdge:
-    """One UDP listen socket, read and answered in batches.
-
-    Why not a DatagramProtocol: a callback per datagram interleaves every
-    answer with two syscalls, and the Python code runs with cold CPU caches
-    each time.  On each readiness event this reads up to ``UDP_BATCH``
-    datagrams, answers them (reply memo, else the pipeline), then sends the
-    replies; measured in bench/README.md.  An answer that waits for an
-    upstream is sent on its own when it arrives.  A reply the kernel will not
-    take (socket buffer full) is dropped, as any UDP reply can be lost.
-    """
-
-    def __init__(self, server: Server, sock: socket.socket) -> None:
-        self.server = server
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.out: list[tuple[bytes, Any]] | None = None   # replies of the batch being read
-        self.later: list[tuple[bytes, Any]] = []          # replies of answers that waited
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.proxies: dict[Any, ProxiedSink] = {}          # proxy address -> its sink
-
-    def via(self, proxy: Any) -> ProxiedSink:
-        """The sink that sends a proxied client's replies back to the proxy (one per proxy socket)."""
-        sink = self.proxies.get(proxy)
-        if sink is None:
-            if len(self.proxies) >= 4096:
-                self.proxies.clear()
-            sink = self.proxies[proxy] = ProxiedSink(self, proxy)
-        return sink
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.sock.setblocking(False)
-        loop.add_reader(self.fd, self._readable)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            asyncio.get_running_loop().remove_reader(self.fd)
-        self.sock.close()
-
-    def sendto(self, wire: bytes | None, addr: Any = None) -> None:
-        """The pipeline's sink: queued during a batch, else sent once this loop iteration ends.
-
-        Why not at once: forwarded answers complete in bursts (one wakeup drains
-        every upstream reply that is ready), and on loopback the sender pays for
-        waking a sleeping client; sent back to back, a burst wakes it once.
-        """
-        if wire is None:
-            return
-        if self.out is not None:
-            self.out.append((wire, addr))
-            return
-        later = self.later
-        if not later:
-            self.loop.call_soon(self._flush_later)  # type: ignore[union-attr]
-        later.append((wire, addr))
-
-    def _flush_later(self) -> None:
-        later, self.later = self.later, []
-        self._send_all(later)
-
-    def _send_all(self, replies: list[tuple[bytes, Any]]) -> None:
-        sendto = self.sock.sendto
-        for wire, addr in replies:
-            try:
-                sendto(wire, addr)
-            except OSError as exc:
-                log.debug("udp send to %s: %s", addr, exc)
-
-    def _readable(self) -> None:
-        recvfrom = self.sock.recvfrom
-        batch = []
-        for _ in range(UDP_BATCH):
-            try:
-                batch.append(recvfrom(UDP_MAX_QUERY))
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:   # e.g. a queued ICMP error: nothing to answer
-                log.debug("udp receive: %s", exc)
-                break
-        server = self.server
-        self.out = out = []
-        try:
-            memo = server.memo
-            gate = server.proxy
-            proxies = self.proxies
-            if gate is not None:
-                trusted, known = gate.trusted_table, gate.clients
-            for data, peer in batch:
-                addr, sink = peer, self
-                if gate is not None:   # PROXY v2: the client is who the header names
-                    # ProxyGate.open's common case inlined: a trusted proxy, dnsdist's IPv4
-                    # UDP header without TLVs, a client seen before.
-                    client = known.get(data[16:26]) if trusted.get(peer[0]) and \
-                        data[12:16] == V4_UDP and data[:12] == SIGNATURE and len(data) >= 28 \
-                        else None
-                    if client is not None:
-                        data, addr = data[28:], client
-                    else:
-                        opened = gate.open(data, peer)
-                        if opened is None:
-                            continue
-                        data, addr = opened
-                    if addr is not peer:
-                        sink = proxies.get(peer) or self.via(peer)
-                wire = None
-                if memo is not None:
-                    try:
-                        wire = memo.answer(data, addr, sink)
-                    except Exception:   # a bug in the memo must not cost the answer
-                        log.exception("reply memo failed; the pipeline answers")
-                if wire is None:
-                    server.handle(data, addr, "udp", sink)
-                elif wire:
-                    out.append((wire, peer))
-        finally:
-            self.out = None
-            self._send_all(out)
-
-
-class ProxiedSink:
-    """Replies to a client that came through a PROXY v2 proxy go to the proxy, bare (no header)."""
-
-    __slots__ = ("edge", "to")
-
-    def __init__(self, edge: UdpEdge, to: Any) -> None:
-        self.edge, self.to = edge, to
-
-    def sendto(self, wire: bytes | None, addr: Any = None) -> None:
-        self.edge.sendto(wire, self.to)
 
 
 class TcpConnection(asyncio.Protocol):
@@ -557,7 +427,8 @@ class Server:
         memo = None if config.log_queries or not config.server.reply_memo else \
             new_memo(pipeline, clients.cache, self.stats)
         if memo is not None:
-            memo.on_miss = self._handle
+            # Compiled to compiled: no Python frame between the memo's miss and the pipeline.
+            memo.on_miss = functools.partial(handle_query, self)
         tap = self.tap
         if tap is not None and tap.cfg != config.dnstap:
             tap.close(0.5)
@@ -715,37 +586,7 @@ class Server:
 
     def handle(self, data: bytes, addr: tuple[Any, ...], proto: str, sink: Any) -> None:
         """Answer one message from ``addr``; ``sink.sendto(wire, addr)`` delivers the reply."""
-        self._handle(data, addr, sink, time.perf_counter(), None, proto)
-
-    def _handle(self, data: bytes, addr: tuple[Any, ...], sink: Any, t0: float,
-                info: Any, proto: str = "udp") -> None:
-        """``handle``, and the reply memo's ``on_miss`` for what it could not answer (it has
-        read the clock and looked the client up already: ``info``, or None if unknown)."""
-        if info is None:
-            info = self.clients.lookup(addr[0])  # type: ignore[union-attr]
-        try:
-            q = parse_query(data, addr[0], proto, info, addr, sink, t0)
-        except Drop:
-            self.stats.query(info.label, "none", "dropped", time.perf_counter() - t0)
-            if proto != "udp":   # stream transports count what they await
-                sink.sendto(None, addr)
-            return
-        except Reject as rej:
-            if info.allowed:
-                sink.sendto(rej.reply, addr)
-                result = rej.result
-            else:   # outsiders get nothing they could use for reflection
-                result = "dropped"
-                if proto != "udp":
-                    sink.sendto(None, addr)
-            self.stats.query(info.label, "none", result, time.perf_counter() - t0)
-            return
-        pipeline = self.pipeline
-        try:
-            pipeline.run(q)  # type: ignore[union-attr]
-        except Exception:
-            log.exception("error answering %s", q.qname)
-            pipeline.finish(q, pipeline.servfail(q), 0)  # type: ignore[union-attr]
+        handle_query(self, data, addr, sink, time.perf_counter(), None, proto)
 
     # --- background ----------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 # What the entry points take: client and upstream bytes, or the bytearrays that dnslib packs
 # and stream buffers slice (compiled, a parameter typed ``bytes`` refuses a bytearray).
@@ -51,6 +51,10 @@ _HH = struct.Struct("!HH")
 _HHHH = struct.Struct("!HHHH")
 _RR = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 _I = struct.Struct("!I")
+# Answer.render_for: reply headers after the ID by flags and counts (bounded: counts are the
+# upstream's).
+_HEADS: Final[dict[int, bytes]] = {}
+MAX_HEADS: Final = 4096
 
 
 _KEY_FLAGS = (b"\x00", b"\x01", b"\x02", b"\x03")
@@ -625,16 +629,23 @@ class Answer:
                 body = bytes(buf)
                 self._aged = (age, body)
         ar = self.ar
+        opt = b""
         if edns:
             code = ede if ede is not None else self.ede
-            body = body + _opt_cached(udp_cap, do, code)   # never in place: body is shared
+            opt = _opt_cached(udp_cap, do, code)   # joined below: body is shared, never changed
             ar += 1
         # As reply_flags(): QR, RA, the client's RD and CD, AD when asked for (DO or AD).
         flags = 0x8080 | (qflags & 0x0110) | (self.rcode & 0xF)
         if self.ad and (do or qflags & 0x20):
             flags |= 0x0020
-        return (_H.pack(data[0] << 8 | data[1], flags, 1, self.an, self.ns, ar)
-                + data[12:qend] + body)
+        # The header after the ID, from a table (a few distinct ones): one join, no pack.
+        hkey = flags | self.an << 16 | self.ns << 32 | ar << 48
+        head = _HEADS.get(hkey)
+        if head is None:
+            if len(_HEADS) >= MAX_HEADS:
+                _HEADS.clear()
+            head = _HEADS[hkey] = _H.pack(0, flags, 1, self.an, self.ns, ar)[2:]
+        return b"".join((data[:2], head, data[12:qend], body, opt))
 
     def with_ttl(self, ttl: int, stored: float) -> Answer:
         """A copy whose TTL fields all read ``ttl`` as of ``stored`` (serve-stale, pinning)."""

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from typing import Final
 
 from ..config import Blocking as BlockingConfig
-from ..lists.index import Match
+from ..lists.index import DomainIndex, Match
 from ..lists.loader import Blocklists
 from ..memo import Listed
 from ..names import in_zones
@@ -43,6 +44,7 @@ from ..wire import (
 _H = struct.Struct("!HHHHHH")
 _SOA_MNAME = encode_name("ns.hushdns.invalid")
 _SOA_RNAME = encode_name("blocked.hushdns.invalid")
+MAX_REPLY_PARTS: Final = 4096   # Blocking.replies: cleared when full (question types are the client's)
 
 
 class Blocking:
@@ -51,7 +53,8 @@ class Blocking:
     def __init__(self, lists: Blocklists, cfg: BlockingConfig, stats: Stats,
                  udp_size: int = 1232) -> None:
         self.lists = lists
-        self.match = lists.index.match
+        # Typed, so that the compiled build calls DomainIndex.match natively (no bound method).
+        self.index: DomainIndex = lists.index
         self.by_bit = lists.by_bit
         self.tracked = lists.tracked
         self.stats = stats
@@ -60,6 +63,8 @@ class Blocking:
         self.v4 = [ipaddress.ip_address(a).packed for a in cfg.sinkhole if ":" not in a]
         self.v6 = [ipaddress.ip_address(a).packed for a in cfg.sinkhole if ":" in a]
         self.templates: dict[int, tuple[int, bytes, int, int]] = {}
+        # What ``blocked`` puts around the client's ID and question: see there.
+        self.replies: dict[int, tuple[bytes, bytes]] = {}
         # One Keep per list (by bit, with the list's name: per_bit; by domain for a tracked
         # list: keeps), shared by the memo's entries.
         self.keeps: dict[str, Listed] = {}
@@ -71,7 +76,7 @@ class Blocking:
     def on_query(self, q: Request) -> Reply | None:
         info = q.info
         if info.block:
-            hit = self.match(q.qname, info.block, info.allow)
+            hit = self.index.match(q.qname, info.block, info.allow)
             if hit is not None and not (info.allow_names and in_zones(q.qname, info.allow_names)):
                 return self.blocked(q, hit, True)
         return None
@@ -83,7 +88,7 @@ class Blocking:
             if info.block and not (info.allow_names and in_zones(q.qname, info.allow_names)):
                 # CNAME cloaking: a tracker hidden behind a first-party name.
                 for target in answer.cnames:
-                    hit = self.match(target, info.block, info.allow)
+                    hit = self.index.match(target, info.block, info.allow)
                     if hit is not None:
                         return self.blocked(q, hit, False)
         return reply
@@ -118,19 +123,30 @@ class Blocking:
             key = (q.info.label, list_name)
             counts[key] = counts.get(key, 0) + 1
         data = q.data
-        # Per type and length of the first label (where the SOA's owner, the parent, starts).
-        tkey = q.qtype | data[12] << 16
-        t = self.templates.get(tkey)
-        if t is None:
-            t = self.templates[tkey] = self._template(q.qtype, data[12])
-        # As reply_for(), inlined: the client's ID, flags and question, then the records.
-        rcode, body, an, ns = t
-        if q.edns:
-            body += self.opt[q.do]
-        wire = _H.pack(data[0] << 8 | data[1], 0x8080 | (q.flags & 0x0110) | rcode, 1, an, ns,
-                       1 if q.edns else 0) + data[12:q.qend] + body
+        # Everything but the ID and the question, per type, length of the first label
+        # (where the SOA's owner, the parent, starts), the client's RD and CD bits, EDNS
+        # and DO: what varies per query is then three slices joined.
+        edns = q.edns
+        hkey = q.qtype | data[12] << 16 | (q.flags & 0x0110) << 22 | edns << 35 | q.do << 36
+        parts = self.replies.get(hkey)
+        if parts is None:
+            parts = self._reply_parts(q, data[12])
+            if len(self.replies) >= MAX_REPLY_PARTS:   # any qtype: bounded, like an attack
+                self.replies.clear()
+            self.replies[hkey] = parts
+        head, body = parts
+        wire = data[:2] + head + data[12:q.qend] + body
         return Reply("blocked", wire, None, list_name,
                      f"/{hit.rule}/" if hit.regex else hit.rule, None, self.describe, keep)
+
+    def _reply_parts(self, q: Request, first: int) -> tuple[bytes, bytes]:
+        """As reply_for(): the header after the ID (flags from the client's RD and CD) and
+        the records after the question, for ``q``'s type, first label length and EDNS."""
+        rcode, body, an, ns = self.template(q.qtype, first)
+        if q.edns:
+            body += self.opt[q.do]
+        head = _H.pack(0, 0x8080 | (q.flags & 0x0110) | rcode, 1, an, ns, 1 if q.edns else 0)
+        return head[2:], body
 
     def template(self, qtype: int, first: int = 0) -> tuple[int, bytes, int, int]:
         """(rcode, record bytes, answer count, authority count) of the block answer, built

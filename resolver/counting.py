@@ -1,0 +1,29 @@
+"""The per-query counting of ``Stats.query``, as a function the compiled build compiles.
+
+Why not a method of Stats: stats.py stays pure Python (Stats is read generically:
+vars, copy, pickle for ``workers: N``), and a call from compiled code into a Python
+method costs a Python frame per query.  This function moves the same counters in the
+same way (``Stats.query`` is the reference; tests/test_counting.py holds them equal);
+it only reads Stats' public dicts.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+from .stats import Histogram, Stats
+
+
+def count_query(stats: Stats, client: str, qtype: str, result: str, duration: float) -> None:
+    """``stats.query(client, qtype, result, duration)``, without a Python frame when compiled."""
+    key = (client, qtype, result)
+    queries = stats.queries
+    queries[key] = queries.get(key, 0) + 1
+    durations = stats.request_duration
+    h = durations.get(result)
+    if h is None:
+        h = durations[result] = Histogram()
+    bounds = h.bounds
+    # Most answers (blocked, cached, from the memo) are under the first bound: no search.
+    h.counts[0 if bounds and duration <= bounds[0] else bisect_left(bounds, duration)] += 1
+    h.total += duration
