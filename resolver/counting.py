@@ -2,9 +2,8 @@
 
 Why not a method of Stats: stats.py stays pure Python (Stats is read generically:
 vars, copy, pickle for ``workers: N``), and a call from compiled code into a Python
-method costs a Python frame per query.  This function moves the same counters in the
-same way (``Stats.query`` is the reference; tests/test_counting.py holds them equal);
-it only reads Stats' public dicts.
+method costs a Python frame per query.  ``Stats.query`` calls this function, so there is
+one way of counting a query; it only touches Stats' public dicts.
 """
 
 from __future__ import annotations

@@ -115,16 +115,10 @@ class Stats:
         self.memo_counts: Callable[[], tuple[int, int]] = lambda: (0, 0)
 
     def query(self, client: str, qtype: str, result: str, duration: float) -> None:
-        """Count one answered (or dropped) query; called once per query at the edge."""
-        key = (client, qtype, result)
-        q = self.queries
-        q[key] = q.get(key, 0) + 1
-        h = self.request_duration.get(result)
-        if h is None:
-            h = self.request_duration[result] = Histogram()
-        # Histogram.observe, inlined: this runs for every query.
-        h.counts[bisect.bisect_left(h.bounds, duration)] += 1
-        h.total += duration
+        """Count one answered (or dropped) query. The hot path calls the same function,
+        ``resolver.counting.count_query``, directly (compiled, without this frame)."""
+        from .counting import count_query  # here, not at the top: counting imports this module
+        count_query(self, client, qtype, result, duration)
 
     def block(self, client: str, list_name: str, domain: str | None) -> None:
         """Count a blocked query per client and list (and per domain when tracked)."""

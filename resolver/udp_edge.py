@@ -2,7 +2,7 @@
 
 Why a module of its own: it runs once per datagram (the loop over a batch, the reply
 memo's miss, the sends), so it is compiled with the rest of the hot path (pyproject's
-mypyc include list), while server.py (sockets, lifecycle, reloads) stays plain Python.
+build hook's modules list), while server.py (sockets, lifecycle, reloads) stays plain Python.
 ``Server`` owns the edges and the tables they read; see resolver/server.py.
 """
 
