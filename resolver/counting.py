@@ -9,8 +9,10 @@ one way of counting a query; it only touches Stats' public dicts.
 from __future__ import annotations
 
 from bisect import bisect_left
+from typing import TYPE_CHECKING
 
-from .stats import Histogram, Stats
+if TYPE_CHECKING:   # stats.py imports this module (Stats.query calls count_query)
+    from .stats import Stats
 
 
 def count_query(stats: Stats, client: str, qtype: str, result: str, duration: float) -> None:
@@ -21,7 +23,7 @@ def count_query(stats: Stats, client: str, qtype: str, result: str, duration: fl
     durations = stats.request_duration
     h = durations.get(result)
     if h is None:
-        h = durations[result] = Histogram()
+        h = durations[result] = stats.new_histogram()
     bounds = h.bounds
     # Most answers (blocked, cached, from the memo) are under the first bound: no search.
     h.counts[0 if bounds and duration <= bounds[0] else bisect_left(bounds, duration)] += 1

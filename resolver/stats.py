@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .counting import count_query
+
 # Seconds. Blocked/cached answers take tens of microseconds, forwarded ones
 # milliseconds to seconds; the buckets cover both ends.
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -117,8 +119,12 @@ class Stats:
     def query(self, client: str, qtype: str, result: str, duration: float) -> None:
         """Count one answered (or dropped) query. The hot path calls the same function,
         ``resolver.counting.count_query``, directly (compiled, without this frame)."""
-        from .counting import count_query  # here, not at the top: counting imports this module
         count_query(self, client, qtype, result, duration)
+
+    @staticmethod
+    def new_histogram() -> Histogram:
+        """A request-duration histogram for a result word seen the first time."""
+        return Histogram()
 
     def block(self, client: str, list_name: str, domain: str | None) -> None:
         """Count a blocked query per client and list (and per domain when tracked)."""
