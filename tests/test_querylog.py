@@ -208,6 +208,41 @@ def test_a_flood_of_new_names_keeps_the_writers_tables_bounded_and_loses_no_inve
     assert names == {f"r{i}.flood.example" for i in range(6_000)}   # the inventory is whole
 
 
+@pytest.mark.parametrize(("cap", "reopen"), [(100_000, False), (300, False), (100_000, True)])
+def test_strings_are_interned_in_bulk_once_each_across_batches_and_cache_resets(
+        tmp_path, monkeypatch, cap, reopen):
+    """The writer interns a batch's new strings with one SELECT per chunk and one insert
+    (ids max+1...): every row must still name its own string, each string must be stored
+    once, whether it is new, in memory, or only in the file (after a cache reset, or a new
+    connection)."""
+    from resolver.querylog import writer as writer_mod
+
+    monkeypatch.setattr(writer_mod, "MAX_CACHED", cap)   # 300: a reset every batch
+    w = Writer(_settings(tmp_path), Stats())
+    now = time.time()
+    sent: list[tuple[str, str]] = []
+    for b in range(6):
+        rows = []
+        for i in range(700):   # half new each batch, half seen two batches ago
+            name = f"n{(b * 350 + i) % 2100}.bulk.example"
+            device = f"dev{i % 7}"
+            rows.append(_row(now + len(sent) / 1e3, name, device=device))
+            sent.append((device, name))
+        w.write_batches([(0.0, rows)])
+        if reopen:   # a new connection: ids must come from the file
+            w.close()
+            w = Writer(_settings(tmp_path), Stats())
+    w.close()
+    db = sqlite3.connect(w.settings.path)
+    got = db.execute("SELECT d.s, n.s FROM queries q JOIN strings d ON d.id = q.device "
+                     "JOIN strings n ON n.id = q.name ORDER BY q.rowid").fetchall()
+    assert got == sent
+    total, unique = db.execute("SELECT count(*), count(DISTINCT s) FROM strings").fetchone()
+    assert total == unique
+    want = {s for pair in sent for s in pair} | {"192.168.1.9", "192.0.2.53:53"}
+    assert {s for (s,) in db.execute("SELECT s FROM strings")} == want
+
+
 def test_size_bound_deletes_the_oldest_rows(tmp_path):
     stats = Stats()
     w = Writer(_settings(tmp_path, max_size=400_000), stats)
