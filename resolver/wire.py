@@ -622,11 +622,7 @@ class Answer:
             if aged[0] == age:
                 body = aged[1]
             else:
-                buf = bytearray(body)
-                for off in self.ttl_offsets:
-                    t = _I.unpack_from(buf, off)[0] - age
-                    _I.pack_into(buf, off, t if t > 0 else 0)
-                body = bytes(buf)
+                body = _aged_body(body, self.ttl_offsets, age)
                 self._aged = (age, body)
         ar = self.ar
         opt = b""
@@ -654,6 +650,28 @@ class Answer:
             _I.pack_into(buf, off, ttl)
         return Answer(self.rcode, self.ad, self.an, self.ns, self.ar, bytes(buf),
                       self.ttl_offsets, ttl, self.cnames, stored, self.ede, self.negative)
+
+
+def _aged_body(body: bytes, offsets: tuple[int, ...], age: int) -> bytes:
+    """``body`` with each TTL at ``offsets`` counted down by ``age`` seconds (not below 0)."""
+    if COMPILED:
+        # Native byte reads, slices, int.to_bytes and join: the struct calls below are
+        # generic calls from compiled code (~650 vs ~150 ns for three TTLs); interpreted,
+        # the struct calls are the faster of the two.
+        parts: list[bytes] = []
+        prev = 0
+        for off in offsets:
+            t = (body[off] << 24 | body[off + 1] << 16 | body[off + 2] << 8 | body[off + 3]) - age
+            parts.append(body[prev:off])
+            parts.append(t.to_bytes(4, "big") if t > 0 else b"\0\0\0\0")
+            prev = off + 4
+        parts.append(body[prev:])
+        return b"".join(parts)
+    buf = bytearray(body)
+    for off in offsets:
+        t = _I.unpack_from(buf, off)[0] - age
+        _I.pack_into(buf, off, t if t > 0 else 0)
+    return bytes(buf)
 
 
 def question_matches(data: Buffer, req: Request) -> bool:
