@@ -84,12 +84,7 @@ class Bypass:
             **{n: ("private_relay", NXDOMAIN, cfg.private_relay) for n in RELAY},
         }
         self.doh = Zones(doh if doh is not None else doh_names())
-        every = Zones(set(self.exact) | set(self.doh))
-        # The one check most names get: Zones.may_hold, inlined here (compiled, a call into
-        # names.py is an interpreted frame per query; this is two rfinds and one set probe).
-        self.tails: frozenset[str] = every.tails
-        self.tops: frozenset[str] = every.tops
-        self.has_tops = bool(every.tops)
+        self.every = Zones(set(self.exact) | set(self.doh))   # the one check most names get
         self.block_doh = cfg.doh_resolvers
         self.keeps = {kind: Counted(stats, kind) for kind in
                       ("firefox_canary", "ddr", "private_relay", "doh_resolver")}
@@ -99,13 +94,8 @@ class Bypass:
 
     def on_query(self, q: Request) -> Reply | None:
         name = q.qname
-        i = name.rfind(".")
-        if i < 0:
-            if name not in self.tops:
-                return None
-        elif name[name.rfind(".", 0, i) + 1:] not in self.tails and not (
-                self.has_tops and name[i + 1:] in self.tops):
-            return None   # almost every query ends here, at one set lookup
+        if not self.every.may_hold(name):   # almost every query ends here, at one lookup
+            return None
         hit = self.exact.get(name)
         if hit is not None:
             kind, rcode, answer = hit
